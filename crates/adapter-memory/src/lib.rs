@@ -1,0 +1,423 @@
+//! In-memory implementations of the storage ports: [`MemoryOrders`] and [`MemoryAgents`].
+//!
+//! They keep the same contract as the durable adapters (the conformance suite runs against
+//! them), so a service embedding the command manager can swap its storage for these in tests.
+//! All state sits behind one mutex per store, never held across an `.await`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cm_domain::{Agent, AgentId, DeliveryPolicy, GroupName, Order, OrderId, RequestId, Status};
+use cm_ports::{
+    AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,
+    Page, ReplaceError, RetentionMode, StatusCounts, StoreError, Upserted,
+};
+
+type Key = (DateTime<Utc>, OrderId);
+
+/// The orders stream, in memory, with the indexes the hot operations need.
+#[derive(Debug, Default)]
+pub struct MemoryOrders {
+    state: Mutex<Orders>,
+}
+
+#[derive(Debug, Default)]
+struct Orders {
+    by_id: HashMap<OrderId, Order>,
+    /// Every order in query order.
+    by_time: BTreeSet<Key>,
+    /// Orders that a claim may hand out now or later (`pending`, `sent`), per agent.
+    open_by_agent: HashMap<AgentId, BTreeSet<Key>>,
+    /// `pending` orders by delivery deadline.
+    pending_by_deadline: BTreeSet<Key>,
+    /// `sent` / `in_progress` orders by result deadline.
+    delivered_by_deadline: BTreeSet<Key>,
+    /// Finished orders by finish time.
+    finished: BTreeSet<Key>,
+    by_request: HashMap<RequestId, HashSet<OrderId>>,
+    archive: HashMap<OrderId, Order>,
+}
+
+impl Orders {
+    fn index(&mut self, o: &Order) {
+        let id = *o.order_id();
+        self.by_time.insert((o.created_at(), id));
+        self.by_request
+            .entry(*o.request_id())
+            .or_default()
+            .insert(id);
+        match o.status() {
+            Status::Pending | Status::Sent => {
+                if let Some(agent) = o.agent_id() {
+                    self.open_by_agent
+                        .entry(agent.clone())
+                        .or_default()
+                        .insert((o.created_at(), id));
+                }
+            }
+            Status::InProgress | Status::Success | Status::Failure => {}
+        }
+        if o.status() == Status::Pending {
+            self.pending_by_deadline.insert((o.delivery_deadline(), id));
+        }
+        if let Some(t) = o.result_deadline() {
+            self.delivered_by_deadline.insert((t, id));
+        }
+        if let Some(t) = o.finished_at() {
+            self.finished.insert((t, id));
+        }
+    }
+
+    fn unindex(&mut self, o: &Order) {
+        let id = *o.order_id();
+        self.by_time.remove(&(o.created_at(), id));
+        if let Some(set) = self.by_request.get_mut(o.request_id()) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_request.remove(o.request_id());
+            }
+        }
+        if let Some(agent) = o.agent_id()
+            && let Some(set) = self.open_by_agent.get_mut(agent)
+        {
+            set.remove(&(o.created_at(), id));
+            if set.is_empty() {
+                self.open_by_agent.remove(agent);
+            }
+        }
+        self.pending_by_deadline
+            .remove(&(o.delivery_deadline(), id));
+        if let Some(t) = o.result_deadline() {
+            self.delivered_by_deadline.remove(&(t, id));
+        }
+        if let Some(t) = o.finished_at() {
+            self.finished.remove(&(t, id));
+        }
+    }
+
+    fn put(&mut self, next: Order) {
+        if let Some(old) = self.by_id.remove(next.order_id()) {
+            self.unindex(&old);
+        }
+        self.index(&next);
+        self.by_id.insert(*next.order_id(), next);
+    }
+
+    fn remove(&mut self, id: &OrderId) -> Option<Order> {
+        let old = self.by_id.remove(id)?;
+        self.unindex(&old);
+        Some(old)
+    }
+
+    /// Applies `step` to up to `limit` orders picked from `candidates` (ids in order), skipping
+    /// those for which it refuses.
+    fn apply_batch(
+        &mut self,
+        candidates: Vec<OrderId>,
+        step: impl Fn(&Order) -> Option<Order>,
+    ) -> Batch {
+        let mut batch = Batch {
+            examined: candidates.len(),
+            changed: 0,
+        };
+        for id in candidates {
+            if let Some(next) = self.by_id.get(&id).and_then(&step) {
+                self.put(next);
+                batch.changed += 1;
+            }
+        }
+        batch
+    }
+}
+
+impl MemoryOrders {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Orders> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn first_ids(set: &BTreeSet<Key>, upto: DateTime<Utc>, limit: usize) -> Vec<OrderId> {
+    set.iter()
+        .take_while(|(t, _)| *t <= upto)
+        .take(limit)
+        .map(|(_, id)| *id)
+        .collect()
+}
+
+#[async_trait]
+impl OrderStore for MemoryOrders {
+    async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        let mut s = self.lock();
+        let mut created = 0;
+        for o in orders {
+            if !s.by_id.contains_key(o.order_id()) {
+                s.put(o.clone());
+                created += 1;
+            }
+        }
+        Ok(created)
+    }
+
+    async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        Ok(self.lock().by_id.get(id).cloned())
+    }
+
+    async fn query(
+        &self,
+        filter: &OrderFilter,
+        page: &OrderPageRequest,
+    ) -> Result<Page<Order, OrderCursor>, StoreError> {
+        let s = self.lock();
+        let start = page.after.map(|c| (c.created_at, c.order_id));
+        let range = match start {
+            Some(k) => s
+                .by_time
+                .range((std::ops::Bound::Excluded(k), std::ops::Bound::Unbounded)),
+            None => s.by_time.range(..),
+        };
+        let items: Vec<Order> = range
+            .filter_map(|(_, id)| s.by_id.get(id))
+            .filter(|o| filter.matches(o))
+            .take(page.size)
+            .cloned()
+            .collect();
+        let next = (items.len() == page.size)
+            .then(|| items.last().map(OrderCursor::after))
+            .flatten();
+        Ok(Page { items, next })
+    }
+
+    async fn claim(
+        &self,
+        agent: &AgentId,
+        limit: usize,
+        now: DateTime<Utc>,
+        policy: &DeliveryPolicy,
+    ) -> Result<Vec<Order>, StoreError> {
+        let mut s = self.lock();
+        let Some(open) = s.open_by_agent.get(agent) else {
+            return Ok(Vec::new());
+        };
+        let picked: Vec<Order> = open
+            .iter()
+            .filter_map(|(_, id)| s.by_id.get(id))
+            .filter(|o| o.is_deliverable(now))
+            .take(limit)
+            .filter_map(|o| o.deliver(now, policy).ok())
+            .collect();
+        for o in &picked {
+            s.put(o.clone());
+        }
+        Ok(picked)
+    }
+
+    async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
+        let mut s = self.lock();
+        match s.by_id.get(current.order_id()) {
+            None => Err(ReplaceError::NotFound),
+            Some(stored) if stored != current => Err(ReplaceError::Conflict),
+            Some(_) => {
+                s.put(next.clone());
+                Ok(())
+            }
+        }
+    }
+
+    async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
+        let mut s = self.lock();
+        let due = first_ids(&s.pending_by_deadline, now, limit);
+        Ok(s.apply_batch(due, |o| o.expire(now).ok()))
+    }
+
+    async fn give_up_unreported(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        let mut s = self.lock();
+        let due = first_ids(&s.delivered_by_deadline, now, limit);
+        Ok(s.apply_batch(due, |o| o.give_up(now).ok()))
+    }
+
+    async fn purge_finished(
+        &self,
+        cutoff: DateTime<Utc>,
+        mode: RetentionMode,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        let mut s = self.lock();
+        let due = first_ids(&s.finished, cutoff, limit);
+        let mut batch = Batch {
+            examined: due.len(),
+            changed: 0,
+        };
+        for id in due {
+            if let Some(old) = s.remove(&id) {
+                if mode == RetentionMode::Archive {
+                    s.archive.insert(id, old);
+                }
+                batch.changed += 1;
+            }
+        }
+        Ok(batch)
+    }
+
+    async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        Ok(self.lock().archive.get(id).cloned())
+    }
+
+    async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
+        let s = self.lock();
+        let mut counts = StatusCounts::default();
+        for id in s.by_request.get(request).into_iter().flatten() {
+            if let Some(o) = s.by_id.get(id) {
+                counts.add(o.status(), 1);
+            }
+        }
+        Ok(counts)
+    }
+
+    async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError> {
+        let mut s = self.lock();
+        let ids: Vec<OrderId> = s
+            .by_request
+            .get(request)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        let mut n = 0;
+        for id in ids {
+            if s.remove(&id).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// The agents registry, in memory.
+#[derive(Debug, Default)]
+pub struct MemoryAgents {
+    state: Mutex<Agents>,
+}
+
+#[derive(Debug, Default)]
+struct Agents {
+    by_id: BTreeMap<AgentId, Agent>,
+    members: HashMap<GroupName, BTreeSet<AgentId>>,
+}
+
+impl Agents {
+    fn remove(&mut self, id: &AgentId) -> bool {
+        let Some(old) = self.by_id.remove(id) else {
+            return false;
+        };
+        for g in old.groups() {
+            if let Some(m) = self.members.get_mut(g) {
+                m.remove(id);
+                if m.is_empty() {
+                    self.members.remove(g);
+                }
+            }
+        }
+        true
+    }
+
+    fn put(&mut self, agent: &Agent) -> Upserted {
+        let existed = self.remove(agent.id());
+        for g in agent.groups() {
+            self.members
+                .entry(g.clone())
+                .or_default()
+                .insert(agent.id().clone());
+        }
+        self.by_id.insert(agent.id().clone(), agent.clone());
+        if existed {
+            Upserted::Updated
+        } else {
+            Upserted::Created
+        }
+    }
+}
+
+impl MemoryAgents {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Agents> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl AgentRegistry for MemoryAgents {
+    async fn upsert(&self, agent: &Agent) -> Result<Upserted, StoreError> {
+        Ok(self.lock().put(agent))
+    }
+
+    async fn upsert_many(&self, agents: &[Agent]) -> Result<u64, StoreError> {
+        let mut s = self.lock();
+        Ok(agents
+            .iter()
+            .filter(|a| s.put(a) == Upserted::Created)
+            .count() as u64)
+    }
+
+    async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
+        Ok(self.lock().by_id.get(id).cloned())
+    }
+
+    async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {
+        Ok(self.lock().remove(id))
+    }
+
+    async fn list(&self, page: &AgentPageRequest) -> Result<Page<Agent, AgentId>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let s = self.lock();
+        let lower = page.after.clone().map_or(Unbounded, Excluded);
+        let items: Vec<Agent> = match &page.group {
+            Some(g) => s
+                .members
+                .get(g)
+                .map(|m| {
+                    m.range((lower, Unbounded))
+                        .take(page.size)
+                        .filter_map(|id| s.by_id.get(id).cloned())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => s
+                .by_id
+                .range((lower, Unbounded))
+                .take(page.size)
+                .map(|(_, a)| a.clone())
+                .collect(),
+        };
+        let next = (items.len() == page.size)
+            .then(|| items.last().map(|a| a.id().clone()))
+            .flatten();
+        Ok(Page { items, next })
+    }
+
+    async fn count(&self, group: Option<GroupName>) -> Result<u64, StoreError> {
+        let s = self.lock();
+        Ok(match group {
+            Some(g) => s.members.get(&g).map_or(0, BTreeSet::len),
+            None => s.by_id.len(),
+        } as u64)
+    }
+}

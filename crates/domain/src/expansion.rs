@@ -1,0 +1,314 @@
+//! Expansion: one command becomes one order per concrete target.
+
+use chrono::{DateTime, Utc};
+
+use crate::agent::Agent;
+use crate::command::{Command, Target, TargetType};
+use crate::error::ExpansionError;
+use crate::ids::{GroupName, IdSource, RequestId};
+use crate::order::{NewOrder, Order};
+
+/// Builds the orders of one command. Members of a group are fed page by page, so a group of
+/// any size expands without being held in memory at once.
+#[derive(Debug, Clone)]
+pub struct Expander<'a> {
+    command: &'a Command,
+    index: usize,
+    request_id: RequestId,
+    now: DateTime<Utc>,
+    retry_of: Option<RequestId>,
+}
+
+impl<'a> Expander<'a> {
+    /// `index` is the command's position in its request (named in errors); `now` becomes the
+    /// orders' `@timestamp`.
+    #[must_use]
+    pub fn new(
+        command: &'a Command,
+        index: usize,
+        request_id: RequestId,
+        now: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            command,
+            index,
+            request_id,
+            now,
+            retry_of: None,
+        }
+    }
+
+    /// Marks the orders as a re-run of an earlier request.
+    #[must_use]
+    pub fn retry_of(mut self, earlier: RequestId) -> Self {
+        self.retry_of = Some(earlier);
+        self
+    }
+
+    #[must_use]
+    pub const fn request_id(&self) -> &RequestId {
+        &self.request_id
+    }
+
+    #[must_use]
+    pub const fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The order of `agent` (an agent target, or one member of a group target). Its target
+    /// becomes `{type: agent, id}` and it carries the agent's id and groups.
+    #[must_use]
+    pub fn agent_order(&self, agent: &Agent, ids: &mut dyn IdSource) -> Order {
+        let order_id = ids.order_id(&self.request_id, agent.id().as_str());
+        self.order(Target::agent(agent.id()), Some(agent), order_id)
+    }
+
+    /// The single order of a server target.
+    #[must_use]
+    pub fn server_order(&self, ids: &mut dyn IdSource) -> Order {
+        let order_id = ids.order_id(&self.request_id, self.command.target().id());
+        self.order(self.command.target().clone(), None, order_id)
+    }
+
+    fn order(&self, target: Target, agent: Option<&Agent>, order_id: crate::OrderId) -> Order {
+        let c = self.command;
+        Order::new(NewOrder {
+            order_id,
+            request_id: self.request_id,
+            source: c.source(),
+            user: c.user(),
+            target,
+            agent: agent.map(|a| (a.id(), a.groups())),
+            action: c.action(),
+            timeout: c.timeout(),
+            now: self.now,
+            not_before: None,
+            retry_of: self.retry_of,
+        })
+    }
+
+    /// The error for a target that turned out to have no agents.
+    #[must_use]
+    pub fn nothing_to_expand(&self) -> ExpansionError {
+        let id = self.command.target().id().to_owned();
+        match self.command.target().kind() {
+            TargetType::Group => ExpansionError::EmptyGroup {
+                index: self.index,
+                group: id,
+            },
+            TargetType::Agent | TargetType::Server => ExpansionError::UnknownAgent {
+                index: self.index,
+                agent: id,
+            },
+        }
+    }
+}
+
+/// Expands one command against a known set of agents (the registry's content), all at once.
+/// The service streams large groups through [`Expander`] instead; this is the same rule in one
+/// call, for small inputs and for tests.
+///
+/// # Errors
+/// [`ExpansionError`] naming `index` when the command expands to nothing.
+pub fn expand(
+    command: &Command,
+    index: usize,
+    agents: &[Agent],
+    ids: &mut dyn IdSource,
+    now: DateTime<Utc>,
+) -> Result<Vec<Order>, ExpansionError> {
+    let request_id = ids.request_id(index);
+    let ex = Expander::new(command, index, request_id, now);
+    let orders: Vec<Order> = match command.target().kind() {
+        TargetType::Server => vec![ex.server_order(ids)],
+        TargetType::Agent => agents
+            .iter()
+            .find(|a| a.id().as_str() == command.target().id())
+            .map(|a| ex.agent_order(a, ids))
+            .into_iter()
+            .collect(),
+        TargetType::Group => {
+            let group = GroupName::parse(command.target().id(), "target.id")
+                .map_err(|_| ex.nothing_to_expand())?;
+            agents
+                .iter()
+                .filter(|a| a.is_member_of(&group))
+                .map(|a| ex.agent_order(a, ids))
+                .collect()
+        }
+    };
+    if orders.is_empty() {
+        return Err(ex.nothing_to_expand());
+    }
+    Ok(orders)
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+    use crate::command::{Action, Source, Timeout};
+    use crate::ids::{AgentId, IdempotencyKey, KeyedIds};
+    use crate::order::Status;
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap()
+    }
+
+    fn agent(id: &str, groups: &[&str]) -> Agent {
+        Agent::new(
+            AgentId::parse(id, "id").unwrap(),
+            groups
+                .iter()
+                .map(|g| GroupName::parse(g, "g").unwrap())
+                .collect(),
+        )
+    }
+
+    fn command(kind: TargetType, id: &str) -> Command {
+        Command::new(
+            Source::UsersServices,
+            None,
+            Target::new(kind, id).unwrap(),
+            Action::new("restart", json!({}), "v5").unwrap(),
+            Timeout::new(100).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn ids() -> KeyedIds {
+        KeyedIds::new(&IdempotencyKey::parse("k", "k").unwrap(), "b")
+    }
+
+    fn fleet() -> Vec<Agent> {
+        vec![
+            agent("a1", &["Test"]),
+            agent("a2", &["Test", "X"]),
+            agent("a3", &[]),
+        ]
+    }
+
+    #[test]
+    fn group_command_expands_to_one_order_per_member() {
+        let orders = expand(
+            &command(TargetType::Group, "Test"),
+            0,
+            &fleet(),
+            &mut ids(),
+            now(),
+        )
+        .unwrap();
+        let agents: Vec<_> = orders
+            .iter()
+            .map(|o| o.agent_id().unwrap().as_str())
+            .collect();
+        assert_eq!(agents, ["a1", "a2"]);
+        for o in &orders {
+            assert_eq!(o.target().kind(), TargetType::Agent);
+            assert_eq!(o.target().id(), o.agent_id().unwrap().as_str());
+            assert_eq!(o.status(), Status::Pending);
+        }
+        assert_eq!(orders[1].agent().unwrap().groups().len(), 2);
+    }
+
+    #[test]
+    fn orders_of_one_command_share_the_request_id_and_have_their_own_order_ids() {
+        let orders = expand(
+            &command(TargetType::Group, "Test"),
+            0,
+            &fleet(),
+            &mut ids(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(orders[0].request_id(), orders[1].request_id());
+        assert_ne!(orders[0].order_id(), orders[1].order_id());
+    }
+
+    #[test]
+    fn agent_command_carries_the_agents_groups() {
+        let orders = expand(
+            &command(TargetType::Agent, "a2"),
+            0,
+            &fleet(),
+            &mut ids(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(orders.len(), 1);
+        assert_eq!(orders[0].agent().unwrap().groups()[1].as_str(), "X");
+    }
+
+    #[test]
+    fn server_command_expands_to_one_order_without_agent() {
+        let orders = expand(
+            &command(TargetType::Server, "indexer"),
+            0,
+            &[],
+            &mut ids(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(orders.len(), 1);
+        assert!(orders[0].agent().is_none());
+        assert_eq!(orders[0].target().kind(), TargetType::Server);
+    }
+
+    #[test]
+    fn unknown_agent_is_an_error_naming_the_command_index() {
+        let err = expand(
+            &command(TargetType::Agent, "nope"),
+            3,
+            &fleet(),
+            &mut ids(),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(err.index(), 3);
+        assert!(matches!(err, ExpansionError::UnknownAgent { .. }));
+    }
+
+    #[test]
+    fn empty_group_is_an_error_naming_the_command_index() {
+        let err = expand(
+            &command(TargetType::Group, "Empty"),
+            1,
+            &fleet(),
+            &mut ids(),
+            now(),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err,
+            ExpansionError::EmptyGroup {
+                index: 1,
+                group: "Empty".into()
+            }
+        );
+        assert!(err.to_string().starts_with("commands[1]"));
+    }
+
+    #[test]
+    fn keyed_expansion_is_deterministic() {
+        let a = expand(
+            &command(TargetType::Group, "Test"),
+            0,
+            &fleet(),
+            &mut ids(),
+            now(),
+        )
+        .unwrap();
+        let b = expand(
+            &command(TargetType::Group, "Test"),
+            0,
+            &fleet(),
+            &mut ids(),
+            now(),
+        )
+        .unwrap();
+        let ids_of = |v: &[Order]| v.iter().map(|o| *o.order_id()).collect::<Vec<_>>();
+        assert_eq!(ids_of(&a), ids_of(&b));
+    }
+}

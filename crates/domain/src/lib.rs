@@ -1,0 +1,29 @@
+//! The pure rules of the command manager (SPEC §2): validated commands, expansion into orders,
+//! the order state machine, expiry and redelivery as functions of `now`.
+//!
+//! Nothing here does I/O, reads a clock or draws randomness: time comes in as `now`, ids come in
+//! through [`IdSource`]. Every function is total and unit-tested.
+
+mod agent;
+mod command;
+mod error;
+mod expansion;
+mod ids;
+mod order;
+mod policy;
+pub mod time;
+
+pub use agent::Agent;
+pub use command::{
+    Action, Command, MAX_KEYWORD_LEN, Source, Target, TargetType, Timeout, check_text,
+};
+pub use error::{ExpansionError, FieldError, TransitionError};
+pub use expansion::{Expander, expand};
+pub use ids::{
+    AgentId, GroupName, IdSource, IdempotencyKey, KeyedIds, MAX_NAME_LEN, OrderId, RequestId,
+};
+pub use order::{
+    AgentRef, CANCELLED, CommandResult, EXPIRED, MAX_RESULT_DATA, NO_RESULT, NewOrder, Order,
+    Report, ReportOutcome, ReportStatus, SERVICE_RESULT_CODE, Status,
+};
+pub use policy::DeliveryPolicy;

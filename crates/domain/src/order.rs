@@ -1,0 +1,881 @@
+//! The order: one document of the orders stream, and its state machine.
+//!
+//! ```text
+//! pending --deliver--> sent --report--> success | failure
+//!                      sent --report in_progress--> in_progress --report--> success | failure
+//! pending --expire (deadline passed)--> failure (expired)
+//! pending --cancel--> failure (cancelled)
+//! sent | in_progress --give_up (result_timeout passed)--> failure (no result)
+//! sent --deliver again (redeliver_after passed)--> sent
+//! ```
+//! Every transition is a function of the current order and `now` that returns the next order or
+//! a [`TransitionError`]; storage applies the result only if the stored order is still the one
+//! the transition started from (compare-and-set).
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Action, Source, Target, Timeout, check_text};
+use crate::error::{FieldError, TransitionError};
+use crate::ids::{AgentId, GroupName, OrderId, RequestId};
+use crate::policy::DeliveryPolicy;
+use crate::time::{millis, opt_millis};
+
+/// Where an order is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Sent,
+    InProgress,
+    Success,
+    Failure,
+}
+
+impl Status {
+    pub const ALL: [Self; 5] = [
+        Self::Pending,
+        Self::Sent,
+        Self::InProgress,
+        Self::Success,
+        Self::Failure,
+    ];
+
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::InProgress => "in_progress",
+            Self::Success => "success",
+            Self::Failure => "failure",
+        }
+    }
+
+    /// # Errors
+    /// A [`FieldError`] on `field` naming the accepted values.
+    pub fn parse(raw: &str, field: &str) -> Result<Self, FieldError> {
+        Self::ALL
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+            .ok_or_else(|| {
+                FieldError::new(
+                    field,
+                    "must be one of pending, sent, in_progress, success, failure",
+                )
+            })
+    }
+
+    /// `success` and `failure` are final: no transition leaves them.
+    #[must_use]
+    pub const fn is_terminal(self) -> bool {
+        matches!(self, Self::Success | Self::Failure)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome recorded on an order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResult {
+    code: i16,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    data: String,
+}
+
+/// Result code the service records when it, not the agent, ends an order.
+pub const SERVICE_RESULT_CODE: i16 = -1;
+/// Result message of an order whose delivery deadline passed.
+pub const EXPIRED: &str = "expired";
+/// Result message of an order a manager cancelled.
+pub const CANCELLED: &str = "cancelled";
+/// Result message of a delivered order whose agent never reported a final result.
+pub const NO_RESULT: &str = "no result";
+/// Longest `data` of a report, in bytes.
+pub const MAX_RESULT_DATA: usize = 64 * 1024;
+
+impl CommandResult {
+    fn service(message: &str) -> Self {
+        Self {
+            code: SERVICE_RESULT_CODE,
+            message: message.to_owned(),
+            data: String::new(),
+        }
+    }
+
+    #[must_use]
+    pub const fn code(&self) -> i16 {
+        self.code
+    }
+
+    #[must_use]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    #[must_use]
+    pub fn data(&self) -> &str {
+        &self.data
+    }
+}
+
+/// What an agent may report about one of its orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReportStatus {
+    Success,
+    Failure,
+    InProgress,
+}
+
+impl ReportStatus {
+    /// # Errors
+    /// A [`FieldError`] on `status` naming the accepted values.
+    pub fn parse(raw: &str) -> Result<Self, FieldError> {
+        match raw {
+            "success" => Ok(Self::Success),
+            "failure" => Ok(Self::Failure),
+            "in_progress" => Ok(Self::InProgress),
+            _ => Err(FieldError::new(
+                "status",
+                "must be one of success, failure, in_progress",
+            )),
+        }
+    }
+
+    const fn status(self) -> Status {
+        match self {
+            Self::Success => Status::Success,
+            Self::Failure => Status::Failure,
+            Self::InProgress => Status::InProgress,
+        }
+    }
+}
+
+/// A validated result report from an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    status: ReportStatus,
+    result: CommandResult,
+}
+
+impl Report {
+    /// # Errors
+    /// A [`FieldError`] on `code`, `message` or `data`.
+    pub fn new(
+        status: ReportStatus,
+        code: i64,
+        message: &str,
+        data: &str,
+    ) -> Result<Self, FieldError> {
+        let code = i16::try_from(code)
+            .map_err(|_| FieldError::new("code", "must be an integer from -32768 to 32767"))?;
+        check_text(message, "message", false)?;
+        if data.len() > MAX_RESULT_DATA {
+            return Err(FieldError::new(
+                "data",
+                format!("must be at most {MAX_RESULT_DATA} bytes"),
+            ));
+        }
+        Ok(Self {
+            status,
+            result: CommandResult {
+                code,
+                message: message.to_owned(),
+                data: data.to_owned(),
+            },
+        })
+    }
+
+    #[must_use]
+    pub const fn status(&self) -> ReportStatus {
+        self.status
+    }
+
+    #[must_use]
+    pub const fn result(&self) -> &CommandResult {
+        &self.result
+    }
+}
+
+/// What a report did to an order.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived; boxing would only add an allocation
+pub enum ReportOutcome {
+    /// The order moved on; store this new version.
+    Applied(Order),
+    /// The order already says exactly this (a repeated report): nothing to store.
+    AlreadyApplied,
+}
+
+/// The agent an order is delivered to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRef {
+    id: AgentId,
+    #[serde(default)]
+    groups: Vec<GroupName>,
+}
+
+impl AgentRef {
+    #[must_use]
+    pub const fn id(&self) -> &AgentId {
+        &self.id
+    }
+
+    #[must_use]
+    pub fn groups(&self) -> &[GroupName] {
+        &self.groups
+    }
+}
+
+/// The `command` part of an order document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct OrderCommand {
+    source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    target: Target,
+    action: Action,
+    timeout: Timeout,
+    status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<CommandResult>,
+    request_id: RequestId,
+    order_id: OrderId,
+    // Fields beyond the Wazuh layout (SPEC §2 allows additions, never renames).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_millis")]
+    not_before: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_millis")]
+    sent_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    deliveries: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_millis")]
+    redeliver_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_millis")]
+    result_deadline: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_millis")]
+    finished_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    retry_of: Option<RequestId>,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+const fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// One order: a command for one concrete target. Its serde form is the document layout of the
+/// orders stream (SPEC §2), shared by the HTTP API and every storage adapter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    #[serde(rename = "@timestamp", with = "millis")]
+    created_at: DateTime<Utc>,
+    #[serde(with = "millis")]
+    delivery_timestamp: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    agent: Option<AgentRef>,
+    command: OrderCommand,
+}
+
+/// What [`Order::new`] needs: the parts of a command that every one of its orders shares.
+#[derive(Debug, Clone)]
+pub struct NewOrder<'a> {
+    pub order_id: OrderId,
+    pub request_id: RequestId,
+    pub source: Source,
+    pub user: Option<&'a str>,
+    pub target: Target,
+    pub agent: Option<(&'a AgentId, &'a [GroupName])>,
+    pub action: &'a Action,
+    pub timeout: Timeout,
+    /// When the order is created (already truncated to milliseconds by the clock).
+    pub now: DateTime<Utc>,
+    /// When the order may first be handed out; `None` is `now`.
+    pub not_before: Option<DateTime<Utc>>,
+    pub retry_of: Option<RequestId>,
+}
+
+impl Order {
+    /// A new `pending` order. Its delivery deadline is `not_before` (or `now`) plus the timeout.
+    #[must_use]
+    pub fn new(new: NewOrder<'_>) -> Self {
+        let start = new.not_before.map_or(new.now, |nb| nb.max(new.now));
+        Self {
+            created_at: new.now,
+            delivery_timestamp: start + new.timeout.duration(),
+            agent: new.agent.map(|(id, groups)| AgentRef {
+                id: id.clone(),
+                groups: groups.to_vec(),
+            }),
+            command: OrderCommand {
+                source: new.source,
+                user: new.user.map(str::to_owned),
+                target: new.target,
+                action: new.action.clone(),
+                timeout: new.timeout,
+                status: Status::Pending,
+                result: None,
+                request_id: new.request_id,
+                order_id: new.order_id,
+                not_before: new.not_before.filter(|nb| *nb > new.now),
+                sent_at: None,
+                deliveries: 0,
+                redeliver_at: None,
+                result_deadline: None,
+                finished_at: None,
+                retry_of: new.retry_of,
+            },
+        }
+    }
+
+    #[must_use]
+    pub const fn order_id(&self) -> &OrderId {
+        &self.command.order_id
+    }
+
+    #[must_use]
+    pub const fn request_id(&self) -> &RequestId {
+        &self.command.request_id
+    }
+
+    #[must_use]
+    pub const fn status(&self) -> Status {
+        self.command.status
+    }
+
+    /// `@timestamp`: when the order was created.
+    #[must_use]
+    pub const fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
+    /// `delivery_timestamp`: the deadline for delivery.
+    #[must_use]
+    pub const fn delivery_deadline(&self) -> DateTime<Utc> {
+        self.delivery_timestamp
+    }
+
+    /// The earliest time the order may be handed out.
+    #[must_use]
+    pub fn available_from(&self) -> DateTime<Utc> {
+        self.command.not_before.unwrap_or(self.created_at)
+    }
+
+    #[must_use]
+    pub const fn not_before(&self) -> Option<DateTime<Utc>> {
+        self.command.not_before
+    }
+
+    #[must_use]
+    pub const fn agent(&self) -> Option<&AgentRef> {
+        self.agent.as_ref()
+    }
+
+    /// The agent this order is for (`None` for a server target).
+    #[must_use]
+    pub fn agent_id(&self) -> Option<&AgentId> {
+        self.agent.as_ref().map(|a| &a.id)
+    }
+
+    #[must_use]
+    pub const fn source(&self) -> Source {
+        self.command.source
+    }
+
+    #[must_use]
+    pub fn user(&self) -> Option<&str> {
+        self.command.user.as_deref()
+    }
+
+    #[must_use]
+    pub const fn target(&self) -> &Target {
+        &self.command.target
+    }
+
+    #[must_use]
+    pub const fn action(&self) -> &Action {
+        &self.command.action
+    }
+
+    #[must_use]
+    pub const fn timeout(&self) -> Timeout {
+        self.command.timeout
+    }
+
+    #[must_use]
+    pub const fn result(&self) -> Option<&CommandResult> {
+        self.command.result.as_ref()
+    }
+
+    /// When the order was last handed to its agent.
+    #[must_use]
+    pub const fn sent_at(&self) -> Option<DateTime<Utc>> {
+        self.command.sent_at
+    }
+
+    /// How many times the order has been handed out.
+    #[must_use]
+    pub const fn deliveries(&self) -> u32 {
+        self.command.deliveries
+    }
+
+    /// When a `sent` order becomes eligible for redelivery.
+    #[must_use]
+    pub const fn redeliver_at(&self) -> Option<DateTime<Utc>> {
+        self.command.redeliver_at
+    }
+
+    /// When a `sent` / `in_progress` order without a final result gives up.
+    #[must_use]
+    pub const fn result_deadline(&self) -> Option<DateTime<Utc>> {
+        self.command.result_deadline
+    }
+
+    /// When the order reached `success` or `failure`.
+    #[must_use]
+    pub const fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.command.finished_at
+    }
+
+    #[must_use]
+    pub const fn retry_of(&self) -> Option<&RequestId> {
+        self.command.retry_of.as_ref()
+    }
+
+    // ---- predicates: which transition is due at `now` -------------------------------------
+
+    /// A `pending` order whose delivery deadline has passed.
+    #[must_use]
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.status() == Status::Pending && now >= self.delivery_timestamp
+    }
+
+    /// May this order be handed to its agent at `now`? A `pending` order from its
+    /// `not_before` until (excluding) its deadline; a `sent` order once its redelivery is due.
+    #[must_use]
+    pub fn is_deliverable(&self, now: DateTime<Utc>) -> bool {
+        if self.agent.is_none() {
+            return false;
+        }
+        match self.status() {
+            Status::Pending => self.available_from() <= now && now < self.delivery_timestamp,
+            Status::Sent => self.command.redeliver_at.is_some_and(|t| t <= now),
+            _ => false,
+        }
+    }
+
+    /// A delivered order whose agent has not reported a final result in time.
+    #[must_use]
+    pub fn is_unreported(&self, now: DateTime<Utc>) -> bool {
+        matches!(self.status(), Status::Sent | Status::InProgress)
+            && self.command.result_deadline.is_some_and(|t| t <= now)
+    }
+
+    /// A finished order that finished at or before `cutoff` (retention).
+    #[must_use]
+    pub fn finished_by(&self, cutoff: DateTime<Utc>) -> bool {
+        self.status().is_terminal() && self.command.finished_at.is_some_and(|t| t <= cutoff)
+    }
+
+    // ---- transitions ----------------------------------------------------------------------
+
+    fn refuse(&self, attempted: &'static str) -> TransitionError {
+        TransitionError {
+            order_id: self.command.order_id,
+            status: self.status(),
+            attempted,
+        }
+    }
+
+    /// Hands the order to its agent: `pending -> sent`, or `sent -> sent` when a redelivery is due.
+    ///
+    /// # Errors
+    /// A [`TransitionError`] unless [`Self::is_deliverable`] holds at `now`.
+    pub fn deliver(
+        &self,
+        now: DateTime<Utc>,
+        policy: &DeliveryPolicy,
+    ) -> Result<Self, TransitionError> {
+        if !self.is_deliverable(now) {
+            return Err(self.refuse("delivered"));
+        }
+        let mut next = self.clone();
+        let c = &mut next.command;
+        c.status = Status::Sent;
+        c.sent_at = Some(now);
+        c.deliveries = c.deliveries.saturating_add(1);
+        c.redeliver_at = policy.redeliver_after.map(|d| now + d);
+        c.result_deadline = policy.result_timeout.map(|d| now + d);
+        Ok(next)
+    }
+
+    fn finish(&self, now: DateTime<Utc>, status: Status, result: CommandResult) -> Self {
+        let mut next = self.clone();
+        let c = &mut next.command;
+        c.status = status;
+        c.result = Some(result);
+        c.finished_at = Some(now);
+        c.redeliver_at = None;
+        c.result_deadline = None;
+        next
+    }
+
+    /// `pending -> failure (expired)` once the delivery deadline has passed.
+    ///
+    /// # Errors
+    /// A [`TransitionError`] unless [`Self::is_expired`] holds at `now`.
+    pub fn expire(&self, now: DateTime<Utc>) -> Result<Self, TransitionError> {
+        if !self.is_expired(now) {
+            return Err(self.refuse("expired"));
+        }
+        Ok(self.finish(now, Status::Failure, CommandResult::service(EXPIRED)))
+    }
+
+    /// `pending -> failure (cancelled)`.
+    ///
+    /// # Errors
+    /// A [`TransitionError`] unless the order is `pending`.
+    pub fn cancel(&self, now: DateTime<Utc>) -> Result<Self, TransitionError> {
+        if self.status() != Status::Pending {
+            return Err(self.refuse("cancelled"));
+        }
+        Ok(self.finish(now, Status::Failure, CommandResult::service(CANCELLED)))
+    }
+
+    /// `sent | in_progress -> failure (no result)` once the result deadline has passed.
+    ///
+    /// # Errors
+    /// A [`TransitionError`] unless [`Self::is_unreported`] holds at `now`.
+    pub fn give_up(&self, now: DateTime<Utc>) -> Result<Self, TransitionError> {
+        if !self.is_unreported(now) {
+            return Err(self.refuse("given up"));
+        }
+        Ok(self.finish(now, Status::Failure, CommandResult::service(NO_RESULT)))
+    }
+
+    /// Records an agent's report. A delivered order (`sent` / `in_progress`) takes any report;
+    /// repeating the report the order already carries is accepted and changes nothing.
+    ///
+    /// # Errors
+    /// A [`TransitionError`] when the order was never delivered (`pending`) or already ended
+    /// with a different result.
+    pub fn report(
+        &self,
+        report: &Report,
+        now: DateTime<Utc>,
+    ) -> Result<ReportOutcome, TransitionError> {
+        let wanted = report.status.status();
+        let same = self.status() == wanted && self.command.result.as_ref() == Some(&report.result);
+        match self.status() {
+            _ if same => Ok(ReportOutcome::AlreadyApplied),
+            Status::Sent | Status::InProgress if wanted == Status::InProgress => {
+                let mut next = self.clone();
+                next.command.status = Status::InProgress;
+                next.command.result = Some(report.result.clone());
+                next.command.redeliver_at = None;
+                Ok(ReportOutcome::Applied(next))
+            }
+            Status::Sent | Status::InProgress => Ok(ReportOutcome::Applied(self.finish(
+                now,
+                wanted,
+                report.result.clone(),
+            ))),
+            Status::Pending | Status::Success | Status::Failure => Err(self.refuse("reported")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{Duration, TimeZone};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::command::TargetType;
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 27, 10, 0, 0).unwrap()
+    }
+
+    fn order_with(timeout: i64, not_before: Option<DateTime<Utc>>) -> Order {
+        let agent = AgentId::parse("a1", "id").unwrap();
+        let groups = vec![GroupName::parse("Test", "g").unwrap()];
+        let action = Action::new("restart", json!({}), "v5").unwrap();
+        Order::new(NewOrder {
+            order_id: OrderId::from_uuid(Uuid::from_u128(1)),
+            request_id: RequestId::from_uuid(Uuid::from_u128(2)),
+            source: Source::UsersServices,
+            user: Some("admin"),
+            target: Target::agent(&agent),
+            agent: Some((&agent, &groups)),
+            action: &action,
+            timeout: Timeout::new(timeout).unwrap(),
+            now: t0(),
+            not_before,
+            retry_of: None,
+        })
+    }
+
+    fn order() -> Order {
+        order_with(100, None)
+    }
+
+    fn policy() -> DeliveryPolicy {
+        DeliveryPolicy {
+            redeliver_after: Some(Duration::seconds(60)),
+            result_timeout: Some(Duration::seconds(600)),
+        }
+    }
+
+    fn report(status: ReportStatus, code: i64, message: &str) -> Report {
+        Report::new(status, code, message, "").unwrap()
+    }
+
+    #[test]
+    fn document_has_the_wazuh_layout() {
+        let doc = serde_json::to_value(order()).unwrap();
+        assert_eq!(
+            doc,
+            json!({
+                "@timestamp": "2026-11-27T10:00:00.000Z",
+                "delivery_timestamp": "2026-11-27T10:01:40.000Z",
+                "agent": {"id": "a1", "groups": ["Test"]},
+                "command": {
+                    "source": "Users/Services", "user": "admin",
+                    "target": {"type": "agent", "id": "a1"},
+                    "action": {"name": "restart", "args": {}, "version": "v5"},
+                    "timeout": 100, "status": "pending",
+                    "request_id": "00000000-0000-0000-0000-000000000002",
+                    "order_id": "00000000-0000-0000-0000-000000000001"
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn document_round_trips_through_serde_in_every_state() {
+        let now = t0() + Duration::seconds(5);
+        let sent = order().deliver(now, &policy()).unwrap();
+        let ReportOutcome::Applied(done) = sent
+            .report(&report(ReportStatus::Success, 0, "ok"), now)
+            .unwrap()
+        else {
+            panic!("report not applied");
+        };
+        for o in [order(), sent, done] {
+            let back: Order = serde_json::from_value(serde_json::to_value(&o).unwrap()).unwrap();
+            assert_eq!(back, o);
+        }
+    }
+
+    #[test]
+    fn deadline_is_creation_plus_timeout() {
+        assert_eq!(order().delivery_deadline(), t0() + Duration::seconds(100));
+    }
+
+    #[test]
+    fn deadline_counts_from_not_before_when_scheduled() {
+        let o = order_with(100, Some(t0() + Duration::seconds(30)));
+        assert_eq!(o.delivery_deadline(), t0() + Duration::seconds(130));
+        assert!(!o.is_deliverable(t0() + Duration::seconds(29)));
+        assert!(o.is_deliverable(t0() + Duration::seconds(30)));
+    }
+
+    #[test]
+    fn pending_order_is_delivered_before_its_deadline_only() {
+        let o = order();
+        let sent = o.deliver(t0() + Duration::seconds(99), &policy()).unwrap();
+        assert_eq!(sent.status(), Status::Sent);
+        assert_eq!(sent.deliveries(), 1);
+        assert_eq!(sent.redeliver_at(), Some(t0() + Duration::seconds(159)));
+        assert_eq!(sent.result_deadline(), Some(t0() + Duration::seconds(699)));
+        assert!(o.deliver(t0() + Duration::seconds(100), &policy()).is_err());
+    }
+
+    #[test]
+    fn expiry_is_a_pure_function_of_now() {
+        let o = order();
+        assert!(!o.is_expired(t0() + Duration::milliseconds(99_999)));
+        assert!(o.is_expired(t0() + Duration::seconds(100)));
+        let expired = o.expire(t0() + Duration::seconds(100)).unwrap();
+        assert_eq!(expired.status(), Status::Failure);
+        assert_eq!(expired.result().unwrap().message(), EXPIRED);
+        assert_eq!(expired.finished_at(), Some(t0() + Duration::seconds(100)));
+        assert!(o.expire(t0() + Duration::seconds(50)).is_err());
+    }
+
+    #[test]
+    fn an_order_is_never_both_deliverable_and_expired() {
+        let o = order();
+        for s in 0..200 {
+            let now = t0() + Duration::seconds(s);
+            assert!(!(o.is_deliverable(now) && o.is_expired(now)), "at +{s}s");
+        }
+    }
+
+    #[test]
+    fn sent_order_cannot_expire_or_be_cancelled() {
+        let sent = order().deliver(t0(), &policy()).unwrap();
+        assert!(sent.expire(t0() + Duration::seconds(1000)).is_err());
+        let err = sent.cancel(t0()).unwrap_err();
+        assert_eq!(err.status, Status::Sent);
+    }
+
+    #[test]
+    fn cancelling_a_pending_order_fails_it_with_cancelled() {
+        let c = order().cancel(t0()).unwrap();
+        assert_eq!(c.status(), Status::Failure);
+        assert_eq!(c.result().unwrap().message(), CANCELLED);
+        assert!(c.cancel(t0()).is_err());
+    }
+
+    #[test]
+    fn terminal_orders_accept_no_transition() {
+        let done = order().cancel(t0()).unwrap();
+        let later = t0() + Duration::seconds(10_000);
+        assert!(done.deliver(later, &policy()).is_err());
+        assert!(done.expire(later).is_err());
+        assert!(done.give_up(later).is_err());
+        assert!(
+            done.report(&report(ReportStatus::Success, 0, ""), later)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn report_on_pending_order_is_refused() {
+        assert!(
+            order()
+                .report(&report(ReportStatus::Success, 0, ""), t0())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn identical_repeated_report_is_accepted_and_changes_nothing() {
+        let sent = order().deliver(t0(), &policy()).unwrap();
+        let r = report(ReportStatus::Failure, 2, "disk full");
+        let ReportOutcome::Applied(done) = sent.report(&r, t0()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            done.report(&r, t0()).unwrap(),
+            ReportOutcome::AlreadyApplied
+        );
+        assert!(
+            done.report(&report(ReportStatus::Success, 0, ""), t0())
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn in_progress_stops_redelivery_but_not_the_result_deadline() {
+        let sent = order().deliver(t0(), &policy()).unwrap();
+        let ReportOutcome::Applied(busy) = sent
+            .report(&report(ReportStatus::InProgress, 0, "50%"), t0())
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(busy.status(), Status::InProgress);
+        assert!(!busy.is_deliverable(t0() + Duration::seconds(3600)));
+        assert!(busy.is_unreported(t0() + Duration::seconds(600)));
+        let ReportOutcome::Applied(done) = busy
+            .report(&report(ReportStatus::Success, 0, "ok"), t0())
+            .unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(done.status(), Status::Success);
+    }
+
+    #[test]
+    fn sent_order_is_redelivered_after_redeliver_after() {
+        let sent = order().deliver(t0(), &policy()).unwrap();
+        assert!(!sent.is_deliverable(t0() + Duration::seconds(59)));
+        let again = sent
+            .deliver(t0() + Duration::seconds(60), &policy())
+            .unwrap();
+        assert_eq!(again.deliveries(), 2);
+        assert_eq!(again.sent_at(), Some(t0() + Duration::seconds(60)));
+    }
+
+    #[test]
+    fn no_redelivery_when_disabled() {
+        let p = DeliveryPolicy {
+            redeliver_after: None,
+            result_timeout: None,
+        };
+        let sent = order().deliver(t0(), &p).unwrap();
+        assert!(!sent.is_deliverable(t0() + Duration::days(365)));
+        assert!(!sent.is_unreported(t0() + Duration::days(365)));
+    }
+
+    #[test]
+    fn unreported_order_gives_up_with_no_result() {
+        let sent = order().deliver(t0(), &policy()).unwrap();
+        assert!(sent.give_up(t0() + Duration::seconds(599)).is_err());
+        let failed = sent.give_up(t0() + Duration::seconds(600)).unwrap();
+        assert_eq!(failed.status(), Status::Failure);
+        assert_eq!(failed.result().unwrap().message(), NO_RESULT);
+    }
+
+    #[test]
+    fn server_orders_are_never_handed_to_an_agent() {
+        let action = Action::new("update", json!({"index": "x", "offset": 1}), "v5").unwrap();
+        let o = Order::new(NewOrder {
+            order_id: OrderId::from_uuid(Uuid::from_u128(1)),
+            request_id: RequestId::from_uuid(Uuid::from_u128(2)),
+            source: Source::ContentManager,
+            user: None,
+            target: Target::new(TargetType::Server, "indexer").unwrap(),
+            agent: None,
+            action: &action,
+            timeout: Timeout::new(10).unwrap(),
+            now: t0(),
+            not_before: None,
+            retry_of: None,
+        });
+        assert!(!o.is_deliverable(t0()));
+        assert!(serde_json::to_value(&o).unwrap().get("agent").is_none());
+    }
+
+    #[test]
+    fn report_fields_are_validated() {
+        assert_eq!(
+            Report::new(ReportStatus::Success, 40_000, "", "")
+                .unwrap_err()
+                .field(),
+            "code"
+        );
+        assert_eq!(ReportStatus::parse("done").unwrap_err().field(), "status");
+        let big = "x".repeat(MAX_RESULT_DATA + 1);
+        assert_eq!(
+            Report::new(ReportStatus::Success, 0, "", &big)
+                .unwrap_err()
+                .field(),
+            "data"
+        );
+    }
+
+    #[test]
+    fn retention_applies_to_finished_orders_only() {
+        let cutoff = t0() + Duration::seconds(10);
+        assert!(!order().finished_by(cutoff));
+        assert!(order().cancel(t0()).unwrap().finished_by(cutoff));
+        assert!(
+            !order()
+                .cancel(t0() + Duration::seconds(11))
+                .unwrap()
+                .finished_by(cutoff)
+        );
+    }
+}

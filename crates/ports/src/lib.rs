@@ -1,0 +1,25 @@
+//! The ports of the command manager and the use cases over them.
+//!
+//! * [`store`]: [`OrderStore`] (the durable orders stream) and [`AgentRegistry`];
+//! * [`notify`]: [`Notifier`], which wakes long-polls, and [`WakeHub`], its in-process half;
+//! * [`clock`]: [`Clock`] and the id sources;
+//! * [`service`]: [`CommandManager`], the use cases the drivers call;
+//! * `testkit` (feature): the conformance suite every adapter runs, and test doubles.
+
+pub mod clock;
+pub mod notify;
+pub mod service;
+pub mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use clock::{Clock, FreshIds, SystemClock};
+pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
+pub use service::{
+    CancelError, CommandManager, Idempotency, MAX_PAGE_SIZE, MaintenanceRun, Ports, ReportError,
+    Settings, SubmitError, SubmitRequest, SubmittedRequest, metric,
+};
+pub use store::{
+    AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,
+    Page, ReplaceError, RetentionMode, StatusCounts, StoreError, Upserted,
+};

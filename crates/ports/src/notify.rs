@@ -1,0 +1,221 @@
+//! Waking long-polls: the [`Notifier`] port and [`WakeHub`], the in-process building block every
+//! notifier uses to reach the polls waiting on its own instance.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cm_domain::AgentId;
+use tokio::sync::watch;
+
+/// Tells long-polls that orders may be waiting for their agent.
+///
+/// A poll subscribes *before* it looks for orders, then waits on the subscription; a
+/// notification sent after the subscription was taken is never lost.
+#[cfg_attr(any(test, feature = "testkit"), mockall::automock)]
+#[async_trait]
+pub trait Notifier: Send + Sync + 'static {
+    /// Wakes the polls of `agents` on this instance and, where the backend carries
+    /// notifications, on every other instance.
+    ///
+    /// # Errors
+    /// A [`crate::StoreError`] when other instances could not be told; local polls are woken
+    /// regardless, and remote ones still find the orders at their next re-check.
+    async fn notify(&self, agents: &[AgentId]) -> Result<(), crate::StoreError>;
+
+    /// A subscription that fires when `agent` is notified.
+    fn subscribe(&self, agent: &AgentId) -> Subscription;
+
+    /// How often a waiting poll should look at storage by itself, for backends whose
+    /// notifications can be missed or do not cross instances. `None`: never.
+    fn recheck_interval(&self) -> Option<Duration>;
+}
+
+type Senders = Arc<Mutex<HashMap<AgentId, watch::Sender<u64>>>>;
+
+/// Per-agent wake-up channels for the polls waiting in this process.
+#[derive(Debug, Clone, Default)]
+pub struct WakeHub {
+    senders: Senders,
+}
+
+impl WakeHub {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Subscribes to wake-ups of `agent`.
+    #[must_use]
+    pub fn subscribe(&self, agent: &AgentId) -> Subscription {
+        let mut map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        let rx = map
+            .entry(agent.clone())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        Subscription {
+            rx,
+            owner: Some((Arc::clone(&self.senders), agent.clone())),
+        }
+    }
+
+    /// Wakes every subscription of these agents.
+    pub fn wake(&self, agents: &[AgentId]) {
+        let map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.is_empty() {
+            return;
+        }
+        for agent in agents {
+            if let Some(tx) = map.get(agent) {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
+    }
+
+    /// Wakes every subscription (after a notification channel was lost and may have dropped
+    /// messages).
+    pub fn wake_all(&self) {
+        let map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
+        for tx in map.values() {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// How many agents have at least one waiting subscription.
+    #[must_use]
+    pub fn agents_waiting(&self) -> usize {
+        self.senders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// One poll's interest in one agent's wake-ups. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: watch::Receiver<u64>,
+    owner: Option<(Senders, AgentId)>,
+}
+
+impl Subscription {
+    /// Resolves at the first wake-up sent after this subscription was taken (or after the
+    /// previous call returned).
+    pub async fn notified(&mut self) {
+        if self.rx.changed().await.is_err() {
+            // The sender is gone: nothing will ever wake us; wait forever (the caller's timeout
+            // ends the wait).
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// A subscription that never fires, for notifiers that have nothing to offer.
+    #[must_use]
+    pub fn never() -> Self {
+        let (tx, rx) = watch::channel(0);
+        std::mem::forget(tx);
+        Self { rx, owner: None }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some((senders, agent)) = self.owner.take() {
+            let mut map = senders.lock().unwrap_or_else(PoisonError::into_inner);
+            // Our own receiver is still alive here, so 1 means "only us".
+            if map.get(&agent).is_some_and(|tx| tx.receiver_count() <= 1) {
+                map.remove(&agent);
+            }
+        }
+    }
+}
+
+/// A [`Notifier`] for a single instance: wakes the polls of this process only. Right for the
+/// in-memory and SQLite backends, whose orders are written through this process.
+#[derive(Debug, Clone, Default)]
+pub struct LocalNotifier {
+    hub: WakeHub,
+}
+
+impl LocalNotifier {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Notifier for LocalNotifier {
+    async fn notify(&self, agents: &[AgentId]) -> Result<(), crate::StoreError> {
+        self.hub.wake(agents);
+        Ok(())
+    }
+
+    fn subscribe(&self, agent: &AgentId) -> Subscription {
+        self.hub.subscribe(agent)
+    }
+
+    fn recheck_interval(&self) -> Option<Duration> {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn agent(id: &str) -> AgentId {
+        AgentId::parse(id, "id").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_wake_after_subscribing_is_not_lost_even_before_waiting() {
+        let hub = WakeHub::new();
+        let mut sub = hub.subscribe(&agent("a1"));
+        hub.wake(&[agent("a1")]);
+        tokio::time::timeout(Duration::from_secs(1), sub.notified())
+            .await
+            .expect("wake-up lost");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wake_for_another_agent_does_not_fire() {
+        let hub = WakeHub::new();
+        let mut sub = hub.subscribe(&agent("a1"));
+        hub.wake(&[agent("a2")]);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), sub.notified())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_subscription_forgets_the_agent() {
+        let hub = WakeHub::new();
+        let a = hub.subscribe(&agent("a1"));
+        let b = hub.subscribe(&agent("a1"));
+        assert_eq!(hub.agents_waiting(), 1);
+        drop(a);
+        assert_eq!(hub.agents_waiting(), 1);
+        drop(b);
+        assert_eq!(hub.agents_waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn wake_all_reaches_every_agent() {
+        let hub = WakeHub::new();
+        let mut a = hub.subscribe(&agent("a1"));
+        let mut b = hub.subscribe(&agent("a2"));
+        hub.wake_all();
+        tokio::time::timeout(Duration::from_secs(1), async {
+            a.notified().await;
+            b.notified().await;
+        })
+        .await
+        .expect("wake_all missed a subscriber");
+    }
+}

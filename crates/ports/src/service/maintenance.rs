@@ -1,0 +1,99 @@
+//! Scheduled maintenance of the stream: expiry, giving up on unreported orders, retention.
+
+use chrono::{DateTime, Utc};
+use cm_domain::Status;
+
+use super::{CommandManager, count_transition, metric};
+use crate::store::{Batch, RetentionMode, StoreError};
+
+/// What one maintenance run changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaintenanceRun {
+    pub expired: u64,
+    pub gave_up: u64,
+    pub purged: u64,
+}
+
+impl CommandManager {
+    /// Expires every pending order whose deadline has passed, batch after batch until none is
+    /// left (never one fixed batch per run).
+    ///
+    /// # Errors
+    /// [`StoreError`]; batches done before the failure stay done.
+    pub async fn expire_overdue(&self) -> Result<u64, StoreError> {
+        let n = self
+            .drain(async |now, limit| self.ports.orders.expire_due(now, limit).await)
+            .await?;
+        count_transition(Status::Failure, "expired", n);
+        Ok(n)
+    }
+
+    /// Fails every delivered order whose result deadline has passed (`no result`).
+    ///
+    /// # Errors
+    /// [`StoreError`]; batches done before the failure stay done.
+    pub async fn give_up_unreported(&self) -> Result<u64, StoreError> {
+        let n = self
+            .drain(async |now, limit| self.ports.orders.give_up_unreported(now, limit).await)
+            .await?;
+        count_transition(Status::Failure, "no_result", n);
+        Ok(n)
+    }
+
+    /// Deletes or archives finished orders older than the retention age (nothing when
+    /// retention is off).
+    ///
+    /// # Errors
+    /// [`StoreError`]; batches done before the failure stay done.
+    pub async fn apply_retention(&self) -> Result<u64, StoreError> {
+        let Some(age) = self.settings.retention else {
+            return Ok(0);
+        };
+        let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+        let mode = self.settings.retention_mode;
+        let n = self
+            .drain(async |now, limit| {
+                let cutoff = now
+                    .checked_sub_signed(age)
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                self.ports.orders.purge_finished(cutoff, mode, limit).await
+            })
+            .await?;
+        if n > 0 {
+            let mode = match mode {
+                RetentionMode::Delete => "delete",
+                RetentionMode::Archive => "archive",
+            };
+            metrics::counter!(metric::ORDERS_PURGED, "mode" => mode).increment(n);
+        }
+        Ok(n)
+    }
+
+    /// All three jobs, in order.
+    ///
+    /// # Errors
+    /// The first [`StoreError`]; the jobs after it do not run.
+    pub async fn run_maintenance(&self) -> Result<MaintenanceRun, StoreError> {
+        Ok(MaintenanceRun {
+            expired: self.expire_overdue().await?,
+            gave_up: self.give_up_unreported().await?,
+            purged: self.apply_retention().await?,
+        })
+    }
+
+    /// Repeats `step` while it finds full batches and changes something.
+    async fn drain(
+        &self,
+        mut step: impl AsyncFnMut(DateTime<Utc>, usize) -> Result<Batch, StoreError>,
+    ) -> Result<u64, StoreError> {
+        let limit = self.settings.maintenance_batch.max(1);
+        let mut total = 0u64;
+        loop {
+            let batch = step(self.ports.clock.now(), limit).await?;
+            total += batch.changed as u64;
+            if batch.examined < limit || batch.changed == 0 {
+                return Ok(total);
+            }
+        }
+    }
+}

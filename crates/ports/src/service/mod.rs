@@ -1,0 +1,127 @@
+//! The use cases: what the drivers (HTTP API, scheduler) call. Each orchestrates domain rules
+//! over the ports and has its own error type with the variants its callers act on.
+
+mod agents;
+mod delivery;
+mod maintenance;
+mod orders;
+mod submit;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cm_domain::DeliveryPolicy;
+
+pub use self::delivery::ReportError;
+pub use self::maintenance::MaintenanceRun;
+pub use self::orders::{CancelError, MAX_PAGE_SIZE};
+pub use self::submit::{Idempotency, SubmitError, SubmitRequest, SubmittedRequest};
+use crate::clock::Clock;
+use crate::notify::Notifier;
+use crate::store::{AgentRegistry, OrderStore, RetentionMode};
+
+/// The limits and policies the use cases apply. Every field has a safe default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Most commands one submit may carry.
+    pub max_commands: usize,
+    /// Most orders one submit may expand into, over all its commands.
+    pub max_orders_per_request: u64,
+    /// Orders written to storage per insert call while expanding.
+    pub write_batch: usize,
+    /// Agents read from the registry per page while expanding a group.
+    pub expansion_page: usize,
+    /// Redelivery and result timeout.
+    pub delivery: DeliveryPolicy,
+    /// Longest a poll may wait for orders.
+    pub max_poll_wait: Duration,
+    /// Most orders one poll may return.
+    pub max_poll_limit: usize,
+    /// Orders changed per storage call by the maintenance jobs.
+    pub maintenance_batch: usize,
+    /// Finished orders older than this are deleted or archived; `None` keeps them forever.
+    pub retention: Option<Duration>,
+    pub retention_mode: RetentionMode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            max_commands: 100,
+            max_orders_per_request: 200_000,
+            write_batch: 2_000,
+            expansion_page: 1_000,
+            delivery: DeliveryPolicy::default(),
+            max_poll_wait: Duration::from_secs(60),
+            max_poll_limit: 100,
+            maintenance_batch: 1_000,
+            retention: Some(Duration::from_secs(7 * 24 * 3600)),
+            retention_mode: RetentionMode::Delete,
+        }
+    }
+}
+
+/// The ports one service instance works with.
+#[derive(Clone)]
+pub struct Ports {
+    pub orders: Arc<dyn OrderStore>,
+    pub agents: Arc<dyn AgentRegistry>,
+    pub notifier: Arc<dyn Notifier>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Ports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ports").finish_non_exhaustive()
+    }
+}
+
+/// The command manager's use cases, over one set of ports. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CommandManager {
+    ports: Ports,
+    settings: Arc<Settings>,
+}
+
+impl CommandManager {
+    #[must_use]
+    pub fn new(ports: Ports, settings: Settings) -> Self {
+        Self {
+            ports,
+            settings: Arc::new(settings),
+        }
+    }
+
+    #[must_use]
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Succeeds when storage is reachable (`/readyz`).
+    ///
+    /// # Errors
+    /// The [`crate::StoreError`] of the failed check.
+    pub async fn ready(&self) -> Result<(), crate::StoreError> {
+        self.ports.orders.ping().await
+    }
+}
+
+/// Metric names, in one place so the exporter and dashboards agree.
+pub mod metric {
+    /// Counter: orders written by submits.
+    pub const ORDERS_CREATED: &str = "cm_orders_created_total";
+    /// Counter with labels `to` (new status) and `via` (delivered, redelivered, reported,
+    /// expired, cancelled, no_result): orders moved per status transition.
+    pub const ORDER_TRANSITIONS: &str = "cm_order_transitions_total";
+    /// Gauge: long-polls currently waiting.
+    pub const OPEN_LONG_POLLS: &str = "cm_long_polls_open";
+    /// Counter: orders removed from the stream by retention, label `mode`.
+    pub const ORDERS_PURGED: &str = "cm_orders_purged_total";
+}
+
+fn count_transition(to: cm_domain::Status, via: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!(metric::ORDER_TRANSITIONS, "to" => to.as_str(), "via" => via)
+            .increment(n);
+    }
+}

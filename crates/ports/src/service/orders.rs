@@ -1,0 +1,85 @@
+//! Reading the orders stream and cancelling orders.
+
+use cm_domain::{Order, OrderId, RequestId, Status};
+
+use super::{CommandManager, count_transition};
+use crate::store::{
+    OrderCursor, OrderFilter, OrderPageRequest, Page, ReplaceError, StatusCounts, StoreError,
+};
+
+/// Largest page a query may ask for.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CancelError {
+    #[error("no such order")]
+    NotFound,
+    /// Only a `pending` order can be cancelled (409).
+    #[error("order is {0}: only pending orders can be cancelled")]
+    NotPending(Status),
+    #[error(transparent)]
+    Unavailable(#[from] StoreError),
+}
+
+impl CommandManager {
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    pub async fn order(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        self.ports.orders.get(id).await
+    }
+
+    /// One page of the orders matching `filter`; the page size is capped at [`MAX_PAGE_SIZE`].
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    pub async fn orders(
+        &self,
+        filter: &OrderFilter,
+        size: usize,
+        after: Option<OrderCursor>,
+    ) -> Result<Page<Order, OrderCursor>, StoreError> {
+        let page = OrderPageRequest {
+            size: size.clamp(1, MAX_PAGE_SIZE),
+            after,
+        };
+        self.ports.orders.query(filter, &page).await
+    }
+
+    /// The per-status counts of one request; `None` when no order has that request id.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails.
+    pub async fn progress(&self, request: &RequestId) -> Result<Option<StatusCounts>, StoreError> {
+        let counts = self.ports.orders.progress(request).await?;
+        Ok((counts.total() > 0).then_some(counts))
+    }
+
+    /// Cancels a pending order (`failure`, `cancelled`).
+    ///
+    /// # Errors
+    /// [`CancelError`].
+    pub async fn cancel(&self, id: &OrderId) -> Result<Order, CancelError> {
+        loop {
+            let current = self
+                .ports
+                .orders
+                .get(id)
+                .await?
+                .ok_or(CancelError::NotFound)?;
+            let next = current
+                .cancel(self.ports.clock.now())
+                .map_err(|e| CancelError::NotPending(e.status))?;
+            match self.ports.orders.replace(&current, &next).await {
+                Ok(()) => {
+                    count_transition(Status::Failure, "cancelled", 1);
+                    return Ok(next);
+                }
+                // Changed meanwhile: look again; a pending order that was delivered meanwhile
+                // now answers NotPending.
+                Err(ReplaceError::Conflict) => {}
+                Err(ReplaceError::NotFound) => return Err(CancelError::NotFound),
+                Err(ReplaceError::Store(e)) => return Err(e.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Submitting command requests: validation of the whole request, expansion, durable write.
+
+use cm_domain::{
+    Agent, AgentId, Command, Expander, ExpansionError, FieldError, GroupName, IdSource,
+    IdempotencyKey, KeyedIds, Order, OrderId, RequestId, TargetType,
+};
+
+use super::{CommandManager, metric};
+use crate::clock::FreshIds;
+use crate::store::{AgentPageRequest, StoreError};
+
+/// A validated request: 1..=`max_commands` commands, optionally with an idempotency key.
+#[derive(Debug, Clone)]
+pub struct SubmitRequest {
+    pub commands: Vec<Command>,
+    pub idempotency: Option<Idempotency>,
+}
+
+/// `Idempotency-Key` and a fingerprint of the body it came with: the same key and body always
+/// yield the same ids, so a retry writes nothing new.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: IdempotencyKey,
+    pub fingerprint: String,
+}
+
+/// The ids one command of a submit produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmittedRequest {
+    pub request_id: RequestId,
+    pub order_ids: Vec<OrderId>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SubmitError {
+    /// The request itself breaks a rule (400).
+    #[error(transparent)]
+    Invalid(#[from] FieldError),
+    /// A command expands to nothing or to too much (422). Nothing was written.
+    #[error(transparent)]
+    Expansion(#[from] ExpansionError),
+    /// Storage failed; nothing of this request is acknowledged (503).
+    #[error(transparent)]
+    Unavailable(#[from] StoreError),
+}
+
+/// How one command will expand, decided before anything is written.
+enum Plan {
+    Agent(Agent),
+    Group(GroupName),
+    Server,
+}
+
+impl CommandManager {
+    /// Expands every command of `request` and writes the orders. All or nothing to the caller:
+    /// every target is checked before the first write, and if storage fails midway the orders
+    /// already written are removed again (unless an idempotency key makes the retry the cure).
+    ///
+    /// # Errors
+    /// [`SubmitError`].
+    #[tracing::instrument(skip_all, fields(commands = request.commands.len()))]
+    pub async fn submit(
+        &self,
+        request: SubmitRequest,
+    ) -> Result<Vec<SubmittedRequest>, SubmitError> {
+        let n = request.commands.len();
+        if n == 0 || n > self.settings.max_commands {
+            return Err(FieldError::new(
+                "commands",
+                format!("must hold 1 to {} commands", self.settings.max_commands),
+            )
+            .into());
+        }
+        let plans = self.plan(&request.commands).await?;
+
+        let mut fresh = FreshIds;
+        let mut keyed = request
+            .idempotency
+            .as_ref()
+            .map(|i| KeyedIds::new(&i.key, &i.fingerprint));
+        let ids: &mut dyn IdSource = match keyed.as_mut() {
+            Some(k) => k,
+            None => &mut fresh,
+        };
+        let mut writer = Writer {
+            manager: self,
+            buffer: Vec::with_capacity(self.settings.write_batch),
+            woken: Vec::new(),
+            written: Vec::new(),
+        };
+        let now = self.ports.clock.now();
+        let mut out = Vec::with_capacity(n);
+        for (index, (command, plan)) in request.commands.iter().zip(plans).enumerate() {
+            let request_id = ids.request_id(index);
+            let ex = Expander::new(command, index, request_id, now);
+            let mut order_ids = Vec::new();
+            let result = match plan {
+                Plan::Agent(agent) => {
+                    writer
+                        .push(ex.agent_order(&agent, ids), &mut order_ids)
+                        .await
+                }
+                Plan::Server => writer.push(ex.server_order(ids), &mut order_ids).await,
+                Plan::Group(group) => {
+                    self.expand_group(&ex, &group, ids, &mut writer, &mut order_ids)
+                        .await
+                }
+            };
+            writer.written.push(request_id);
+            if let Err(e) = result {
+                return Err(writer.abandon(e, request.idempotency.is_some()).await);
+            }
+            out.push(SubmittedRequest {
+                request_id,
+                order_ids,
+            });
+        }
+        if let Err(e) = writer.flush().await {
+            return Err(writer.abandon(e, request.idempotency.is_some()).await);
+        }
+        if let Err(e) = self.ports.notifier.notify(&writer.woken).await {
+            tracing::warn!(error = %e, "could not notify other instances; their polls find the orders at the next re-check");
+        }
+        Ok(out)
+    }
+
+    /// Checks every command's target before anything is written.
+    async fn plan(&self, commands: &[Command]) -> Result<Vec<Plan>, SubmitError> {
+        let limit = self.settings.max_orders_per_request;
+        let mut total: u64 = 0;
+        let mut plans = Vec::with_capacity(commands.len());
+        for (index, c) in commands.iter().enumerate() {
+            let target = c.target();
+            let (plan, count) = match target.kind() {
+                TargetType::Server => (Plan::Server, 1),
+                TargetType::Agent => {
+                    let id = AgentId::parse(target.id(), "target.id")
+                        .map_err(|e| e.under(&format!("commands[{index}]")))?;
+                    let agent = self.ports.agents.get(&id).await?.ok_or_else(|| {
+                        ExpansionError::UnknownAgent {
+                            index,
+                            agent: target.id().to_owned(),
+                        }
+                    })?;
+                    (Plan::Agent(agent), 1)
+                }
+                TargetType::Group => {
+                    let group = GroupName::parse(target.id(), "target.id")
+                        .map_err(|e| e.under(&format!("commands[{index}]")))?;
+                    let count = self.ports.agents.count(Some(group.clone())).await?;
+                    if count == 0 {
+                        return Err(ExpansionError::EmptyGroup {
+                            index,
+                            group: target.id().to_owned(),
+                        }
+                        .into());
+                    }
+                    (Plan::Group(group), count)
+                }
+            };
+            total += count;
+            if total > limit {
+                return Err(ExpansionError::TooManyOrders {
+                    index,
+                    count: total,
+                    limit,
+                }
+                .into());
+            }
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+
+    async fn expand_group(
+        &self,
+        ex: &Expander<'_>,
+        group: &GroupName,
+        ids: &mut dyn IdSource,
+        writer: &mut Writer<'_>,
+        order_ids: &mut Vec<OrderId>,
+    ) -> Result<(), StoreError> {
+        let mut page = AgentPageRequest {
+            group: Some(group.clone()),
+            size: self.settings.expansion_page,
+            after: None,
+        };
+        loop {
+            let members = self.ports.agents.list(&page).await?;
+            for agent in &members.items {
+                writer.push(ex.agent_order(agent, ids), order_ids).await?;
+            }
+            match members.next {
+                Some(next) => page.after = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Buffers expanded orders and writes them in batches.
+struct Writer<'a> {
+    manager: &'a CommandManager,
+    buffer: Vec<Order>,
+    woken: Vec<AgentId>,
+    /// Requests that have (or may have) orders in storage.
+    written: Vec<RequestId>,
+}
+
+impl Writer<'_> {
+    async fn push(&mut self, order: Order, ids: &mut Vec<OrderId>) -> Result<(), StoreError> {
+        ids.push(*order.order_id());
+        if let Some(agent) = order.agent_id() {
+            self.woken.push(agent.clone());
+        }
+        self.buffer.push(order);
+        if self.buffer.len() >= self.manager.settings.write_batch {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let created = self.manager.ports.orders.insert(&self.buffer).await?;
+        metrics::counter!(metric::ORDERS_CREATED).increment(created);
+        self.buffer.clear();
+        Ok(())
+    }
+
+    /// Storage failed midway. Without an idempotency key the caller cannot finish this request
+    /// by retrying it, so the orders already written are removed; with one, they stay for the
+    /// retry to complete (removing them could remove orders an earlier attempt acknowledged).
+    async fn abandon(self, error: StoreError, keyed: bool) -> SubmitError {
+        tracing::warn!(%error, "submit failed while writing orders");
+        if !keyed {
+            for request in &self.written {
+                if let Err(e) = self.manager.ports.orders.delete_request(request).await {
+                    tracing::error!(%request, error = %e, "could not remove the orders of a failed submit");
+                }
+            }
+        }
+        SubmitError::Unavailable(error)
+    }
+}

@@ -1,0 +1,398 @@
+//! The storage ports: the orders stream and the agents registry.
+//!
+//! Adapters implement these traits over a real backend and pass the conformance suite
+//! (`testkit`). They take and return domain types only; backend errors are translated into
+//! [`StoreError`] before they cross the port.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use cm_domain::{
+    Agent, AgentId, DeliveryPolicy, FieldError, GroupName, Order, OrderId, RequestId, Status,
+    TargetType,
+};
+
+/// Storage could not do what was asked. Both kinds are answered 503 by the HTTP API; nothing
+/// that returned an error may be reported to a caller as done.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The backend is unreachable, timed out or refused the work; retrying later may succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with something this adapter cannot interpret (a corrupt document,
+    /// an unexpected schema).
+    #[error("storage returned unusable data: {0}")]
+    Corrupt(String),
+}
+
+/// Why a compare-and-set replacement of an order did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplaceError {
+    /// The stored order is no longer the one the change started from.
+    #[error("the order changed concurrently")]
+    Conflict,
+    #[error("no such order")]
+    NotFound,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The filter of an orders query (SPEC §3 `GET /api/v1/orders`). Every field that is set must
+/// match; `since` is inclusive and `until` exclusive, both on `@timestamp`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OrderFilter {
+    pub status: Option<Status>,
+    pub agent_id: Option<AgentId>,
+    pub target_type: Option<TargetType>,
+    pub target_id: Option<String>,
+    pub request_id: Option<RequestId>,
+    pub action: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl OrderFilter {
+    /// The rule every adapter's query must agree with.
+    #[must_use]
+    pub fn matches(&self, o: &Order) -> bool {
+        self.status.is_none_or(|s| o.status() == s)
+            && self
+                .agent_id
+                .as_ref()
+                .is_none_or(|a| o.agent_id() == Some(a))
+            && self.target_type.is_none_or(|t| o.target().kind() == t)
+            && self
+                .target_id
+                .as_deref()
+                .is_none_or(|t| o.target().id() == t)
+            && self.request_id.is_none_or(|r| *o.request_id() == r)
+            && self
+                .action
+                .as_deref()
+                .is_none_or(|a| o.action().name() == a)
+            && self.since.is_none_or(|t| o.created_at() >= t)
+            && self.until.is_none_or(|t| o.created_at() < t)
+    }
+}
+
+/// A position in the orders stream's query order: `@timestamp`, then `order_id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OrderCursor {
+    pub created_at: DateTime<Utc>,
+    pub order_id: OrderId,
+}
+
+impl OrderCursor {
+    /// The cursor just past `order`.
+    #[must_use]
+    pub fn after(order: &Order) -> Self {
+        Self {
+            created_at: order.created_at(),
+            order_id: *order.order_id(),
+        }
+    }
+
+    /// The opaque text form handed to clients.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        format!(
+            "{:x}_{}",
+            self.created_at.timestamp_millis(),
+            self.order_id.as_uuid().simple()
+        )
+    }
+
+    /// # Errors
+    /// A [`FieldError`] on `field` when `raw` is not a cursor this service handed out.
+    pub fn decode(raw: &str, field: &str) -> Result<Self, FieldError> {
+        let bad = || FieldError::new(field, "is not a cursor returned by this service");
+        let (millis, id) = raw.split_once('_').ok_or_else(bad)?;
+        let millis = i64::from_str_radix(millis, 16).map_err(|_| bad())?;
+        let created_at = Utc.timestamp_millis_opt(millis).single().ok_or_else(bad)?;
+        let order_id = OrderId::parse(id, field).map_err(|_| bad())?;
+        Ok(Self {
+            created_at,
+            order_id,
+        })
+    }
+}
+
+impl fmt::Display for OrderCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.encode())
+    }
+}
+
+/// One page of a listing, and the cursor of the next page (`None` on the last page).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T, C> {
+    pub items: Vec<T>,
+    pub next: Option<C>,
+}
+
+/// Which page of orders to read: at most `size` orders strictly after `after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderPageRequest {
+    pub size: usize,
+    pub after: Option<OrderCursor>,
+}
+
+/// Which page of agents to read: at most `size` agents (members of `group` when given) with an
+/// id greater than `after`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPageRequest {
+    pub group: Option<GroupName>,
+    pub size: usize,
+    pub after: Option<AgentId>,
+}
+
+/// How many orders of one request are in each status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub pending: u64,
+    pub sent: u64,
+    pub in_progress: u64,
+    pub success: u64,
+    pub failure: u64,
+}
+
+impl StatusCounts {
+    #[must_use]
+    pub const fn total(&self) -> u64 {
+        self.pending + self.sent + self.in_progress + self.success + self.failure
+    }
+
+    /// Counts one more order in `status`.
+    pub fn add(&mut self, status: Status, n: u64) {
+        match status {
+            Status::Pending => self.pending += n,
+            Status::Sent => self.sent += n,
+            Status::InProgress => self.in_progress += n,
+            Status::Success => self.success += n,
+            Status::Failure => self.failure += n,
+        }
+    }
+
+    #[must_use]
+    pub const fn get(&self, status: Status) -> u64 {
+        match status {
+            Status::Pending => self.pending,
+            Status::Sent => self.sent,
+            Status::InProgress => self.in_progress,
+            Status::Success => self.success,
+            Status::Failure => self.failure,
+        }
+    }
+}
+
+/// What one maintenance batch did: how many candidates it looked at, how many it changed
+/// (the rest were changed by someone else meanwhile).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub examined: usize,
+    pub changed: usize,
+}
+
+/// What retention does with a finished order that is old enough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionMode {
+    Delete,
+    /// Move it to the archive (`wazuh-commands-archive` index / archive table).
+    Archive,
+}
+
+/// Whether an upsert created the agent or replaced an existing one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upserted {
+    Created,
+    Updated,
+}
+
+/// The durable orders stream.
+///
+/// Every state change an adapter makes is conditional on the stored order still being in the
+/// state the change was computed from, so concurrent polls, schedulers and service instances
+/// never apply two transitions to one order. State changes are computed by the domain's
+/// transition functions (`Order::deliver`, `Order::expire`, …); adapters select candidates with
+/// queries that agree with the domain's predicates (`Order::is_deliverable`, …).
+#[cfg_attr(any(test, feature = "testkit"), mockall::automock)]
+#[async_trait]
+pub trait OrderStore: Send + Sync + 'static {
+    /// Writes new orders. An order whose `order_id` is already stored is left as it is and not
+    /// counted, so inserting the same orders twice creates them once. Returns how many were
+    /// created.
+    ///
+    /// # Errors
+    /// [`StoreError`] when any order of the batch may not be durable. Some may have been
+    /// written; the batch may be retried as a whole.
+    async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError>;
+
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
+
+    /// Orders matching `filter`, in (`@timestamp`, `order_id`) order, after `page.after`.
+    /// `next` is set whenever the page is full, and paging with it visits every matching order
+    /// exactly once.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn query(
+        &self,
+        filter: &OrderFilter,
+        page: &OrderPageRequest,
+    ) -> Result<Page<Order, OrderCursor>, StoreError>;
+
+    /// Atomically hands out up to `limit` of `agent`'s deliverable orders (oldest first): each
+    /// is moved with `Order::deliver(now, policy)` and returned in its new state. An order is
+    /// returned to at most one concurrent caller.
+    ///
+    /// # Errors
+    /// [`StoreError`]; then no order was marked `sent` by this call.
+    async fn claim(
+        &self,
+        agent: &AgentId,
+        limit: usize,
+        now: DateTime<Utc>,
+        policy: &DeliveryPolicy,
+    ) -> Result<Vec<Order>, StoreError>;
+
+    /// Replaces `current` by `next` (same `order_id`) only if the stored order is still
+    /// `current`.
+    ///
+    /// # Errors
+    /// [`ReplaceError::Conflict`] when the stored order changed, [`ReplaceError::NotFound`]
+    /// when it does not exist, [`ReplaceError::Store`] otherwise.
+    async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError>;
+
+    /// Expires up to `limit` pending orders whose deadline passed at `now`
+    /// (`Order::expire`).
+    ///
+    /// # Errors
+    /// [`StoreError`]; orders already changed stay changed.
+    async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError>;
+
+    /// Fails up to `limit` delivered orders whose result deadline passed (`Order::give_up`).
+    ///
+    /// # Errors
+    /// [`StoreError`]; orders already changed stay changed.
+    async fn give_up_unreported(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError>;
+
+    /// Deletes or archives up to `limit` finished orders that finished at or before `cutoff`.
+    ///
+    /// # Errors
+    /// [`StoreError`]; an archived order is removed from the stream only once it is in the
+    /// archive.
+    async fn purge_finished(
+        &self,
+        cutoff: DateTime<Utc>,
+        mode: RetentionMode,
+        limit: usize,
+    ) -> Result<Batch, StoreError>;
+
+    /// An order moved to the archive by retention.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
+
+    /// How many orders of `request` are in each status (all zero for an unknown request).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError>;
+
+    /// Removes every order of `request` (undoing a submit that could not be completed).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError>;
+
+    /// Succeeds when the backend is reachable and usable.
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] otherwise.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The agents registry that group expansion reads (`wazuh-agents` in OpenSearch).
+#[cfg_attr(any(test, feature = "testkit"), mockall::automock)]
+#[async_trait]
+pub trait AgentRegistry: Send + Sync + 'static {
+    /// Registers `agent` or replaces its groups.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the change may not be durable.
+    async fn upsert(&self, agent: &Agent) -> Result<Upserted, StoreError>;
+
+    /// Registers or updates many agents at once; returns how many were new.
+    ///
+    /// # Errors
+    /// [`StoreError`] when any change may not be durable.
+    async fn upsert_many(&self, agents: &[Agent]) -> Result<u64, StoreError>;
+
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError>;
+
+    /// Removes an agent; `false` when it was not registered. Its orders stay.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn delete(&self, id: &AgentId) -> Result<bool, StoreError>;
+
+    /// Agents (members of `page.group` when given) in ascending id order after `page.after`; `next`
+    /// is set whenever the page is full. Paging visits every member exactly once, so a group of
+    /// any size can be expanded without holding it in one response.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn list(&self, page: &AgentPageRequest) -> Result<Page<Agent, AgentId>, StoreError>;
+
+    /// How many agents (of `group` when given) are registered.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn count(&self, group: Option<GroupName>) -> Result<u64, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_through_its_text_form() {
+        let c = OrderCursor {
+            created_at: Utc.timestamp_millis_opt(1_764_237_600_123).unwrap(),
+            order_id: OrderId::from_uuid(Uuid::from_u128(42)),
+        };
+        assert_eq!(OrderCursor::decode(&c.encode(), "after").unwrap(), c);
+    }
+
+    #[test]
+    fn foreign_cursor_text_names_the_field() {
+        for bad in ["", "x", "zz_00", "1_notauuid", "../../etc"] {
+            assert_eq!(
+                OrderCursor::decode(bad, "after").unwrap_err().field(),
+                "after"
+            );
+        }
+    }
+
+    #[test]
+    fn status_counts_total_every_status() {
+        let mut c = StatusCounts::default();
+        for s in Status::ALL {
+            c.add(s, 2);
+        }
+        assert_eq!(c.total(), 10);
+        assert_eq!(c.get(Status::InProgress), 2);
+    }
+}

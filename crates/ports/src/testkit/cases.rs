@@ -1,0 +1,1105 @@
+//! The conformance cases. Each takes a fresh [`Backend`] and panics on a broken contract.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cm_domain::{
+    Action, Command, DeliveryPolicy, EXPIRED, NO_RESULT, Order, OrderId, Report, ReportOutcome,
+    ReportStatus, RequestId, Source, Status, Target, TargetType, Timeout,
+};
+use serde_json::json;
+use uuid::Uuid;
+
+use super::{Backend, OrderSpec, agent, agent_id, at, group};
+use crate::store::{
+    AgentPageRequest, OrderCursor, OrderFilter, OrderPageRequest, ReplaceError, RetentionMode,
+    Upserted,
+};
+use crate::{Idempotency, Settings, SubmitRequest};
+
+fn policy() -> DeliveryPolicy {
+    DeliveryPolicy {
+        redeliver_after: Some(chrono::Duration::seconds(60)),
+        result_timeout: Some(chrono::Duration::seconds(600)),
+    }
+}
+
+fn ids(orders: &[Order]) -> Vec<OrderId> {
+    orders.iter().map(|o| *o.order_id()).collect()
+}
+
+async fn insert(b: &Backend, orders: &[Order]) {
+    let created = b.orders.insert(orders).await.expect("insert");
+    assert_eq!(created, orders.len() as u64, "every new order is created");
+}
+
+async fn get(b: &Backend, id: &OrderId) -> Order {
+    b.orders.get(id).await.expect("get").expect("order exists")
+}
+
+/// Delivers `order` through a claim at `now` and returns it as stored.
+async fn deliver(b: &Backend, order: &Order, now: DateTime<Utc>) -> Order {
+    let agent = order.agent_id().expect("agent order").clone();
+    let got = b
+        .orders
+        .claim(&agent, 1000, now, &policy())
+        .await
+        .expect("claim");
+    assert!(
+        got.iter().any(|o| o.order_id() == order.order_id()),
+        "order was claimable"
+    );
+    get(b, order.order_id()).await
+}
+
+async fn all_matching(b: &Backend, filter: &OrderFilter, size: usize) -> Vec<Order> {
+    let mut out = Vec::new();
+    let mut page = OrderPageRequest { size, after: None };
+    loop {
+        let p = b.orders.query(filter, &page).await.expect("query");
+        assert!(p.items.len() <= size, "a page never exceeds its size");
+        out.extend(p.items);
+        match p.next {
+            Some(next) => page.after = Some(next),
+            None => return out,
+        }
+    }
+}
+
+// ---- writing and reading ---------------------------------------------------------------------
+
+pub async fn inserted_orders_read_back_unchanged(b: Backend) {
+    let orders = OrderSpec::agent("a1").many(3);
+    insert(&b, &orders).await;
+    for o in &orders {
+        assert_eq!(&get(&b, o.order_id()).await, o);
+    }
+}
+
+pub async fn unknown_order_is_none(b: Backend) {
+    let missing = OrderId::from_uuid(Uuid::now_v7());
+    assert_eq!(b.orders.get(&missing).await.expect("get"), None);
+}
+
+pub async fn inserting_the_same_orders_twice_creates_them_once(b: Backend) {
+    let spec = OrderSpec::agent("a1");
+    let orders = spec.many(50);
+    insert(&b, &orders).await;
+    assert_eq!(b.orders.insert(&orders).await.expect("second insert"), 0);
+    let counts = b.orders.progress(&spec.request).await.expect("progress");
+    assert_eq!(counts.total(), 50);
+    assert_eq!(counts.pending, 50);
+}
+
+pub async fn a_batch_mixing_known_and_new_orders_creates_only_the_new_ones(b: Backend) {
+    let spec = OrderSpec::agent("a1");
+    let first = spec.many(20);
+    insert(&b, &first).await;
+    // A delivered order must not be reset to pending by a re-insert of its original form.
+    let delivered = deliver(&b, &first[0], at(1)).await;
+    let mut mixed = first.clone();
+    mixed.extend(spec.many(30));
+    assert_eq!(b.orders.insert(&mixed).await.expect("insert"), 30);
+    assert_eq!(
+        b.orders
+            .progress(&spec.request)
+            .await
+            .expect("progress")
+            .total(),
+        50
+    );
+    assert_eq!(get(&b, first[0].order_id()).await, delivered);
+}
+
+pub async fn documents_keep_their_arguments_verbatim(b: Backend) {
+    let args = json!({
+        "groups": ["Test", "Другая", "グループ"],
+        "nested": {"deep": {"n": 1.5, "flag": true, "none": null}},
+        "list": [{"index": "wazuh-alerts", "offset": 42}],
+        "empty": {}
+    });
+    let agent_order = OrderSpec::agent("a1").action("set-group", args).build();
+    let server_order = OrderSpec::server("indexer-connector")
+        .action("update", json!({"index": "wazuh-states", "offset": 9}))
+        .build();
+    insert(&b, &[agent_order.clone(), server_order.clone()]).await;
+    assert_eq!(get(&b, agent_order.order_id()).await, agent_order);
+    let stored = get(&b, server_order.order_id()).await;
+    assert_eq!(stored, server_order);
+    assert!(stored.agent().is_none());
+}
+
+// ---- claiming ----------------------------------------------------------------------------
+
+pub async fn claim_marks_pending_orders_sent_and_returns_them(b: Backend) {
+    let orders = OrderSpec::agent("a1").many(3);
+    insert(&b, &orders).await;
+    let got = b
+        .orders
+        .claim(&agent_id("a1"), 10, at(5), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 3);
+    for o in &got {
+        assert_eq!(o.status(), Status::Sent);
+        assert_eq!(o.sent_at(), Some(at(5)));
+        assert_eq!(o.deliveries(), 1);
+        assert_eq!(
+            &get(&b, o.order_id()).await,
+            o,
+            "returned state is the stored state"
+        );
+    }
+    let again = b
+        .orders
+        .claim(&agent_id("a1"), 10, at(6), &policy())
+        .await
+        .expect("claim");
+    assert!(
+        again.is_empty(),
+        "sent orders are not handed out again before redelivery"
+    );
+}
+
+pub async fn claim_returns_at_most_limit_orders_oldest_first(b: Backend) {
+    let spec = OrderSpec::agent("a1");
+    let orders: Vec<Order> = (0..10)
+        .rev()
+        .map(|i| spec.clone().created(at(i)).build())
+        .collect();
+    insert(&b, &orders).await;
+    let got = b
+        .orders
+        .claim(&agent_id("a1"), 4, at(20), &policy())
+        .await
+        .expect("claim");
+    let created: Vec<_> = got.iter().map(Order::created_at).collect();
+    assert_eq!(created, vec![at(0), at(1), at(2), at(3)]);
+}
+
+pub async fn claim_returns_only_the_agents_own_orders(b: Backend) {
+    let mine = OrderSpec::agent("a1").many(2);
+    let theirs = OrderSpec::agent("a2").many(2);
+    let server = OrderSpec::server("a1").build();
+    insert(&b, &[mine.clone(), theirs.clone(), vec![server]].concat()).await;
+    let got = b
+        .orders
+        .claim(&agent_id("a1"), 10, at(1), &policy())
+        .await
+        .expect("claim");
+    let mut got_ids = ids(&got);
+    got_ids.sort();
+    let mut want = ids(&mine);
+    want.sort();
+    assert_eq!(got_ids, want);
+    for o in &theirs {
+        assert_eq!(get(&b, o.order_id()).await.status(), Status::Pending);
+    }
+}
+
+pub async fn claim_skips_orders_past_their_deadline(b: Backend) {
+    let short = OrderSpec::agent("a1").timeout(10).build();
+    let long = OrderSpec::agent("a1").timeout(100).build();
+    insert(&b, &[short.clone(), long.clone()]).await;
+    let got = b
+        .orders
+        .claim(&agent_id("a1"), 10, at(10), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(ids(&got), vec![*long.order_id()]);
+    assert_eq!(get(&b, short.order_id()).await.status(), Status::Pending);
+}
+
+pub async fn claim_skips_orders_before_their_not_before(b: Backend) {
+    let later = OrderSpec::agent("a1").not_before(at(30)).build();
+    insert(&b, std::slice::from_ref(&later)).await;
+    assert!(
+        b.orders
+            .claim(&agent_id("a1"), 10, at(29), &policy())
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let got = b
+        .orders
+        .claim(&agent_id("a1"), 10, at(30), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(ids(&got), vec![*later.order_id()]);
+}
+
+pub async fn claim_redelivers_unreported_orders_after_redeliver_after(b: Backend) {
+    let o = OrderSpec::agent("a1").build();
+    insert(&b, std::slice::from_ref(&o)).await;
+    deliver(&b, &o, at(1)).await;
+    assert!(
+        b.orders
+            .claim(&agent_id("a1"), 10, at(60), &policy())
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    let again = b
+        .orders
+        .claim(&agent_id("a1"), 10, at(61), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].deliveries(), 2);
+    assert_eq!(again[0].sent_at(), Some(at(61)));
+}
+
+pub async fn claim_never_redelivers_orders_in_progress(b: Backend) {
+    let o = OrderSpec::agent("a1").build();
+    insert(&b, std::slice::from_ref(&o)).await;
+    let sent = deliver(&b, &o, at(1)).await;
+    let report = Report::new(ReportStatus::InProgress, 0, "downloading", "").expect("report");
+    let ReportOutcome::Applied(busy) = sent.report(&report, at(2)).expect("report") else {
+        panic!("report not applied");
+    };
+    b.orders.replace(&sent, &busy).await.expect("replace");
+    assert!(
+        b.orders
+            .claim(&agent_id("a1"), 10, at(500), &policy())
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+pub async fn eight_concurrent_pollers_never_receive_the_same_order_twice(b: Backend) {
+    let orders = OrderSpec::agent("a1").timeout(1000).many(400);
+    insert(&b, &orders).await;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let store = Arc::clone(&b.orders);
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let batch = store
+                    .claim(&agent_id("a1"), 7, at(1), &policy())
+                    .await
+                    .expect("claim");
+                if batch.is_empty() {
+                    return got;
+                }
+                got.extend(batch.iter().map(|o| *o.order_id()));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("poller"));
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(
+        unique.len(),
+        all.len(),
+        "an order was handed to two pollers"
+    );
+    assert_eq!(all.len(), 400, "every order was handed out");
+}
+
+pub async fn an_order_racing_between_expiry_and_delivery_ends_in_exactly_one_state(b: Backend) {
+    for round in 0..3 {
+        let spec = OrderSpec::agent("a1").timeout(10);
+        let orders = spec.many(150);
+        insert(&b, &orders).await;
+        let store = Arc::clone(&b.orders);
+        let pollers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        // Still deliverable at +9s.
+                        let batch = store
+                            .claim(&agent_id("a1"), 5, at(9), &policy())
+                            .await
+                            .expect("claim");
+                        if batch.is_empty() {
+                            return got;
+                        }
+                        got.extend(batch.iter().map(|o| *o.order_id()));
+                    }
+                })
+            })
+            .collect();
+        let expirer = {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut n = 0;
+                loop {
+                    // Already overdue at +10s.
+                    let batch = store.expire_due(at(10), 5).await.expect("expire");
+                    n += batch.changed;
+                    if batch.examined == 0 {
+                        return n;
+                    }
+                }
+            })
+        };
+        let mut delivered = HashSet::new();
+        for p in pollers {
+            for id in p.await.expect("poller") {
+                assert!(delivered.insert(id), "round {round}: delivered twice");
+            }
+        }
+        let expired = expirer.await.expect("expirer");
+        assert_eq!(
+            delivered.len() + expired,
+            150,
+            "round {round}: each order moved exactly once"
+        );
+        for o in &orders {
+            let stored = get(&b, o.order_id()).await;
+            if delivered.contains(o.order_id()) {
+                assert_eq!(stored.status(), Status::Sent, "round {round}");
+            } else {
+                assert_eq!(stored.status(), Status::Failure, "round {round}");
+                assert_eq!(stored.result().expect("result").message(), EXPIRED);
+            }
+        }
+        let counts = b.orders.progress(&spec.request).await.expect("progress");
+        assert_eq!((counts.sent + counts.failure, counts.pending), (150, 0));
+    }
+}
+
+// ---- compare-and-set -------------------------------------------------------------------------
+
+pub async fn replace_applies_when_the_order_is_unchanged(b: Backend) {
+    let o = OrderSpec::agent("a1").build();
+    insert(&b, std::slice::from_ref(&o)).await;
+    let cancelled = o.cancel(at(1)).expect("cancel");
+    b.orders.replace(&o, &cancelled).await.expect("replace");
+    assert_eq!(get(&b, o.order_id()).await, cancelled);
+}
+
+pub async fn replace_conflicts_when_the_order_changed_meanwhile(b: Backend) {
+    let o = OrderSpec::agent("a1").build();
+    insert(&b, std::slice::from_ref(&o)).await;
+    let sent = deliver(&b, &o, at(1)).await;
+    let cancelled = o.cancel(at(2)).expect("cancel");
+    assert_eq!(
+        b.orders.replace(&o, &cancelled).await,
+        Err(ReplaceError::Conflict)
+    );
+    assert_eq!(get(&b, o.order_id()).await, sent);
+
+    // A redelivery changes a sent order too: a report computed from the first delivery's
+    // state must not overwrite the second delivery.
+    let again = b
+        .orders
+        .claim(&agent_id("a1"), 1, at(100), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(again.len(), 1);
+    let r = Report::new(ReportStatus::Success, 0, "ok", "").expect("report");
+    let ReportOutcome::Applied(done) = sent.report(&r, at(101)).expect("report") else {
+        panic!()
+    };
+    assert_eq!(
+        b.orders.replace(&sent, &done).await,
+        Err(ReplaceError::Conflict)
+    );
+}
+
+pub async fn replace_of_an_unknown_order_is_not_found(b: Backend) {
+    let o = OrderSpec::agent("a1").build();
+    let cancelled = o.cancel(at(1)).expect("cancel");
+    assert_eq!(
+        b.orders.replace(&o, &cancelled).await,
+        Err(ReplaceError::NotFound)
+    );
+}
+
+pub async fn concurrent_replacements_from_one_state_let_exactly_one_win(b: Backend) {
+    let orders: Vec<Order> = (0..20)
+        .map(|i| OrderSpec::agent(&format!("a{i}")).build())
+        .collect();
+    insert(&b, &orders).await;
+    for o in &orders {
+        let sent = deliver(&b, o, at(1)).await;
+        let mut tasks = Vec::new();
+        for code in 0..6 {
+            let store = Arc::clone(&b.orders);
+            let sent = sent.clone();
+            tasks.push(tokio::spawn(async move {
+                let status = if code % 2 == 0 {
+                    ReportStatus::Success
+                } else {
+                    ReportStatus::Failure
+                };
+                let r = Report::new(status, code, "", "").expect("report");
+                let ReportOutcome::Applied(next) = sent.report(&r, at(2)).expect("report") else {
+                    panic!()
+                };
+                store.replace(&sent, &next).await.map(|()| next)
+            }));
+        }
+        let mut winners = Vec::new();
+        for t in tasks {
+            match t.await.expect("task") {
+                Ok(next) => winners.push(next),
+                Err(ReplaceError::Conflict) => {}
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one concurrent replacement wins");
+        assert_eq!(get(&b, o.order_id()).await, winners[0]);
+    }
+}
+
+// ---- maintenance -----------------------------------------------------------------------------
+
+pub async fn expire_due_fails_only_overdue_pending_orders(b: Backend) {
+    let overdue = OrderSpec::agent("a1").timeout(10).many(3);
+    let in_time = OrderSpec::agent("a1").timeout(100).build();
+    let delivered = OrderSpec::agent("a2").timeout(10).build();
+    insert(
+        &b,
+        &[overdue.clone(), vec![in_time.clone(), delivered.clone()]].concat(),
+    )
+    .await;
+    let sent = deliver(&b, &delivered, at(1)).await;
+    let batch = b.orders.expire_due(at(10), 100).await.expect("expire");
+    assert_eq!(batch.changed, 3);
+    for o in &overdue {
+        let stored = get(&b, o.order_id()).await;
+        assert_eq!(
+            stored,
+            o.expire(at(10)).expect("expirable"),
+            "expired exactly as the domain says"
+        );
+    }
+    assert_eq!(get(&b, in_time.order_id()).await.status(), Status::Pending);
+    assert_eq!(get(&b, delivered.order_id()).await, sent);
+    assert_eq!(
+        b.orders
+            .expire_due(at(10), 100)
+            .await
+            .expect("expire")
+            .changed,
+        0
+    );
+}
+
+pub async fn expire_due_drains_a_backlog_in_batches_of_the_limit(b: Backend) {
+    let spec = OrderSpec::agent("a1").timeout(5);
+    insert(&b, &spec.many(35)).await;
+    let mut total = 0;
+    let mut calls = 0;
+    loop {
+        let batch = b.orders.expire_due(at(6), 10).await.expect("expire");
+        assert!(batch.examined <= 10 && batch.changed <= batch.examined);
+        total += batch.changed;
+        calls += 1;
+        if batch.examined == 0 {
+            break;
+        }
+        assert!(calls < 10, "the backlog drains");
+    }
+    assert_eq!(total, 35);
+    assert_eq!(
+        b.orders
+            .progress(&spec.request)
+            .await
+            .expect("progress")
+            .failure,
+        35
+    );
+}
+
+pub async fn give_up_fails_delivered_orders_past_their_result_deadline(b: Backend) {
+    let o = OrderSpec::agent("a1").build();
+    let fresh = OrderSpec::agent("a2").build();
+    insert(&b, &[o.clone(), fresh.clone()]).await;
+    deliver(&b, &o, at(1)).await;
+    deliver(&b, &fresh, at(50)).await;
+    // policy(): result_timeout 600 s from the (last) delivery.
+    assert_eq!(
+        b.orders
+            .give_up_unreported(at(600), 100)
+            .await
+            .expect("give up")
+            .changed,
+        0
+    );
+    assert_eq!(
+        b.orders
+            .give_up_unreported(at(601), 100)
+            .await
+            .expect("give up")
+            .changed,
+        1
+    );
+    let stored = get(&b, o.order_id()).await;
+    assert_eq!(stored.status(), Status::Failure);
+    assert_eq!(stored.result().expect("result").message(), NO_RESULT);
+    assert_eq!(get(&b, fresh.order_id()).await.status(), Status::Sent);
+}
+
+// ---- querying --------------------------------------------------------------------------------
+
+pub async fn query_filters_by_every_field(b: Backend) {
+    let req = RequestId::from_uuid(Uuid::now_v7());
+    let a1 = OrderSpec::agent("a1").request(req).created(at(1)).build();
+    let a2 = OrderSpec::agent("a2")
+        .action("update", json!({}))
+        .created(at(2))
+        .build();
+    let srv = OrderSpec::server("indexer").created(at(3)).build();
+    insert(&b, &[a1.clone(), a2.clone(), srv.clone()]).await;
+    let sent = deliver(&b, &a2, at(4)).await;
+    let one = |f: OrderFilter, want: Vec<&Order>| {
+        let b = b.clone();
+        let want: Vec<OrderId> = want.into_iter().map(|o| *o.order_id()).collect();
+        async move {
+            let got = all_matching(&b, &f, 10).await;
+            assert_eq!(ids(&got), want, "{f:?}");
+            for o in &got {
+                assert!(f.matches(o));
+            }
+        }
+    };
+    one(
+        OrderFilter {
+            status: Some(Status::Sent),
+            ..Default::default()
+        },
+        vec![&sent],
+    )
+    .await;
+    one(
+        OrderFilter {
+            agent_id: Some(agent_id("a1")),
+            ..Default::default()
+        },
+        vec![&a1],
+    )
+    .await;
+    one(
+        OrderFilter {
+            target_type: Some(TargetType::Server),
+            ..Default::default()
+        },
+        vec![&srv],
+    )
+    .await;
+    one(
+        OrderFilter {
+            target_id: Some("a2".into()),
+            ..Default::default()
+        },
+        vec![&a2],
+    )
+    .await;
+    one(
+        OrderFilter {
+            request_id: Some(req),
+            ..Default::default()
+        },
+        vec![&a1],
+    )
+    .await;
+    one(
+        OrderFilter {
+            action: Some("update".into()),
+            ..Default::default()
+        },
+        vec![&a2],
+    )
+    .await;
+    one(
+        OrderFilter {
+            status: Some(Status::Pending),
+            target_type: Some(TargetType::Agent),
+            ..Default::default()
+        },
+        vec![&a1],
+    )
+    .await;
+    one(OrderFilter::default(), vec![&a1, &a2, &srv]).await;
+}
+
+pub async fn query_time_bounds_are_since_inclusive_until_exclusive(b: Backend) {
+    let orders: Vec<Order> = (0..5)
+        .map(|i| OrderSpec::agent("a1").created(at(i * 10)).build())
+        .collect();
+    insert(&b, &orders).await;
+    let f = OrderFilter {
+        since: Some(at(10)),
+        until: Some(at(30)),
+        ..Default::default()
+    };
+    let got = all_matching(&b, &f, 10).await;
+    assert_eq!(ids(&got), ids(&orders[1..3]));
+}
+
+pub async fn query_cursor_pages_through_5000_orders_without_loss_or_repetition(b: Backend) {
+    // Many orders share a millisecond, so the cursor must break ties by order id.
+    let spec = OrderSpec::agent("a1");
+    let orders: Vec<Order> = (0..5000)
+        .map(|i| {
+            spec.clone()
+                .created(at(0) + chrono::Duration::milliseconds(i / 7))
+                .build()
+        })
+        .collect();
+    for chunk in orders.chunks(1000) {
+        insert(&b, chunk).await;
+    }
+    let filter = OrderFilter {
+        agent_id: Some(agent_id("a1")),
+        ..Default::default()
+    };
+    let got = all_matching(&b, &filter, 333).await;
+    assert_eq!(got.len(), 5000);
+    let unique: HashSet<_> = got.iter().map(|o| *o.order_id()).collect();
+    assert_eq!(unique.len(), 5000, "no order repeated");
+    let keys: Vec<OrderCursor> = got.iter().map(OrderCursor::after).collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "pages come in (@timestamp, order_id) order"
+    );
+    // A page size that divides the total exactly still ends.
+    assert_eq!(all_matching(&b, &filter, 1000).await.len(), 5000);
+}
+
+pub async fn progress_counts_orders_per_status(b: Backend) {
+    let request = RequestId::from_uuid(Uuid::now_v7());
+    let orders: Vec<Order> = (0..6)
+        .map(|i| {
+            OrderSpec::agent(&format!("a{i}"))
+                .timeout(50)
+                .request(request)
+                .build()
+        })
+        .collect();
+    insert(&b, &orders).await;
+    let busy = Report::new(ReportStatus::InProgress, 0, "", "").expect("report");
+    let done = Report::new(ReportStatus::Success, 0, "", "").expect("report");
+    for (o, report) in orders[..3].iter().zip([&busy, &done, &done]) {
+        let sent = deliver(&b, o, at(1)).await;
+        let ReportOutcome::Applied(next) = sent.report(report, at(3)).expect("report") else {
+            panic!()
+        };
+        b.orders.replace(&sent, &next).await.expect("replace");
+    }
+    b.orders.expire_due(at(50), 100).await.expect("expire");
+    let counts = b.orders.progress(&request).await.expect("progress");
+    assert_eq!(
+        (
+            counts.pending,
+            counts.sent,
+            counts.in_progress,
+            counts.success,
+            counts.failure
+        ),
+        (0, 0, 1, 2, 3)
+    );
+}
+
+pub async fn progress_of_an_unknown_request_is_zero(b: Backend) {
+    let counts = b
+        .orders
+        .progress(&RequestId::from_uuid(Uuid::now_v7()))
+        .await
+        .expect("progress");
+    assert_eq!(counts.total(), 0);
+}
+
+// ---- retention -------------------------------------------------------------------------------
+
+pub async fn retention_deletes_only_finished_orders_older_than_the_cutoff(b: Backend) {
+    let spec = OrderSpec::agent("a1").timeout(10);
+    let old = spec.many(3);
+    let young = OrderSpec::agent("a1").timeout(1000).build();
+    let unfinished = OrderSpec::agent("a2").timeout(10).build();
+    insert(
+        &b,
+        &[old.clone(), vec![young.clone(), unfinished.clone()]].concat(),
+    )
+    .await;
+    deliver(&b, &unfinished, at(1)).await;
+    b.orders.expire_due(at(10), 100).await.expect("expire"); // finished at +10s
+    let cancelled = young.cancel(at(500)).expect("cancel"); // finished at +500s
+    b.orders.replace(&young, &cancelled).await.expect("replace");
+    let batch = b
+        .orders
+        .purge_finished(at(100), RetentionMode::Delete, 100)
+        .await
+        .expect("purge");
+    assert_eq!(batch.changed, 3);
+    for o in &old {
+        assert_eq!(b.orders.get(o.order_id()).await.expect("get"), None);
+        assert_eq!(
+            b.orders.get_archived(o.order_id()).await.expect("get"),
+            None,
+            "deleted, not archived"
+        );
+    }
+    assert_eq!(get(&b, young.order_id()).await, cancelled);
+    assert_eq!(get(&b, unfinished.order_id()).await.status(), Status::Sent);
+}
+
+pub async fn retention_archives_finished_orders_out_of_the_stream(b: Backend) {
+    let spec = OrderSpec::agent("a1").timeout(10);
+    let orders = spec.many(25);
+    insert(&b, &orders).await;
+    b.orders.expire_due(at(10), 100).await.expect("expire");
+    let mut total = 0;
+    loop {
+        let batch = b
+            .orders
+            .purge_finished(at(20), RetentionMode::Archive, 10)
+            .await
+            .expect("purge");
+        assert!(batch.examined <= 10);
+        total += batch.changed;
+        if batch.examined == 0 {
+            break;
+        }
+    }
+    assert_eq!(total, 25);
+    for o in &orders {
+        assert_eq!(b.orders.get(o.order_id()).await.expect("get"), None);
+        let archived = b
+            .orders
+            .get_archived(o.order_id())
+            .await
+            .expect("get")
+            .expect("archived");
+        assert_eq!(archived, o.expire(at(10)).expect("expirable"));
+    }
+    assert_eq!(
+        b.orders
+            .progress(&spec.request)
+            .await
+            .expect("progress")
+            .total(),
+        0
+    );
+}
+
+pub async fn delete_request_removes_every_order_of_the_request(b: Backend) {
+    let spec = OrderSpec::agent("a1");
+    insert(&b, &spec.many(30)).await;
+    let other = OrderSpec::agent("a1").build();
+    insert(&b, std::slice::from_ref(&other)).await;
+    assert_eq!(
+        b.orders
+            .delete_request(&spec.request)
+            .await
+            .expect("delete"),
+        30
+    );
+    assert_eq!(
+        b.orders
+            .progress(&spec.request)
+            .await
+            .expect("progress")
+            .total(),
+        0
+    );
+    assert!(b.orders.get(other.order_id()).await.expect("get").is_some());
+}
+
+pub async fn ping_succeeds_on_a_reachable_backend(b: Backend) {
+    b.orders.ping().await.expect("ping");
+}
+
+// ---- agents registry -------------------------------------------------------------------------
+
+pub async fn upsert_creates_then_updates_an_agent(b: Backend) {
+    assert_eq!(
+        b.agents
+            .upsert(&agent("a1", &["Test"]))
+            .await
+            .expect("upsert"),
+        Upserted::Created
+    );
+    assert_eq!(
+        b.agents
+            .upsert(&agent("a1", &["Prod", "Linux"]))
+            .await
+            .expect("upsert"),
+        Upserted::Updated
+    );
+    let stored = b
+        .agents
+        .get(&agent_id("a1"))
+        .await
+        .expect("get")
+        .expect("agent");
+    assert_eq!(stored, agent("a1", &["Prod", "Linux"]));
+    assert_eq!(b.agents.count(Some(group("Test"))).await.expect("count"), 0);
+    assert_eq!(
+        b.agents.count(Some(group("Linux"))).await.expect("count"),
+        1
+    );
+}
+
+pub async fn unknown_agent_is_none(b: Backend) {
+    assert_eq!(b.agents.get(&agent_id("ghost")).await.expect("get"), None);
+}
+
+pub async fn deleting_an_agent_reports_whether_it_existed(b: Backend) {
+    b.agents
+        .upsert(&agent("a1", &["Test"]))
+        .await
+        .expect("upsert");
+    assert!(b.agents.delete(&agent_id("a1")).await.expect("delete"));
+    assert!(!b.agents.delete(&agent_id("a1")).await.expect("delete"));
+    assert_eq!(b.agents.get(&agent_id("a1")).await.expect("get"), None);
+    assert_eq!(b.agents.count(Some(group("Test"))).await.expect("count"), 0);
+}
+
+pub async fn group_members_are_paged_in_id_order(b: Backend) {
+    let mut fleet = Vec::new();
+    for i in 0..25 {
+        let groups: &[&str] = if i % 2 == 0 {
+            &["Even", "All"]
+        } else {
+            &["All"]
+        };
+        fleet.push(agent(&format!("agent-{i:03}"), groups));
+    }
+    b.agents.upsert_many(&fleet).await.expect("upsert");
+    let mut got = Vec::new();
+    let mut page = AgentPageRequest {
+        group: Some(group("Even")),
+        size: 4,
+        after: None,
+    };
+    loop {
+        let p = b.agents.list(&page).await.expect("list");
+        assert!(p.items.len() <= 4);
+        got.extend(p.items.into_iter().map(|a| a.id().as_str().to_owned()));
+        match p.next {
+            Some(n) => page.after = Some(n),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (0..25)
+        .step_by(2)
+        .map(|i| format!("agent-{i:03}"))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        b.agents.count(Some(group("Even"))).await.expect("count"),
+        13
+    );
+}
+
+pub async fn listing_without_a_group_pages_every_agent(b: Backend) {
+    let fleet: Vec<_> = (0..10).map(|i| agent(&format!("n{i}"), &[])).collect();
+    b.agents.upsert_many(&fleet).await.expect("upsert");
+    let p = b
+        .agents
+        .list(&AgentPageRequest {
+            group: None,
+            size: 100,
+            after: None,
+        })
+        .await
+        .expect("list");
+    assert_eq!(p.items.len(), 10);
+    assert_eq!(p.next, None);
+    assert_eq!(b.agents.count(None).await.expect("count"), 10);
+}
+
+pub async fn upsert_many_registers_in_bulk_and_counts_the_new_ones(b: Backend) {
+    b.agents
+        .upsert(&agent("a1", &["Old"]))
+        .await
+        .expect("upsert");
+    let batch = vec![
+        agent("a1", &["New"]),
+        agent("a2", &["New"]),
+        agent("a3", &[]),
+    ];
+    assert_eq!(b.agents.upsert_many(&batch).await.expect("upsert"), 2);
+    assert_eq!(b.agents.count(Some(group("New"))).await.expect("count"), 2);
+    assert_eq!(b.agents.count(Some(group("Old"))).await.expect("count"), 0);
+}
+
+pub async fn a_20000_agent_group_expands_completely(b: Backend) {
+    let fleet: Vec<_> = (0..20_000)
+        .map(|i| agent(&format!("big-{i:05}"), &["Big"]))
+        .collect();
+    for chunk in fleet.chunks(5000) {
+        b.agents.upsert_many(chunk).await.expect("upsert");
+    }
+    b.agents
+        .upsert(&agent("outsider", &["Small"]))
+        .await
+        .expect("upsert");
+    let service = b.service(Settings::default());
+    let submitted = service
+        .submit(SubmitRequest {
+            commands: vec![command(TargetType::Group, "Big")],
+            idempotency: None,
+        })
+        .await
+        .expect("submit");
+    assert_eq!(submitted.len(), 1);
+    let order_ids: HashSet<_> = submitted[0].order_ids.iter().collect();
+    assert_eq!(order_ids.len(), 20_000);
+    let counts = b
+        .orders
+        .progress(&submitted[0].request_id)
+        .await
+        .expect("progress");
+    assert_eq!(counts.pending, 20_000);
+    let filter = OrderFilter {
+        request_id: Some(submitted[0].request_id),
+        ..Default::default()
+    };
+    let stored = all_matching(&b, &filter, 1000).await;
+    let agents: HashSet<_> = stored
+        .iter()
+        .map(|o| o.agent_id().expect("agent").as_str().to_owned())
+        .collect();
+    assert_eq!(agents.len(), 20_000, "one order per member");
+    assert!(!agents.contains("outsider"));
+}
+
+// ---- notifications and the service over this backend -----------------------------------------
+
+pub async fn notify_wakes_a_subscribed_poll(b: Backend) {
+    let mut sub = b.notifier.subscribe(&agent_id("a1"));
+    b.notifier.notify(&[agent_id("a1")]).await.expect("notify");
+    tokio::time::timeout(Duration::from_secs(5), sub.notified())
+        .await
+        .expect("woken");
+}
+
+pub async fn notify_for_another_agent_does_not_wake(b: Backend) {
+    let mut sub = b.notifier.subscribe(&agent_id("a1"));
+    b.notifier.notify(&[agent_id("a2")]).await.expect("notify");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), sub.notified())
+            .await
+            .is_err()
+    );
+}
+
+fn command(kind: TargetType, id: &str) -> Command {
+    Command::new(
+        Source::UsersServices,
+        Some("conformance".into()),
+        Target::new(kind, id).expect("target"),
+        Action::new("restart", json!({}), "v5").expect("action"),
+        Timeout::new(300).expect("timeout"),
+    )
+    .expect("command")
+}
+
+pub async fn long_poll_returns_as_soon_as_an_order_is_submitted(b: Backend) {
+    b.agents
+        .upsert(&agent("a1", &["Test"]))
+        .await
+        .expect("upsert");
+    let service = b.service(Settings::default());
+    let poller = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let got = service
+                .poll(&agent_id("a1"), 10, Duration::from_secs(30))
+                .await
+                .expect("poll");
+            (got, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let submitted = service
+        .submit(SubmitRequest {
+            commands: vec![command(TargetType::Agent, "a1")],
+            idempotency: None,
+        })
+        .await
+        .expect("submit");
+    let (got, waited) = tokio::time::timeout(Duration::from_secs(10), poller)
+        .await
+        .expect("poll returned")
+        .expect("task");
+    assert_eq!(ids(&got), submitted[0].order_ids);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken, not timed out ({waited:?})"
+    );
+}
+
+pub async fn retried_submit_with_the_same_idempotency_key_creates_nothing(b: Backend) {
+    b.agents
+        .upsert_many(&[agent("a1", &["Test"]), agent("a2", &["Test"])])
+        .await
+        .expect("upsert");
+    let service = b.service(Settings::default());
+    let request = || SubmitRequest {
+        commands: vec![
+            command(TargetType::Group, "Test"),
+            command(TargetType::Server, "indexer"),
+        ],
+        idempotency: Some(Idempotency {
+            key: cm_domain::IdempotencyKey::parse("retry-42", "key").expect("key"),
+            fingerprint: "body-1".into(),
+        }),
+    };
+    let first = service.submit(request()).await.expect("first");
+    let second = service.submit(request()).await.expect("retry");
+    assert_eq!(first, second, "the retry answers the same ids");
+    let all = all_matching(&b, &OrderFilter::default(), 100).await;
+    assert_eq!(all.len(), 3, "nothing new was created");
+}
+
+pub async fn request_progress_follows_delivery_and_reports(b: Backend) {
+    b.agents
+        .upsert_many(&[agent("a1", &["Test"]), agent("a2", &["Test"])])
+        .await
+        .expect("upsert");
+    let service = b.service(Settings::default());
+    let submitted = service
+        .submit(SubmitRequest {
+            commands: vec![command(TargetType::Group, "Test")],
+            idempotency: None,
+        })
+        .await
+        .expect("submit");
+    let request = submitted[0].request_id;
+    assert_eq!(
+        service
+            .progress(&request)
+            .await
+            .expect("progress")
+            .expect("known")
+            .pending,
+        2
+    );
+    let got = service
+        .poll(&agent_id("a1"), 10, Duration::ZERO)
+        .await
+        .expect("poll");
+    assert_eq!(got.len(), 1);
+    let report = Report::new(ReportStatus::Success, 0, "restarted", "").expect("report");
+    let done = service
+        .report(got[0].order_id(), &report, Some(&agent_id("a1")))
+        .await
+        .expect("report");
+    assert_eq!(done.status(), Status::Success);
+    // Repeating the identical report is accepted.
+    service
+        .report(got[0].order_id(), &report, Some(&agent_id("a1")))
+        .await
+        .expect("repeat");
+    let counts = service
+        .progress(&request)
+        .await
+        .expect("progress")
+        .expect("known");
+    assert_eq!((counts.pending, counts.success), (1, 1));
+}

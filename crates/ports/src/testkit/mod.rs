@@ -1,0 +1,275 @@
+//! The conformance suite every storage adapter runs against its real backend, and the
+//! fixtures and doubles that tests of this workspace share.
+//!
+//! An adapter's test file calls [`conformance_suite!`](crate::conformance_suite) with an async
+//! expression that builds a fresh, isolated [`Backend`] (its own database, file or index prefix);
+//! the macro expands to one `#[tokio::test]` per case.
+
+pub mod cases;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use cm_domain::{
+    Action, Agent, AgentId, GroupName, NewOrder, Order, OrderId, RequestId, Source, Target,
+    TargetType, Timeout,
+};
+use uuid::Uuid;
+
+pub use crate::clock::MockClock;
+pub use crate::notify::MockNotifier;
+pub use crate::store::{MockAgentRegistry, MockOrderStore};
+use crate::{
+    AgentRegistry, Clock, CommandManager, Notifier, OrderStore, Ports, Settings, SystemClock,
+};
+
+/// The ports one adapter provides, freshly isolated for one test.
+#[derive(Clone)]
+pub struct Backend {
+    pub orders: Arc<dyn OrderStore>,
+    pub agents: Arc<dyn AgentRegistry>,
+    pub notifier: Arc<dyn Notifier>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").finish_non_exhaustive()
+    }
+}
+
+impl Backend {
+    /// The use cases over this backend with the system clock.
+    #[must_use]
+    pub fn service(&self, settings: Settings) -> CommandManager {
+        CommandManager::new(
+            Ports {
+                orders: Arc::clone(&self.orders),
+                agents: Arc::clone(&self.agents),
+                notifier: Arc::clone(&self.notifier),
+                clock: Arc::new(SystemClock),
+            },
+            settings,
+        )
+    }
+}
+
+/// A clock that only moves when told to.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    #[must_use]
+    pub fn new(start: DateTime<Utc>) -> Self {
+        Self(Mutex::new(start))
+    }
+
+    pub fn advance(&self, by: Duration) {
+        let mut t = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *t += chrono::Duration::from_std(by).expect("duration in range");
+    }
+
+    pub fn set(&self, to: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = to;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A fixed instant the cases count from.
+#[must_use]
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+}
+
+/// `t0()` plus `secs` seconds.
+#[must_use]
+pub fn at(secs: i64) -> DateTime<Utc> {
+    t0() + chrono::Duration::seconds(secs)
+}
+
+#[must_use]
+pub fn agent_id(id: &str) -> AgentId {
+    AgentId::parse(id, "agent").expect("valid agent id")
+}
+
+#[must_use]
+pub fn group(name: &str) -> GroupName {
+    GroupName::parse(name, "group").expect("valid group name")
+}
+
+#[must_use]
+pub fn agent(id: &str, groups: &[&str]) -> Agent {
+    Agent::new(agent_id(id), groups.iter().map(|g| group(g)).collect())
+}
+
+/// A description of test orders, turned into [`Order`]s by [`OrderSpec::build`].
+#[derive(Debug, Clone)]
+pub struct OrderSpec {
+    pub agent: Option<String>,
+    pub groups: Vec<String>,
+    pub action: String,
+    pub args: serde_json::Value,
+    pub source: Source,
+    pub timeout: i64,
+    pub created: DateTime<Utc>,
+    pub not_before: Option<DateTime<Utc>>,
+    pub request: RequestId,
+    pub server: String,
+}
+
+impl OrderSpec {
+    /// Orders for `agent`, created at `t0()`, timeout 100 s, in a fresh request.
+    #[must_use]
+    pub fn agent(agent: &str) -> Self {
+        Self {
+            agent: Some(agent.to_owned()),
+            groups: vec!["Test".to_owned()],
+            action: "restart".to_owned(),
+            args: serde_json::json!({}),
+            source: Source::UsersServices,
+            timeout: 100,
+            created: t0(),
+            not_before: None,
+            request: RequestId::from_uuid(Uuid::now_v7()),
+            server: String::new(),
+        }
+    }
+
+    /// An order for a server component.
+    #[must_use]
+    pub fn server(component: &str) -> Self {
+        Self {
+            agent: None,
+            server: component.to_owned(),
+            ..Self::agent("unused")
+        }
+    }
+
+    #[must_use]
+    pub fn created(mut self, t: DateTime<Utc>) -> Self {
+        self.created = t;
+        self
+    }
+
+    #[must_use]
+    pub fn timeout(mut self, secs: i64) -> Self {
+        self.timeout = secs;
+        self
+    }
+
+    #[must_use]
+    pub fn not_before(mut self, t: DateTime<Utc>) -> Self {
+        self.not_before = Some(t);
+        self
+    }
+
+    #[must_use]
+    pub fn request(mut self, r: RequestId) -> Self {
+        self.request = r;
+        self
+    }
+
+    #[must_use]
+    pub fn action(mut self, name: &str, args: serde_json::Value) -> Self {
+        self.action = name.to_owned();
+        self.args = args;
+        self
+    }
+
+    /// One order.
+    #[must_use]
+    pub fn build(&self) -> Order {
+        let action = Action::new(&self.action, self.args.clone(), "v5").expect("valid action");
+        let groups: Vec<GroupName> = self.groups.iter().map(|g| group(g)).collect();
+        let agent = self.agent.as_deref().map(agent_id);
+        let target = match &agent {
+            Some(a) => Target::agent(a),
+            None => Target::new(TargetType::Server, &self.server).expect("valid server"),
+        };
+        Order::new(NewOrder {
+            order_id: OrderId::from_uuid(Uuid::now_v7()),
+            request_id: self.request,
+            source: self.source,
+            user: Some("conformance"),
+            target,
+            agent: agent.as_ref().map(|a| (a, groups.as_slice())),
+            action: &action,
+            timeout: Timeout::new(self.timeout).expect("valid timeout"),
+            now: self.created,
+            not_before: self.not_before,
+            retry_of: None,
+        })
+    }
+
+    /// `n` orders sharing this spec's request.
+    #[must_use]
+    pub fn many(&self, n: usize) -> Vec<Order> {
+        (0..n).map(|_| self.build()).collect()
+    }
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each on a fresh backend built by
+/// `$factory` (an async expression evaluating to a [`Backend`]).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr) => {
+        $crate::conformance_suite!(@cases $factory;
+            inserted_orders_read_back_unchanged,
+            unknown_order_is_none,
+            inserting_the_same_orders_twice_creates_them_once,
+            a_batch_mixing_known_and_new_orders_creates_only_the_new_ones,
+            documents_keep_their_arguments_verbatim,
+            claim_marks_pending_orders_sent_and_returns_them,
+            claim_returns_at_most_limit_orders_oldest_first,
+            claim_returns_only_the_agents_own_orders,
+            claim_skips_orders_past_their_deadline,
+            claim_skips_orders_before_their_not_before,
+            claim_redelivers_unreported_orders_after_redeliver_after,
+            claim_never_redelivers_orders_in_progress,
+            eight_concurrent_pollers_never_receive_the_same_order_twice,
+            an_order_racing_between_expiry_and_delivery_ends_in_exactly_one_state,
+            replace_applies_when_the_order_is_unchanged,
+            replace_conflicts_when_the_order_changed_meanwhile,
+            replace_of_an_unknown_order_is_not_found,
+            concurrent_replacements_from_one_state_let_exactly_one_win,
+            expire_due_fails_only_overdue_pending_orders,
+            expire_due_drains_a_backlog_in_batches_of_the_limit,
+            give_up_fails_delivered_orders_past_their_result_deadline,
+            query_filters_by_every_field,
+            query_time_bounds_are_since_inclusive_until_exclusive,
+            query_cursor_pages_through_5000_orders_without_loss_or_repetition,
+            progress_counts_orders_per_status,
+            progress_of_an_unknown_request_is_zero,
+            retention_deletes_only_finished_orders_older_than_the_cutoff,
+            retention_archives_finished_orders_out_of_the_stream,
+            delete_request_removes_every_order_of_the_request,
+            ping_succeeds_on_a_reachable_backend,
+            upsert_creates_then_updates_an_agent,
+            unknown_agent_is_none,
+            deleting_an_agent_reports_whether_it_existed,
+            group_members_are_paged_in_id_order,
+            listing_without_a_group_pages_every_agent,
+            upsert_many_registers_in_bulk_and_counts_the_new_ones,
+            a_20000_agent_group_expands_completely,
+            notify_wakes_a_subscribed_poll,
+            notify_for_another_agent_does_not_wake,
+            long_poll_returns_as_soon_as_an_order_is_submitted,
+            retried_submit_with_the_same_idempotency_key_creates_nothing,
+            request_progress_follows_delivery_and_reports,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let backend: $crate::testkit::Backend = $factory.await;
+                $crate::testkit::cases::$case(backend).await;
+            }
+        )*
+    };
+}
