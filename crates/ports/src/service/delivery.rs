@@ -9,7 +9,7 @@ use super::{CommandManager, count_transition, metric};
 use crate::store::{ReplaceError, StoreError};
 
 /// How many times a compare-and-set is retried when the order changed under us.
-const CAS_ATTEMPTS: usize = 5;
+pub(super) const CAS_ATTEMPTS: usize = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportError {
@@ -56,7 +56,8 @@ impl CommandManager {
         limit: usize,
         wait: Duration,
     ) -> Result<Vec<Order>, StoreError> {
-        let limit = limit.clamp(1, self.settings.max_poll_limit);
+        // `.max(1)`: a `max_poll_limit` of 0 would make `clamp` panic.
+        let limit = limit.clamp(1, self.settings.max_poll_limit.max(1));
         let deadline = Instant::now() + wait.min(self.settings.max_poll_wait);
         // Subscribe before looking, so an order created between the look and the wait still
         // wakes us.

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use cm_domain::Status;
 
 use super::{CommandManager, count_transition, metric};
-use crate::store::{Batch, RetentionMode, StoreError};
+use crate::store::{RetentionMode, StoreError};
 
 /// What one maintenance run changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -14,6 +14,18 @@ pub struct MaintenanceRun {
     pub purged: u64,
 }
 
+/// One kind of maintenance batch.
+#[derive(Debug, Clone, Copy)]
+enum Sweep {
+    Expire,
+    GiveUp,
+    /// Finished orders older than `age`.
+    Purge {
+        age: chrono::Duration,
+        mode: RetentionMode,
+    },
+}
+
 impl CommandManager {
     /// Expires every pending order whose deadline has passed, batch after batch until none is
     /// left (never one fixed batch per run).
@@ -21,9 +33,7 @@ impl CommandManager {
     /// # Errors
     /// [`StoreError`]; batches done before the failure stay done.
     pub async fn expire_overdue(&self) -> Result<u64, StoreError> {
-        let n = self
-            .drain(async |now, limit| self.ports.orders.expire_due(now, limit).await)
-            .await?;
+        let n = self.drain(Sweep::Expire).await?;
         count_transition(Status::Failure, "expired", n);
         Ok(n)
     }
@@ -33,9 +43,7 @@ impl CommandManager {
     /// # Errors
     /// [`StoreError`]; batches done before the failure stay done.
     pub async fn give_up_unreported(&self) -> Result<u64, StoreError> {
-        let n = self
-            .drain(async |now, limit| self.ports.orders.give_up_unreported(now, limit).await)
-            .await?;
+        let n = self.drain(Sweep::GiveUp).await?;
         count_transition(Status::Failure, "no_result", n);
         Ok(n)
     }
@@ -51,14 +59,7 @@ impl CommandManager {
         };
         let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
         let mode = self.settings.retention_mode;
-        let n = self
-            .drain(async |now, limit| {
-                let cutoff = now
-                    .checked_sub_signed(age)
-                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
-                self.ports.orders.purge_finished(cutoff, mode, limit).await
-            })
-            .await?;
+        let n = self.drain(Sweep::Purge { age, mode }).await?;
         if n > 0 {
             let mode = match mode {
                 RetentionMode::Delete => "delete",
@@ -81,15 +82,25 @@ impl CommandManager {
         })
     }
 
-    /// Repeats `step` while it finds full batches and changes something.
-    async fn drain(
-        &self,
-        mut step: impl AsyncFnMut(DateTime<Utc>, usize) -> Result<Batch, StoreError>,
-    ) -> Result<u64, StoreError> {
+    /// Repeats `sweep` while it finds full batches and changes something.
+    // A plain `match` rather than an async closure: futures of async closures borrowing
+    // `self` are not provably `Send`, and the drivers spawn these use cases.
+    async fn drain(&self, sweep: Sweep) -> Result<u64, StoreError> {
         let limit = self.settings.maintenance_batch.max(1);
+        let orders = &self.ports.orders;
         let mut total = 0u64;
         loop {
-            let batch = step(self.ports.clock.now(), limit).await?;
+            let now = self.ports.clock.now();
+            let batch = match sweep {
+                Sweep::Expire => orders.expire_due(now, limit).await?,
+                Sweep::GiveUp => orders.give_up_unreported(now, limit).await?,
+                Sweep::Purge { age, mode } => {
+                    let cutoff = now
+                        .checked_sub_signed(age)
+                        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                    orders.purge_finished(cutoff, mode, limit).await?
+                }
+            };
             total += batch.changed as u64;
             if batch.examined < limit || batch.changed == 0 {
                 return Ok(total);

@@ -6,6 +6,8 @@ mod delivery;
 mod maintenance;
 mod orders;
 mod submit;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 
 use cm_domain::{Order, OrderId, RequestId, Status};
 
+use super::delivery::CAS_ATTEMPTS;
 use super::{CommandManager, count_transition};
 use crate::store::{
     OrderCursor, OrderFilter, OrderPageRequest, Page, ReplaceError, StatusCounts, StoreError,
@@ -57,9 +58,9 @@ impl CommandManager {
     /// Cancels a pending order (`failure`, `cancelled`).
     ///
     /// # Errors
-    /// [`CancelError`].
+    /// [`CancelError`]; `Unavailable` also when the order kept changing under every attempt.
     pub async fn cancel(&self, id: &OrderId) -> Result<Order, CancelError> {
-        loop {
+        for _ in 0..CAS_ATTEMPTS {
             let current = self
                 .ports
                 .orders
@@ -81,5 +82,8 @@ impl CommandManager {
                 Err(ReplaceError::Store(e)) => return Err(e.into()),
             }
         }
+        // Still pending yet changing under us every time (a misbehaving store): answer
+        // "try again later" rather than spin forever.
+        Err(StoreError::Unavailable("the order kept changing during the cancel".to_owned()).into())
     }
 }

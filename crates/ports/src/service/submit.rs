@@ -78,7 +78,8 @@ impl CommandManager {
             .idempotency
             .as_ref()
             .map(|i| KeyedIds::new(&i.key, &i.fingerprint));
-        let ids: &mut dyn IdSource = match keyed.as_mut() {
+        // `+ Send`: the ids are used across awaits, and a submit must be spawnable.
+        let ids: &mut (dyn IdSource + Send) = match keyed.as_mut() {
             Some(k) => k,
             None => &mut fresh,
         };
@@ -176,13 +177,14 @@ impl CommandManager {
         &self,
         ex: &Expander<'_>,
         group: &GroupName,
-        ids: &mut dyn IdSource,
+        ids: &mut (dyn IdSource + Send),
         writer: &mut Writer<'_>,
         order_ids: &mut Vec<OrderId>,
     ) -> Result<(), StoreError> {
         let mut page = AgentPageRequest {
             group: Some(group.clone()),
-            size: self.settings.expansion_page,
+            // A page of 0 would end the group at once: it would expand to no order at all.
+            size: self.settings.expansion_page.max(1),
             after: None,
         };
         loop {
