@@ -119,6 +119,9 @@ impl CommandManager {
         if let Err(e) = writer.flush().await {
             return Err(writer.abandon(e, request.idempotency.is_some()).await);
         }
+        // An agent targeted by several commands is woken once.
+        writer.woken.sort_unstable();
+        writer.woken.dedup();
         if let Err(e) = self.ports.notifier.notify(&writer.woken).await {
             tracing::warn!(error = %e, "could not notify other instances; their polls find the orders at the next re-check");
         }
