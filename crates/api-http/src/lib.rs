@@ -1,1 +1,293 @@
-//! placeholder
+//! The HTTP driver of the command manager: every route of SPEC §3 (authentication aside) over
+//! the use cases of [`cm_ports::CommandManager`].
+//!
+//! * [`router`] builds the whole API as an [`axum::Router`]; [`serve`] runs it until a shutdown
+//!   future resolves;
+//! * request bodies are read as JSON values and walked by DTO functions that build domain types,
+//!   so every refusal names the offending field (`commands[1].target.type`);
+//! * every failure, including extractor rejections, 404 and 405, answers with one error body,
+//!   `{"error": {"code", "message", "field"?}}`; storage failures answer 503 with `Retry-After`
+//!   and a generic message (the cause is logged, never echoed);
+//! * requests are traced with the matched route and counted in `cm_http_requests_total` and
+//!   `cm_http_request_duration_seconds`; `/metrics` renders them when a [`MetricsHandle`] is
+//!   given; `/openapi.json` is generated from the handlers.
+//!
+//! The driver calls use cases only; it never touches an adapter.
+
+mod dto;
+mod error;
+mod extract;
+mod handlers;
+mod middleware;
+mod openapi;
+
+use std::fmt;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, put};
+use cm_ports::CommandManager;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+/// Settings of the HTTP server (`[http]` in the configuration file, `CM_HTTP__*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Largest request body accepted; larger bodies answer 413.
+    pub max_body_bytes: usize,
+    /// Longest a request may take before it answers 503; 0 disables the limit. Long-polls may
+    /// take their (bounded) wait plus this much.
+    pub request_timeout_secs: u64,
+    /// The `Retry-After` header of every 503 answer, in seconds.
+    pub retry_after_secs: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            max_body_bytes: 1024 * 1024,
+            request_timeout_secs: 30,
+            retry_after_secs: 5,
+        }
+    }
+}
+
+/// Name of the counter of answered requests, labelled `method`, `route` (the matched path
+/// template, `unmatched` otherwise) and `status`.
+pub const HTTP_REQUESTS: &str = "cm_http_requests_total";
+/// Name of the histogram of request durations in seconds, labelled `method` and `route`.
+pub const HTTP_REQUEST_DURATION: &str = "cm_http_request_duration_seconds";
+
+/// Buckets of [`HTTP_REQUEST_DURATION`]: from a millisecond to the longest long-poll.
+const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0,
+];
+
+/// The process's Prometheus recorder, from which `/metrics` renders.
+#[derive(Clone)]
+pub struct MetricsHandle(PrometheusHandle);
+
+impl MetricsHandle {
+    /// The Prometheus text exposition of every metric recorded so far.
+    #[must_use]
+    pub fn render(&self) -> String {
+        self.0.render()
+    }
+
+    /// Drains histogram samples into their buckets. [`serve`] runs it every few seconds; call it
+    /// yourself when rendering without [`serve`].
+    pub fn run_upkeep(&self) {
+        self.0.run_upkeep();
+    }
+}
+
+impl fmt::Debug for MetricsHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsHandle").finish_non_exhaustive()
+    }
+}
+
+/// Installs the Prometheus recorder as the process's global `metrics` recorder.
+///
+/// Idempotent: the first call installs it, every later call returns a handle to the same
+/// recorder.
+///
+/// # Errors
+/// A message when another global recorder (not installed by this function) is already set.
+pub fn install_metrics_recorder() -> Result<MetricsHandle, String> {
+    static INSTALLED: Mutex<Option<MetricsHandle>> = Mutex::new(None);
+    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(HTTP_REQUEST_DURATION.to_owned()),
+            &DURATION_BUCKETS,
+        )
+        .map_err(|e| format!("cannot configure the metrics recorder: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    let handle = MetricsHandle(handle);
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
+/// What every handler shares: the use cases, the settings, the metrics handle and the shutdown
+/// signal that ends open long-polls. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager: CommandManager,
+    settings: HttpSettings,
+    metrics: Option<MetricsHandle>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl AppState {
+    #[must_use]
+    pub fn new(
+        manager: CommandManager,
+        settings: HttpSettings,
+        metrics: Option<MetricsHandle>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                manager,
+                settings,
+                metrics,
+                shutdown: watch::Sender::new(false),
+            }),
+        }
+    }
+
+    pub(crate) fn manager(&self) -> &CommandManager {
+        &self.inner.manager
+    }
+
+    pub(crate) fn settings(&self) -> &HttpSettings {
+        &self.inner.settings
+    }
+
+    pub(crate) fn metrics(&self) -> Option<&MetricsHandle> {
+        self.inner.metrics.as_ref()
+    }
+
+    /// Ends every open long-poll (they answer what they have, usually nothing) and makes new
+    /// ones answer without waiting.
+    pub(crate) fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        *self.inner.shutdown.borrow()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub(crate) fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.inner.shutdown.subscribe();
+        async move {
+            // The sender lives as long as any state clone; an error means it is gone, which
+            // also means shutting down.
+            let _ = rx.wait_for(|stopping| *stopping).await;
+        }
+    }
+}
+
+impl fmt::Debug for AppState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppState")
+            .field("settings", &self.inner.settings)
+            .field("metrics", &self.inner.metrics.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The path template of the long-poll route; its timeout is its wait plus the request timeout.
+pub(crate) const POLL_ROUTE: &str = "/api/v1/agents/{agent_id}/poll";
+
+/// Every route of SPEC §3 (authentication aside) with its middleware, over `state`.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.settings().max_body_bytes;
+    Router::new()
+        .route("/api/v1/commands", post(handlers::commands::submit))
+        .route(
+            "/_plugins/_command_manager/commands",
+            post(handlers::commands::submit_wazuh),
+        )
+        .route("/api/v1/orders", get(handlers::orders::list))
+        .route("/api/v1/orders/{order_id}", get(handlers::orders::one))
+        .route(
+            "/api/v1/orders/{order_id}/cancel",
+            post(handlers::orders::cancel),
+        )
+        .route(
+            "/api/v1/orders/{order_id}/result",
+            post(handlers::delivery::report),
+        )
+        .route(
+            "/api/v1/requests/{request_id}",
+            get(handlers::orders::progress),
+        )
+        .route("/api/v1/agents", get(handlers::agents::list))
+        .route(
+            "/api/v1/agents/{agent_id}",
+            put(handlers::agents::put)
+                .get(handlers::agents::one)
+                .delete(handlers::agents::delete),
+        )
+        .route(POLL_ROUTE, post(handlers::delivery::poll))
+        .route("/healthz", get(handlers::ops::healthz))
+        .route("/readyz", get(handlers::ops::readyz))
+        .route("/metrics", get(handlers::ops::metrics))
+        .route("/openapi.json", get(handlers::ops::openapi))
+        .method_not_allowed_fallback(handlers::ops::method_not_allowed)
+        .fallback(handlers::ops::not_found)
+        // Innermost first: the timeout wraps the handler only, the trace span everything.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::timeout,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::map_response_with_state(
+            state.clone(),
+            middleware::retry_after,
+        ))
+        .layer(axum::middleware::from_fn(middleware::record_metrics))
+        .layer(middleware::trace_layer())
+        .with_state(state)
+}
+
+/// How often [`serve`] drains histogram samples when it has a [`MetricsHandle`].
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Serves until `shutdown` resolves, then stops accepting, ends open long-polls (they answer
+/// with what they have, usually an empty list) and lets in-flight requests finish.
+///
+/// # Errors
+/// The I/O error that stopped the server.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Some(handle) = state.metrics().cloned() {
+        let stopping = state.shutting_down();
+        tokio::spawn(async move {
+            tokio::pin!(stopping);
+            let mut every = tokio::time::interval(UPKEEP_EVERY);
+            loop {
+                tokio::select! {
+                    () = &mut stopping => return,
+                    _ = every.tick() => handle.run_upkeep(),
+                }
+            }
+        });
+    }
+    let signal = {
+        let state = state.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no new connections, ending long-polls");
+            state.begin_shutdown();
+        }
+    };
+    let app = router(state.clone());
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(signal)
+        .await;
+    state.begin_shutdown();
+    served
+}

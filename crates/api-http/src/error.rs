@@ -1,0 +1,192 @@
+//! [`ApiError`]: every way a request can fail, and the one error body they all answer with.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cm_domain::{ExpansionError, FieldError};
+use cm_ports::{CancelError, ReportError, StoreError, SubmitError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Why a request failed. Answers `{"error": {"code", "message", "field"?}}` with its status.
+#[derive(Debug)]
+pub(crate) enum ApiError {
+    /// 400: a field, parameter or header broke its rule.
+    Invalid(FieldError),
+    /// 400: the body is not JSON.
+    MalformedJson(String),
+    /// 403: an agent touched another agent's order.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 405.
+    MethodNotAllowed,
+    /// 409: the order is not in a state that allows the change.
+    Conflict(String),
+    /// 413.
+    PayloadTooLarge(usize),
+    /// 415.
+    UnsupportedMediaType,
+    /// 422: a command did not expand into orders.
+    Unprocessable(ExpansionError),
+    /// 503: storage failed or the request ran out of time; the cause was logged when this
+    /// value was made.
+    Unavailable,
+    /// 500: a bug; the cause was logged when this value was made.
+    Internal,
+}
+
+impl ApiError {
+    /// Logs `cause` and answers 503 without echoing it.
+    pub(crate) fn unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "storage unavailable");
+        Self::Unavailable
+    }
+
+    /// Logs `cause` and answers 500 without echoing it.
+    pub(crate) fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self::Internal
+    }
+
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            Self::Invalid(_) | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn detail(self) -> ErrorDetail {
+        let (code, message, field) = match self {
+            Self::Invalid(e) => (
+                "invalid_field",
+                format!("{}: {}", e.field(), e.message()),
+                Some(e.field().to_owned()),
+            ),
+            Self::MalformedJson(why) => (
+                "malformed_json",
+                format!("body: not valid JSON: {why}"),
+                Some("body".to_owned()),
+            ),
+            Self::Forbidden(m) => ("forbidden", m, None),
+            Self::NotFound(m) => ("not_found", m, None),
+            Self::MethodNotAllowed => (
+                "method_not_allowed",
+                "this route does not take this method".to_owned(),
+                None,
+            ),
+            Self::Conflict(m) => ("conflict", m, None),
+            Self::PayloadTooLarge(limit) => (
+                "payload_too_large",
+                format!("the body is larger than {limit} bytes"),
+                Some("body".to_owned()),
+            ),
+            Self::UnsupportedMediaType => (
+                "unsupported_media_type",
+                "the body must be JSON (Content-Type: application/json)".to_owned(),
+                Some("Content-Type".to_owned()),
+            ),
+            Self::Unprocessable(e) => (
+                "unprocessable",
+                e.to_string(),
+                Some(format!("commands[{}]", e.index())),
+            ),
+            Self::Unavailable => (
+                "unavailable",
+                "the service cannot reach its storage right now; retry later".to_owned(),
+                None,
+            ),
+            Self::Internal => ("internal", "internal error".to_owned(), None),
+        };
+        ErrorDetail {
+            code,
+            message,
+            field,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let body = ErrorBody {
+            error: self.detail(),
+        };
+        (status, Json(body)).into_response()
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"error": {
+    "code": "invalid_field",
+    "message": "commands[1].target.type: must be one of agent, group, server",
+    "field": "commands[1].target.type"
+}}))]
+pub(crate) struct ErrorBody {
+    pub(crate) error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Machine-readable: `invalid_field`, `malformed_json`, `forbidden`, `not_found`,
+    /// `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`,
+    /// `unprocessable`, `unavailable`, `internal`.
+    pub(crate) code: &'static str,
+    /// For people; names the field when one is at fault.
+    pub(crate) message: String,
+    /// The path of the field, parameter or header at fault (`commands[1].timeout`), when one is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) field: Option<String>,
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self::Invalid(e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::unavailable(&e)
+    }
+}
+
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Invalid(e) => Self::Invalid(e),
+            SubmitError::Expansion(e) => Self::Unprocessable(e),
+            SubmitError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(e: CancelError) -> Self {
+        match e {
+            CancelError::NotFound => Self::NotFound("no such order".to_owned()),
+            e @ CancelError::NotPending(_) => Self::Conflict(e.to_string()),
+            CancelError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<ReportError> for ApiError {
+    fn from(e: ReportError) -> Self {
+        match e {
+            ReportError::NotFound => Self::NotFound("no such order".to_owned()),
+            e @ ReportError::NotYours => Self::Forbidden(e.to_string()),
+            e @ ReportError::Conflict(_) => Self::Conflict(e.to_string()),
+            ReportError::Unavailable(e) => e.into(),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Agents: long-polling their orders and reporting results.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use cm_domain::{AgentId, Order, OrderId};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::AppState;
+use crate::dto;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{JsonBody, Param, QueryParams};
+use crate::openapi::schema;
+
+/// How long a poll waits when it does not say (bounded by the service's `max_poll_wait`).
+pub(crate) const DEFAULT_WAIT_SECS: u64 = 30;
+/// The longest `wait` accepted; the service bounds it further.
+pub(crate) const MAX_WAIT_SECS: u64 = 3600;
+/// How many orders a poll takes when it does not say (bounded by `max_poll_limit`).
+pub(crate) const DEFAULT_LIMIT: u64 = 10;
+/// The largest `limit` accepted; the service bounds it further.
+pub(crate) const MAX_LIMIT: u64 = 1000;
+
+/// The orders handed to the polling agent, now `sent`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Polled {
+    #[schema(value_type = Vec<schema::Order>)]
+    orders: Vec<Order>,
+}
+
+/// Hands the agent up to `limit` of its deliverable orders, marking them `sent`. When there are
+/// none, waits up to `wait` seconds for one to arrive, and answers an empty list if none does
+/// (or the server is shutting down).
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{agent_id}/poll",
+    operation_id = "poll_orders",
+    tag = "delivery",
+    params(
+        ("agent_id" = String, Path, description = "The polling agent's id"),
+        ("wait" = Option<u64>, Query, minimum = 0, maximum = 3600,
+            description = "Seconds to wait for an order when none is waiting; default 30, bounded by the service's longest wait"),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000,
+            description = "Most orders to take; default 10, bounded by the service's largest batch"),
+    ),
+    responses(
+        (status = 200, description = "The orders handed out (empty when the wait ended)", body = Polled),
+        (status = 400, description = "A parameter out of its rule, or an unknown parameter", body = ErrorBody),
+        (status = 503, description = "Storage unavailable; no order was handed out", body = ErrorBody),
+    )
+)]
+pub(crate) async fn poll(
+    State(state): State<AppState>,
+    Param(agent): Param<AgentId>,
+    query: QueryParams,
+) -> Result<Json<Polled>, ApiError> {
+    let q = query.only(&["wait", "limit"])?;
+    let wait = q
+        .int("wait", 0, MAX_WAIT_SECS)?
+        .unwrap_or(DEFAULT_WAIT_SECS);
+    let limit = q.int("limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let manager = state.manager();
+    if wait == 0 || state.is_shutting_down() {
+        let orders = manager.poll(&agent, limit, Duration::ZERO).await?;
+        return Ok(Json(Polled { orders }));
+    }
+    let stopping = state.shutting_down();
+    let orders = tokio::select! {
+        biased;
+        polled = manager.poll(&agent, limit, Duration::from_secs(wait)) => polled?,
+        () = stopping => Vec::new(),
+    };
+    Ok(Json(Polled { orders }))
+}
+
+/// Records the agent's result for one of its delivered orders. Repeating the report the order
+/// already carries answers 200 and changes nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{order_id}/result",
+    operation_id = "report_result",
+    tag = "delivery",
+    params(("order_id" = String, Path, format = "uuid", description = "The order's id")),
+    request_body(content = schema::ReportBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The order with its result", body = schema::Order),
+        (status = 400, description = "Malformed JSON or a field out of its rule", body = ErrorBody),
+        (status = 403, description = "The order belongs to another agent", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "The order was not delivered, or already ended with another result", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn report(
+    State(state): State<AppState>,
+    Param(id): Param<OrderId>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Order>, ApiError> {
+    let report = dto::report(&body)?;
+    Ok(Json(state.manager().report(&id, &report, None).await?))
+}

@@ -1,0 +1,204 @@
+//! Reading the orders stream, cancelling orders and following requests.
+
+use axum::Json;
+use axum::extract::State;
+use chrono::{DateTime, Utc};
+use cm_domain::{AgentId, FieldError, Order, OrderId, RequestId, Status, TargetType, check_text};
+use cm_ports::{OrderCursor, OrderFilter};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{Param, QueryParams};
+use crate::openapi::schema;
+
+/// One page of orders.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct OrderPage {
+    #[schema(value_type = Vec<schema::Order>)]
+    orders: Vec<Order>,
+    /// Pass as `after` to read the next page; `null` on the last page.
+    #[schema(required = true)]
+    next: Option<String>,
+}
+
+/// How many orders of one request are in each status.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Progress {
+    #[schema(value_type = String, format = "uuid")]
+    request_id: RequestId,
+    total: u64,
+    pending: u64,
+    sent: u64,
+    in_progress: u64,
+    success: u64,
+    failure: u64,
+}
+
+const LIST_PARAMS: &[&str] = &[
+    "status",
+    "agent_id",
+    "target_type",
+    "target_id",
+    "request_id",
+    "action",
+    "since",
+    "until",
+    "size",
+    "after",
+];
+
+fn time(raw: &str, field: &str) -> Result<DateTime<Utc>, FieldError> {
+    DateTime::parse_from_rfc3339(raw)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|_| {
+            FieldError::new(
+                field,
+                "must be an RFC 3339 time such as 2026-11-27T10:00:00Z (write + as %2B)",
+            )
+        })
+}
+
+fn text(raw: &str, field: &str) -> Result<String, FieldError> {
+    check_text(raw, field, true)?;
+    Ok(raw.to_owned())
+}
+
+/// Orders matching every filter given, oldest first (`@timestamp`, then `order_id`), paged.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders",
+    operation_id = "list_orders",
+    tag = "orders",
+    params(
+        ("status" = Option<schema::Status>, Query, description = "Only orders in this status"),
+        ("agent_id" = Option<String>, Query, description = "Only orders delivered to this agent"),
+        ("target_type" = Option<schema::TargetType>, Query, description = "Only orders with this target type"),
+        ("target_id" = Option<String>, Query, description = "Only orders with this target id"),
+        ("request_id" = Option<String>, Query, description = "Only orders of this request"),
+        ("action" = Option<String>, Query, description = "Only orders of this action name"),
+        ("since" = Option<String>, Query, format = DateTime, description = "Only orders created at or after this time (RFC 3339)"),
+        ("until" = Option<String>, Query, format = DateTime, description = "Only orders created before this time (RFC 3339)"),
+        ("size" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"),
+        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+    ),
+    responses(
+        (status = 200, description = "One page of orders", body = OrderPage),
+        (status = 400, description = "A parameter out of its rule, or an unknown parameter", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<OrderPage>, ApiError> {
+    let q = query.only(LIST_PARAMS)?;
+    let filter = OrderFilter {
+        status: q.parse("status", |r| Status::parse(r, "status"))?,
+        agent_id: q.parse("agent_id", |r| AgentId::parse(r, "agent_id"))?,
+        target_type: q.parse("target_type", |r| {
+            TargetType::parse(r).map_err(|e| FieldError::new("target_type", e.message()))
+        })?,
+        target_id: q.parse("target_id", |r| text(r, "target_id"))?,
+        request_id: q.parse("request_id", |r| RequestId::parse(r, "request_id"))?,
+        action: q.parse("action", |r| text(r, "action"))?,
+        since: q.parse("since", |r| time(r, "since"))?,
+        until: q.parse("until", |r| time(r, "until"))?,
+    };
+    let size = q
+        .int("size", 1, MAX_PAGE_SIZE)?
+        .unwrap_or(DEFAULT_PAGE_SIZE);
+    let after = q.parse("after", |r| OrderCursor::decode(r, "after"))?;
+    let page = state
+        .manager()
+        .orders(&filter, usize::try_from(size).unwrap_or(usize::MAX), after)
+        .await?;
+    Ok(Json(OrderPage {
+        orders: page.items,
+        next: page.next.map(|c| c.encode()),
+    }))
+}
+
+/// One order.
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{order_id}",
+    operation_id = "get_order",
+    tag = "orders",
+    params(("order_id" = String, Path, format = "uuid", description = "The order's id")),
+    responses(
+        (status = 200, description = "The order", body = schema::Order),
+        (status = 400, description = "`order_id` is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn one(
+    State(state): State<AppState>,
+    Param(id): Param<OrderId>,
+) -> Result<Json<Order>, ApiError> {
+    state
+        .manager()
+        .order(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no order {id}")))
+}
+
+/// Cancels a pending order: it ends as `failure` with the message `cancelled`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{order_id}/cancel",
+    operation_id = "cancel_order",
+    tag = "orders",
+    params(("order_id" = String, Path, format = "uuid", description = "The order's id")),
+    responses(
+        (status = 200, description = "The cancelled order", body = schema::Order),
+        (status = 400, description = "`order_id` is not a UUID", body = ErrorBody),
+        (status = 404, description = "No such order", body = ErrorBody),
+        (status = 409, description = "The order is not pending", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    Param(id): Param<OrderId>,
+) -> Result<Json<Order>, ApiError> {
+    Ok(Json(state.manager().cancel(&id).await?))
+}
+
+/// How many orders of one request are in each status.
+#[utoipa::path(
+    get,
+    path = "/api/v1/requests/{request_id}",
+    operation_id = "get_request_progress",
+    tag = "orders",
+    params(("request_id" = String, Path, format = "uuid", description = "The request's id")),
+    responses(
+        (status = 200, description = "Per-status counts", body = Progress),
+        (status = 400, description = "`request_id` is not a UUID", body = ErrorBody),
+        (status = 404, description = "No order has this request id", body = ErrorBody),
+        (status = 503, description = "Storage unavailable", body = ErrorBody),
+    )
+)]
+pub(crate) async fn progress(
+    State(state): State<AppState>,
+    Param(id): Param<RequestId>,
+) -> Result<Json<Progress>, ApiError> {
+    let counts = state
+        .manager()
+        .progress(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no request {id}")))?;
+    Ok(Json(Progress {
+        request_id: id,
+        total: counts.total(),
+        pending: counts.pending,
+        sent: counts.sent,
+        in_progress: counts.in_progress,
+        success: counts.success,
+        failure: counts.failure,
+    }))
+}

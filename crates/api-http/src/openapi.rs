@@ -1,0 +1,292 @@
+//! The OpenAPI document, generated from the handlers' annotations.
+
+use std::sync::LazyLock;
+
+use utoipa::OpenApi;
+
+use crate::error::{ErrorBody, ErrorDetail};
+use crate::handlers;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Command Manager",
+        description = "Accepts command requests for a fleet of agents, expands each into one order per target, delivers orders to agents by long-poll and records their results. Errors answer `{\"error\": {\"code\", \"message\", \"field\"?}}`; 503 answers carry `Retry-After`."
+    ),
+    paths(
+        handlers::commands::submit,
+        handlers::commands::submit_wazuh,
+        handlers::orders::list,
+        handlers::orders::one,
+        handlers::orders::cancel,
+        handlers::orders::progress,
+        handlers::agents::put,
+        handlers::agents::one,
+        handlers::agents::list,
+        handlers::agents::delete,
+        handlers::delivery::poll,
+        handlers::delivery::report,
+        handlers::ops::healthz,
+        handlers::ops::readyz,
+        handlers::ops::metrics,
+        handlers::ops::openapi,
+    ),
+    components(schemas(ErrorBody, ErrorDetail)),
+    tags(
+        (name = "commands", description = "Submitting command requests"),
+        (name = "orders", description = "Reading and cancelling orders, following requests"),
+        (name = "agents", description = "The agents registry"),
+        (name = "delivery", description = "Agents receiving orders and reporting results"),
+        (name = "operations", description = "Health, readiness, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+/// The document as JSON text, built once.
+pub(crate) fn document() -> &'static str {
+    static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
+        ApiDoc::openapi().to_json().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot serialize the OpenAPI document");
+            String::from("{}")
+        })
+    });
+    &DOCUMENT
+}
+
+/// Schema-only descriptions of the bodies: requests are walked as JSON values by
+/// [`crate::dto`] and orders are serialized from the domain's `Order`, so these types are never
+/// built. Tests keep them in step with the DTOs' field lists and with real documents.
+#[allow(dead_code)]
+pub(crate) mod schema {
+    use serde::Serialize;
+    use serde_json::Value;
+    use utoipa::ToSchema;
+
+    /// A command request.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct SubmitBody {
+        /// 1 to `max_commands` (default 100) commands.
+        #[schema(min_items = 1)]
+        commands: Vec<CommandBody>,
+    }
+
+    /// One command of a request.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct CommandBody {
+        /// Matched case-insensitively, stored in this spelling.
+        source: Source,
+        /// Who originated the request.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        target: Target,
+        action: ActionBody,
+        /// The window, in seconds, in which the order must be delivered.
+        #[schema(minimum = 1, maximum = 32767)]
+        timeout: u16,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    pub(crate) enum Source {
+        #[serde(rename = "Users/Services")]
+        UsersServices,
+        Engine,
+        #[serde(rename = "Content manager")]
+        ContentManager,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "lowercase")]
+    pub(crate) enum TargetType {
+        Agent,
+        Group,
+        Server,
+    }
+
+    /// What a command is aimed at.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct Target {
+        #[serde(rename = "type")]
+        kind: TargetType,
+        /// Agent id, group name or server component name.
+        id: String,
+    }
+
+    /// The action of a command, as submitted.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct ActionBody {
+        name: String,
+        /// A JSON object or array, stored and delivered verbatim; `{}` when absent.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        args: Option<Value>,
+        /// Schema version of the action.
+        version: String,
+    }
+
+    /// The action of an order.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct Action {
+        name: String,
+        /// A JSON object or array, verbatim as submitted.
+        args: Value,
+        version: String,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub(crate) enum Status {
+        Pending,
+        Sent,
+        InProgress,
+        Success,
+        Failure,
+    }
+
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub(crate) enum ReportStatus {
+        Success,
+        Failure,
+        InProgress,
+    }
+
+    /// An agent's result report.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct ReportBody {
+        status: ReportStatus,
+        #[schema(minimum = -32768, maximum = 32767)]
+        code: i16,
+        /// Default "".
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+        /// Default "", at most 64 KiB.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+    }
+
+    /// An agent registration.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct AgentBody {
+        groups: Vec<String>,
+    }
+
+    /// A registered agent.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct Agent {
+        id: String,
+        groups: Vec<String>,
+    }
+
+    /// The agent an order is delivered to.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct AgentRef {
+        id: String,
+        groups: Vec<String>,
+    }
+
+    /// The result recorded on an order.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct CommandResult {
+        code: i16,
+        message: String,
+        data: String,
+    }
+
+    /// One order: the document layout of the Wazuh `wazuh-commands` index.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct Order {
+        /// When the order was created.
+        #[serde(rename = "@timestamp")]
+        #[schema(format = DateTime, example = "2026-11-27T10:00:00.000Z")]
+        timestamp: String,
+        /// The deadline for delivery: creation (or `not_before`) plus `timeout`.
+        #[schema(format = DateTime, example = "2026-11-27T10:01:40.000Z")]
+        delivery_timestamp: String,
+        /// Absent for server targets.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agent: Option<AgentRef>,
+        command: OrderCommand,
+    }
+
+    /// The `command` part of an order.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct OrderCommand {
+        source: Source,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        target: Target,
+        action: Action,
+        #[schema(minimum = 1, maximum = 32767)]
+        timeout: u16,
+        status: Status,
+        /// Absent until there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<CommandResult>,
+        #[schema(format = "uuid")]
+        request_id: String,
+        #[schema(format = "uuid")]
+        order_id: String,
+        /// Not handed out before this time.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(format = DateTime)]
+        not_before: Option<String>,
+        /// When it was (last) handed out.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(format = DateTime)]
+        sent_at: Option<String>,
+        /// How many times it was handed out.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        deliveries: Option<u32>,
+        /// When it is handed out again if no report arrives.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(format = DateTime)]
+        redeliver_at: Option<String>,
+        /// When it fails with `no result` if no final report arrives.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(format = DateTime)]
+        result_deadline: Option<String>,
+        /// When it reached `success` or `failure`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(format = DateTime)]
+        finished_at: Option<String>,
+        /// The request this one retries.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(format = "uuid")]
+        retry_of: Option<String>,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::dto;
+
+    fn properties(doc: &Value, schema: &str) -> Vec<String> {
+        let mut keys: Vec<String> = doc["components"]["schemas"][schema]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("schema {schema} has properties"))
+            .keys()
+            .cloned()
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn sorted(fields: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = fields.iter().map(|f| (*f).to_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn request_schemas_list_exactly_the_fields_the_dtos_accept() {
+        let doc: Value = serde_json::from_str(document()).unwrap();
+        assert_eq!(properties(&doc, "SubmitBody"), sorted(dto::SUBMIT_FIELDS));
+        assert_eq!(properties(&doc, "CommandBody"), sorted(dto::COMMAND_FIELDS));
+        assert_eq!(properties(&doc, "Target"), sorted(dto::TARGET_FIELDS));
+        assert_eq!(properties(&doc, "ActionBody"), sorted(dto::ACTION_FIELDS));
+        assert_eq!(properties(&doc, "ReportBody"), sorted(dto::REPORT_FIELDS));
+        assert_eq!(properties(&doc, "AgentBody"), sorted(dto::AGENT_FIELDS));
+    }
+}
