@@ -1,0 +1,603 @@
+//! [`OrderStore`] over the `orders` and `orders_archive` tables.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cm_domain::{AgentId, DeliveryPolicy, Order, OrderId, RequestId, Status};
+use cm_ports::{
+    Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
+    RetentionMode, StatusCounts, StoreError,
+};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use crate::SqliteBackend;
+use crate::error::{convert_sqlx_err, corrupt_document};
+
+/// SQLite's default limit on bound parameters in one statement (`SQLITE_MAX_VARIABLE_NUMBER`).
+const MAX_BOUND_PARAMETERS: usize = 32_766;
+/// Rows per multi-row statement; a row binds at most 15 values.
+const CHUNK: usize = 1000;
+const _: () = assert!(CHUNK * 15 <= MAX_BOUND_PARAMETERS);
+
+/// An agent's deliverable orders, oldest first. Agrees with `Order::is_deliverable`: pending from
+/// `not_before` until (excluding) the deadline; sent once redelivery is due. The two kinds are
+/// read from their own indexes, so a poll walks neither the agent's history nor the orders it
+/// holds without a redelivery being due.
+///
+/// `INDEXED BY`: without statistics the planner rates `orders_agent` (every order of the agent)
+/// as good as these; a poll must not degrade into a scan of the agent's history, and a schema
+/// without the indexes must fail loudly rather than slow down.
+const CLAIM_CANDIDATES: &str = "SELECT revision, document FROM ( \
+      SELECT * FROM ( \
+        SELECT created_ms, order_id, revision, document FROM orders INDEXED BY orders_claim \
+        WHERE agent_id = ?1 AND status = 'pending' AND available_ms <= ?2 AND deadline_ms > ?2 \
+        ORDER BY created_ms, order_id LIMIT ?3) \
+      UNION ALL \
+      SELECT * FROM ( \
+        SELECT created_ms, order_id, revision, document FROM orders INDEXED BY orders_redeliver \
+        WHERE agent_id = ?1 AND status = 'sent' AND redeliver_ms <= ?2 \
+        ORDER BY created_ms, order_id LIMIT ?3)) \
+    ORDER BY created_ms, order_id LIMIT ?3";
+
+/// Pending orders whose delivery deadline passed (`Order::is_expired`), earliest first.
+const EXPIRY_CANDIDATES: &str = "SELECT revision, document FROM orders \
+    WHERE status = 'pending' AND deadline_ms <= ?1 \
+    ORDER BY deadline_ms, order_id LIMIT ?2";
+
+/// Delivered orders whose result deadline passed (`Order::is_unreported`), earliest first.
+const GIVE_UP_CANDIDATES: &str = "SELECT revision, document FROM orders \
+    WHERE result_deadline_ms IS NOT NULL AND result_deadline_ms <= ?1 \
+    ORDER BY result_deadline_ms, order_id LIMIT ?2";
+
+/// Orders that finished at or before the cutoff (`Order::finished_by`), earliest first.
+const PURGE_CANDIDATES: &str = "SELECT order_id, revision, document FROM orders \
+    WHERE finished_ms IS NOT NULL AND finished_ms <= ?1 \
+    ORDER BY finished_ms, order_id LIMIT ?2";
+
+/// How many orders of one request are in each status.
+const PROGRESS: &str = "SELECT status, COUNT(*) FROM orders WHERE request_id = ?1 GROUP BY status";
+
+/// The stored document and the revision a conditional write compares against.
+type Versioned = (i64, String);
+
+/// An order as a row: its document and the columns projected from it.
+struct Row {
+    order_id: String,
+    request_id: String,
+    agent_id: Option<String>,
+    target_type: &'static str,
+    target_id: String,
+    action: String,
+    status: &'static str,
+    created_ms: i64,
+    deadline_ms: i64,
+    available_ms: i64,
+    redeliver_ms: Option<i64>,
+    result_deadline_ms: Option<i64>,
+    finished_ms: Option<i64>,
+    document: String,
+}
+
+impl Row {
+    fn of(o: &Order) -> Result<Self, StoreError> {
+        let document = serde_json::to_string(o).map_err(|e| {
+            StoreError::Corrupt(format!("order {} cannot be encoded: {e}", o.order_id()))
+        })?;
+        Ok(Self {
+            order_id: o.order_id().to_string(),
+            request_id: o.request_id().to_string(),
+            agent_id: o.agent_id().map(|a| a.as_str().to_owned()),
+            target_type: o.target().kind().as_str(),
+            target_id: o.target().id().to_owned(),
+            action: o.action().name().to_owned(),
+            status: o.status().as_str(),
+            created_ms: o.created_at().timestamp_millis(),
+            deadline_ms: o.delivery_deadline().timestamp_millis(),
+            available_ms: o.available_from().timestamp_millis(),
+            redeliver_ms: o.redeliver_at().map(|t| t.timestamp_millis()),
+            result_deadline_ms: o.result_deadline().map(|t| t.timestamp_millis()),
+            finished_ms: o.finished_at().map(|t| t.timestamp_millis()),
+            document,
+        })
+    }
+}
+
+fn decode(document: &str) -> Result<Order, StoreError> {
+    serde_json::from_str(document).map_err(|e| corrupt_document("order", &e))
+}
+
+/// A row count or limit as SQLite's integer.
+fn sql_int(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// Writes each `(next, revision)` over its stored order if that is still at `revision`, in
+/// multi-row statements; returns the ids of the orders written.
+async fn update_all(
+    conn: &mut SqliteConnection,
+    changes: &[(Order, i64)],
+) -> Result<HashSet<String>, StoreError> {
+    let mut written = HashSet::with_capacity(changes.len());
+    for chunk in changes.chunks(CHUNK) {
+        let rows = chunk
+            .iter()
+            .map(|(o, revision)| Ok((Row::of(o)?, *revision)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut qb = QueryBuilder::<Sqlite>::new(
+            "UPDATE orders SET request_id = v.column3, agent_id = v.column4, \
+             target_type = v.column5, target_id = v.column6, action = v.column7, \
+             status = v.column8, created_ms = v.column9, deadline_ms = v.column10, \
+             available_ms = v.column11, redeliver_ms = v.column12, \
+             result_deadline_ms = v.column13, finished_ms = v.column14, document = v.column15, \
+             revision = orders.revision + 1 FROM (",
+        );
+        qb.push_values(rows, |mut b, (r, revision)| {
+            b.push_bind(r.order_id)
+                .push_bind(revision)
+                .push_bind(r.request_id)
+                .push_bind(r.agent_id)
+                .push_bind(r.target_type)
+                .push_bind(r.target_id)
+                .push_bind(r.action)
+                .push_bind(r.status)
+                .push_bind(r.created_ms)
+                .push_bind(r.deadline_ms)
+                .push_bind(r.available_ms)
+                .push_bind(r.redeliver_ms)
+                .push_bind(r.result_deadline_ms)
+                .push_bind(r.finished_ms)
+                .push_bind(r.document);
+        });
+        qb.push(
+            ") AS v WHERE orders.order_id = v.column1 AND orders.revision = v.column2 \
+             RETURNING orders.order_id",
+        );
+        let ids: Vec<String> = qb
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(convert_sqlx_err)?;
+        written.extend(ids);
+    }
+    Ok(written)
+}
+
+/// Completes `... (order_id, revision) IN (` with a `VALUES` list of `keys` and `)`.
+fn push_keys(qb: &mut QueryBuilder<Sqlite>, keys: &[(String, i64)]) {
+    qb.push_values(keys, |mut b, (id, revision)| {
+        b.push_bind(id.clone()).push_bind(*revision);
+    });
+    qb.push(")");
+}
+
+/// Applies `step` to each candidate and writes the results conditionally; candidates for which
+/// the domain refuses the transition are left alone.
+async fn apply_batch(
+    conn: &mut SqliteConnection,
+    candidates: Vec<Versioned>,
+    step: impl Fn(&Order) -> Option<Order>,
+) -> Result<Batch, StoreError> {
+    let examined = candidates.len();
+    let mut changes = Vec::with_capacity(examined);
+    for (revision, document) in candidates {
+        if let Some(next) = step(&decode(&document)?) {
+            changes.push((next, revision));
+        }
+    }
+    let changed = update_all(conn, &changes).await?.len();
+    Ok(Batch { examined, changed })
+}
+
+/// The page query: every set filter field, strictly after the cursor, in query order.
+fn query_sql(filter: &OrderFilter, page: &OrderPageRequest) -> QueryBuilder<Sqlite> {
+    let mut qb = QueryBuilder::<Sqlite>::new("SELECT document FROM orders WHERE 1 = 1");
+    if let Some(s) = filter.status {
+        qb.push(" AND status = ").push_bind(s.as_str());
+    }
+    if let Some(a) = &filter.agent_id {
+        qb.push(" AND agent_id = ").push_bind(a.as_str().to_owned());
+    }
+    if let Some(t) = filter.target_type {
+        qb.push(" AND target_type = ").push_bind(t.as_str());
+    }
+    if let Some(t) = &filter.target_id {
+        qb.push(" AND target_id = ").push_bind(t.clone());
+    }
+    if let Some(r) = &filter.request_id {
+        qb.push(" AND request_id = ").push_bind(r.to_string());
+    }
+    if let Some(a) = &filter.action {
+        qb.push(" AND action = ").push_bind(a.clone());
+    }
+    if let Some(t) = filter.since {
+        qb.push(" AND created_ms >= ")
+            .push_bind(t.timestamp_millis());
+    }
+    if let Some(t) = filter.until {
+        qb.push(" AND created_ms < ")
+            .push_bind(t.timestamp_millis());
+    }
+    if let Some(c) = &page.after {
+        qb.push(" AND (created_ms, order_id) > (")
+            .push_bind(c.created_at.timestamp_millis())
+            .push(", ")
+            .push_bind(c.order_id.to_string())
+            .push(")");
+    }
+    qb.push(" ORDER BY created_ms, order_id LIMIT ")
+        .push_bind(sql_int(page.size));
+    qb
+}
+
+#[async_trait]
+impl OrderStore for SqliteBackend {
+    #[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
+    async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        if orders.is_empty() {
+            return Ok(0);
+        }
+        let rows = orders.iter().map(Row::of).collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.write().await?;
+        let mut created = 0;
+        let mut rows = rows.into_iter();
+        loop {
+            let chunk: Vec<Row> = rows.by_ref().take(CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, \
+                 action, status, created_ms, deadline_ms, available_ms, redeliver_ms, \
+                 result_deadline_ms, finished_ms, document) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.order_id)
+                    .push_bind(r.request_id)
+                    .push_bind(r.agent_id)
+                    .push_bind(r.target_type)
+                    .push_bind(r.target_id)
+                    .push_bind(r.action)
+                    .push_bind(r.status)
+                    .push_bind(r.created_ms)
+                    .push_bind(r.deadline_ms)
+                    .push_bind(r.available_ms)
+                    .push_bind(r.redeliver_ms)
+                    .push_bind(r.result_deadline_ms)
+                    .push_bind(r.finished_ms)
+                    .push_bind(r.document);
+            });
+            qb.push(" ON CONFLICT (order_id) DO NOTHING");
+            created += qb
+                .build()
+                .persistent(false)
+                .execute(&mut *tx)
+                .await
+                .map_err(convert_sqlx_err)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        tracing::debug!(created, "orders inserted");
+        Ok(created)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        let doc: Option<String> =
+            sqlx::query_scalar("SELECT document FROM orders WHERE order_id = ?1")
+                .bind(id.to_string())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(convert_sqlx_err)?;
+        doc.as_deref().map(decode).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn query(
+        &self,
+        filter: &OrderFilter,
+        page: &OrderPageRequest,
+    ) -> Result<Page<Order, OrderCursor>, StoreError> {
+        let mut qb = query_sql(filter, page);
+        let docs: Vec<String> = qb
+            .build_query_scalar()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let items = docs
+            .iter()
+            .map(|d| decode(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = (items.len() == page.size)
+            .then(|| items.last().map(OrderCursor::after))
+            .flatten();
+        Ok(Page { items, next })
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, policy))]
+    async fn claim(
+        &self,
+        agent: &AgentId,
+        limit: usize,
+        now: DateTime<Utc>,
+        policy: &DeliveryPolicy,
+    ) -> Result<Vec<Order>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let now_ms = now.timestamp_millis();
+        let mut tx = self.write().await?;
+        let candidates: Vec<Versioned> = sqlx::query_as(CLAIM_CANDIDATES)
+            .bind(agent.as_str())
+            .bind(now_ms)
+            .bind(sql_int(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let mut changes = Vec::with_capacity(candidates.len());
+        for (revision, document) in candidates {
+            if let Ok(next) = decode(&document)?.deliver(now, policy) {
+                changes.push((next, revision));
+            }
+        }
+        let written = update_all(&mut tx, &changes).await?;
+        let claimed: Vec<Order> = changes
+            .into_iter()
+            .map(|(next, _)| next)
+            .filter(|o| written.contains(&o.order_id().to_string()))
+            .collect();
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        tracing::debug!(claimed = claimed.len(), "orders claimed");
+        Ok(claimed)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(order_id = %current.order_id()))]
+    async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
+        if next.order_id() != current.order_id() {
+            // `next` is not a version of the stored order; writing it would clobber another row.
+            return Err(ReplaceError::Conflict);
+        }
+        let mut tx = self.write().await?;
+        let stored: Option<Versioned> =
+            sqlx::query_as("SELECT revision, document FROM orders WHERE order_id = ?1")
+                .bind(current.order_id().to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(convert_sqlx_err)?;
+        let Some((revision, document)) = stored else {
+            return Err(ReplaceError::NotFound);
+        };
+        if decode(&document)? != *current {
+            return Err(ReplaceError::Conflict);
+        }
+        if update_all(&mut tx, &[(next.clone(), revision)])
+            .await?
+            .is_empty()
+        {
+            return Err(ReplaceError::Conflict);
+        }
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
+        let mut tx = self.write().await?;
+        let due: Vec<Versioned> = sqlx::query_as(EXPIRY_CANDIDATES)
+            .bind(now.timestamp_millis())
+            .bind(sql_int(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let batch = apply_batch(&mut tx, due, |o| o.expire(now).ok()).await?;
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        tracing::debug!(
+            examined = batch.examined,
+            changed = batch.changed,
+            "overdue orders expired"
+        );
+        Ok(batch)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn give_up_unreported(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        let mut tx = self.write().await?;
+        let due: Vec<Versioned> = sqlx::query_as(GIVE_UP_CANDIDATES)
+            .bind(now.timestamp_millis())
+            .bind(sql_int(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let batch = apply_batch(&mut tx, due, |o| o.give_up(now).ok()).await?;
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        tracing::debug!(
+            examined = batch.examined,
+            changed = batch.changed,
+            "unreported orders given up"
+        );
+        Ok(batch)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn purge_finished(
+        &self,
+        cutoff: DateTime<Utc>,
+        mode: RetentionMode,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        let mut tx = self.write().await?;
+        let due: Vec<(String, i64, String)> = sqlx::query_as(PURGE_CANDIDATES)
+            .bind(cutoff.timestamp_millis())
+            .bind(sql_int(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let examined = due.len();
+        let mut gone = Vec::with_capacity(examined);
+        for (order_id, revision, document) in due {
+            if decode(&document)?.finished_by(cutoff) {
+                gone.push((order_id, revision));
+            }
+        }
+        let mut changed = 0;
+        for chunk in gone.chunks(CHUNK) {
+            if mode == RetentionMode::Archive {
+                let mut qb = QueryBuilder::<Sqlite>::new(
+                    "INSERT OR REPLACE INTO orders_archive (order_id, request_id, agent_id, \
+                     target_type, target_id, action, status, created_ms, deadline_ms, \
+                     available_ms, redeliver_ms, result_deadline_ms, finished_ms, revision, \
+                     document) \
+                     SELECT order_id, request_id, agent_id, target_type, target_id, action, \
+                     status, created_ms, deadline_ms, available_ms, redeliver_ms, \
+                     result_deadline_ms, finished_ms, revision, document \
+                     FROM orders WHERE (order_id, revision) IN (",
+                );
+                push_keys(&mut qb, chunk);
+                qb.build()
+                    .persistent(false)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(convert_sqlx_err)?;
+            }
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("DELETE FROM orders WHERE (order_id, revision) IN (");
+            push_keys(&mut qb, chunk);
+            changed += count(
+                qb.build()
+                    .persistent(false)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(convert_sqlx_err)?
+                    .rows_affected(),
+            );
+        }
+        let batch = Batch { examined, changed };
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        tracing::debug!(
+            examined = batch.examined,
+            changed = batch.changed,
+            "finished orders purged"
+        );
+        Ok(batch)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        let doc: Option<String> =
+            sqlx::query_scalar("SELECT document FROM orders_archive WHERE order_id = ?1")
+                .bind(id.to_string())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(convert_sqlx_err)?;
+        doc.as_deref().map(decode).transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(PROGRESS)
+            .bind(request.to_string())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let mut counts = StatusCounts::default();
+        for (status, n) in rows {
+            let status = Status::parse(&status, "status")
+                .map_err(|_| StoreError::Corrupt(format!("unknown order status {status:?}")))?;
+            counts.add(status, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(counts)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError> {
+        let mut tx = self.write().await?;
+        let deleted = sqlx::query("DELETE FROM orders WHERE request_id = ?1")
+            .bind(request.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?
+            .rows_affected();
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        tracing::debug!(deleted, "orders of a request deleted");
+        Ok(deleted)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1 FROM orders LIMIT 0")
+            .execute(&self.reader)
+            .await
+            .map_err(convert_sqlx_err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cm_ports::testkit::{agent_id, at};
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::testing::{open, plan};
+
+    /// The hot queries are answered from their index, without sorting.
+    #[tokio::test]
+    async fn hot_queries_walk_their_indexes() {
+        let (store, _dir) = open().await;
+        let p = plan(&store, CLAIM_CANDIDATES).await;
+        assert!(p.contains("USING INDEX orders_claim (agent_id=?)"), "{p}");
+        assert!(
+            p.contains("USING INDEX orders_redeliver (agent_id=? AND redeliver_ms<?)"),
+            "{p}"
+        );
+        for (sql, index) in [
+            (EXPIRY_CANDIDATES, "orders_expiry"),
+            (GIVE_UP_CANDIDATES, "orders_result_deadline"),
+            (PURGE_CANDIDATES, "orders_finished"),
+            (PROGRESS, "orders_request"),
+        ] {
+            let p = plan(&store, sql).await;
+            assert!(p.contains(index), "{sql}: {p}");
+            assert!(!p.contains("TEMP B-TREE FOR ORDER BY"), "{sql}: {p}");
+        }
+        let page = OrderPageRequest {
+            size: 100,
+            after: Some(OrderCursor {
+                created_at: at(0),
+                order_id: OrderId::from_uuid(Uuid::nil()),
+            }),
+        };
+        for (filter, index) in [
+            (
+                OrderFilter {
+                    request_id: Some(RequestId::from_uuid(Uuid::nil())),
+                    ..OrderFilter::default()
+                },
+                "orders_request",
+            ),
+            (
+                OrderFilter {
+                    agent_id: Some(agent_id("a1")),
+                    ..OrderFilter::default()
+                },
+                "orders_agent",
+            ),
+            (OrderFilter::default(), "orders_created"),
+        ] {
+            let sql = query_sql(&filter, &page).into_string();
+            let p = plan(&store, &sql).await;
+            assert!(p.contains(index), "{sql}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
+        }
+        store.close().await;
+    }
+}
