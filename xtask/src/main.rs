@@ -2,6 +2,8 @@
 //!
 //! Kept small and quick to compile: the standard library and nothing else.
 
+mod postgres;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -10,17 +12,21 @@ cargo xtask <command>
 
 commands:
   test        run every test, starting and stopping the backends they need
+  postgres    run a throwaway PostgreSQL in the foreground [--port P]; prints its URL
   help        this text
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (cmd, rest) = args.split_first().map_or(("help", &[][..]), |(c, r)| (c.as_str(), r));
+    let (cmd, rest) = args
+        .split_first()
+        .map_or(("help", &[][..]), |(c, r)| (c.as_str(), r));
     let result = match cmd {
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
         }
+        "postgres" => postgres::run(rest),
         other => Err(format!("unknown command {other:?}\n\n{HELP}")),
     };
     let _ = rest;

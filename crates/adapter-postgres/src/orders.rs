@@ -1,0 +1,498 @@
+//! [`OrderStore`] over the `orders` and `orders_archive` tables.
+//!
+//! Every state change runs the same way: lock the candidate rows (`FOR UPDATE SKIP LOCKED`, so
+//! concurrent pollers, schedulers and instances each take different rows and never wait for
+//! one another), compute the next state of each with the domain's transition function in
+//! Rust, and write all of them back with one `UPDATE … FROM UNNEST(…)` that is still
+//! conditional on the status the transition started from, all in one transaction.
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cm_domain::{AgentId, DeliveryPolicy, Order, OrderId, RequestId, Status};
+use cm_ports::{
+    Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
+    RetentionMode, StatusCounts, StoreError,
+};
+use sqlx::types::Json;
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
+use uuid::Uuid;
+
+use crate::PostgresBackend;
+use crate::error::{convert_sqlx_err, corrupt};
+use crate::rows::{Columns, order_of, orders_of};
+
+/// Orders written per `INSERT` statement.
+const INSERT_CHUNK: usize = 1_000;
+
+const INSERT: &str = "
+INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, action, status,
+                    created_at, deadline, available_at, redeliver_at, result_deadline,
+                    finished_at, doc)
+SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+                     $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], $14::jsonb[])
+ON CONFLICT (order_id) DO NOTHING";
+
+/// The agent's orders that `Order::is_deliverable` accepts at `$2`: pending from `not_before`
+/// until (excluding) the deadline, or sent with a redelivery due. Server orders have no
+/// `agent_id` and never match.
+const SELECT_CLAIMABLE: &str = "
+SELECT doc FROM orders
+WHERE agent_id = $1
+  AND status IN ('pending', 'sent')
+  AND ((status = 'pending' AND available_at <= $2 AND deadline > $2)
+       OR (status = 'sent' AND redeliver_at <= $2))
+ORDER BY created_at, order_id
+LIMIT $3
+FOR UPDATE SKIP LOCKED";
+
+/// `Order::is_expired` at `$1`.
+const SELECT_EXPIRED: &str = "
+SELECT doc FROM orders
+WHERE status = 'pending' AND deadline <= $1
+ORDER BY deadline
+LIMIT $2
+FOR UPDATE SKIP LOCKED";
+
+/// `Order::is_unreported` at `$1`.
+const SELECT_UNREPORTED: &str = "
+SELECT doc FROM orders
+WHERE status IN ('sent', 'in_progress') AND result_deadline <= $1
+ORDER BY result_deadline
+LIMIT $2
+FOR UPDATE SKIP LOCKED";
+
+/// `Order::finished_by` at `$1`.
+const SELECT_FINISHED: &str = "
+SELECT doc FROM orders
+WHERE status IN ('success', 'failure') AND finished_at <= $1
+ORDER BY finished_at
+LIMIT $2
+FOR UPDATE SKIP LOCKED";
+
+/// Writes transitions back, each only if the row still has the status it started from. A
+/// transition never changes what an order is for (ids, target, action, creation, deadline), so
+/// only the columns that follow the state are rewritten.
+const WRITE_BACK: &str = "
+UPDATE orders AS o
+SET status = u.status,
+    redeliver_at = u.redeliver_at,
+    result_deadline = u.result_deadline,
+    finished_at = u.finished_at,
+    doc = u.doc
+FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+            $6::jsonb[], $7::text[])
+     AS u(order_id, status, redeliver_at, result_deadline, finished_at, doc, from_status)
+WHERE o.order_id = u.order_id AND o.status = u.from_status
+RETURNING o.order_id";
+
+/// Compare-and-set of one order against the document it was read as (`$16`, jsonb), in one
+/// statement; also says whether the order exists at all.
+const REPLACE_IF_SAME_DOC: &str = "
+WITH replaced AS (
+    UPDATE orders
+    SET request_id = $2, agent_id = $3, target_type = $4, target_id = $5, action = $6,
+        status = $7, created_at = $8, deadline = $9, available_at = $10, redeliver_at = $11,
+        result_deadline = $12, finished_at = $13, doc = $14
+    WHERE order_id = $1 AND status = $15 AND doc = $16
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM replaced) AS replaced,
+       EXISTS (SELECT 1 FROM orders WHERE order_id = $1) AS present";
+
+/// The same compare-and-set against the stored document's exact text (`$16`), for the rare
+/// document whose stored form differs from how this build serialises the same order.
+const REPLACE_IF_SAME_TEXT: &str = "
+UPDATE orders
+SET request_id = $2, agent_id = $3, target_type = $4, target_id = $5, action = $6,
+    status = $7, created_at = $8, deadline = $9, available_at = $10, redeliver_at = $11,
+    result_deadline = $12, finished_at = $13, doc = $14
+WHERE order_id = $1 AND status = $15 AND doc::text = $16";
+
+const ARCHIVE: &str = "
+WITH moved AS (
+    DELETE FROM orders WHERE order_id = ANY($1)
+    RETURNING order_id, request_id, agent_id, status, created_at, finished_at, doc
+)
+INSERT INTO orders_archive (order_id, request_id, agent_id, status, created_at, finished_at, doc)
+SELECT order_id, request_id, agent_id, status, created_at, finished_at, doc FROM moved
+ON CONFLICT (order_id) DO UPDATE
+SET request_id = EXCLUDED.request_id, agent_id = EXCLUDED.agent_id, status = EXCLUDED.status,
+    created_at = EXCLUDED.created_at, finished_at = EXCLUDED.finished_at, doc = EXCLUDED.doc,
+    archived_at = now()";
+
+fn sql_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+/// Writes `(from, to)` transitions of rows this transaction has locked; returns the ids that
+/// were written (a row whose status moved meanwhile is left alone).
+async fn write_back(
+    conn: &mut PgConnection,
+    transitions: &[(Status, Order)],
+) -> Result<Vec<Uuid>, StoreError> {
+    if transitions.is_empty() {
+        return Ok(Vec::new());
+    }
+    let c = Columns::of(transitions.iter().map(|(_, next)| next));
+    let from: Vec<&str> = transitions.iter().map(|(s, _)| s.as_str()).collect();
+    let rows = sqlx::query(WRITE_BACK)
+        .bind(&c.order_id)
+        .bind(&c.status)
+        .bind(&c.redeliver_at)
+        .bind(&c.result_deadline)
+        .bind(&c.finished_at)
+        .bind(&c.doc)
+        .bind(&from)
+        .fetch_all(conn)
+        .await
+        .map_err(convert_sqlx_err)?;
+    rows.iter()
+        .map(|r| r.try_get::<Uuid, _>(0).map_err(convert_sqlx_err))
+        .collect()
+}
+
+impl PostgresBackend {
+    /// One maintenance batch: lock up to `limit` candidates selected by `select` (binding
+    /// `now` and `limit`), move each with `step`, write them back, commit.
+    async fn transition_batch(
+        &self,
+        select: &'static str,
+        now: DateTime<Utc>,
+        limit: usize,
+        step: impl Fn(&Order) -> Option<Order>,
+    ) -> Result<Batch, StoreError> {
+        if limit == 0 {
+            return Ok(Batch::default());
+        }
+        let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
+        let rows = sqlx::query(select)
+            .bind(now)
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let candidates = orders_of(&rows)?;
+        let transitions: Vec<(Status, Order)> = candidates
+            .iter()
+            .filter_map(|o| step(o).map(|next| (o.status(), next)))
+            .collect();
+        let written = write_back(&mut tx, &transitions).await?;
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(Batch {
+            examined: candidates.len(),
+            changed: written.len(),
+        })
+    }
+}
+
+#[async_trait]
+impl OrderStore for PostgresBackend {
+    #[tracing::instrument(skip(self, orders), fields(orders = orders.len()))]
+    async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        if orders.is_empty() {
+            return Ok(0);
+        }
+        // One transaction: the batch becomes visible (and durable) all at once.
+        let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
+        let mut created = 0;
+        for chunk in orders.chunks(INSERT_CHUNK) {
+            let c = Columns::of(chunk);
+            debug_assert_eq!(c.len(), chunk.len());
+            let done = sqlx::query(INSERT)
+                .bind(&c.order_id)
+                .bind(&c.request_id)
+                .bind(&c.agent_id)
+                .bind(&c.target_type)
+                .bind(&c.target_id)
+                .bind(&c.action)
+                .bind(&c.status)
+                .bind(&c.created_at)
+                .bind(&c.deadline)
+                .bind(&c.available_at)
+                .bind(&c.redeliver_at)
+                .bind(&c.result_deadline)
+                .bind(&c.finished_at)
+                .bind(&c.doc)
+                .execute(&mut *tx)
+                .await
+                .map_err(convert_sqlx_err)?;
+            created += done.rows_affected();
+        }
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(created)
+    }
+
+    #[tracing::instrument(skip(self), fields(order = %id))]
+    async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        let row = sqlx::query("SELECT doc FROM orders WHERE order_id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        row.as_ref().map(order_of).transpose()
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn query(
+        &self,
+        filter: &OrderFilter,
+        page: &OrderPageRequest,
+    ) -> Result<Page<Order, OrderCursor>, StoreError> {
+        let mut q = QueryBuilder::<Postgres>::new("SELECT doc FROM orders WHERE TRUE");
+        if let Some(s) = filter.status {
+            q.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(a) = &filter.agent_id {
+            q.push(" AND agent_id = ").push_bind(a.as_str().to_owned());
+        }
+        if let Some(t) = filter.target_type {
+            q.push(" AND target_type = ").push_bind(t.as_str());
+        }
+        if let Some(t) = &filter.target_id {
+            q.push(" AND target_id = ").push_bind(t.clone());
+        }
+        if let Some(r) = &filter.request_id {
+            q.push(" AND request_id = ").push_bind(*r.as_uuid());
+        }
+        if let Some(a) = &filter.action {
+            q.push(" AND action = ").push_bind(a.clone());
+        }
+        if let Some(t) = filter.since {
+            q.push(" AND created_at >= ").push_bind(t);
+        }
+        if let Some(t) = filter.until {
+            q.push(" AND created_at < ").push_bind(t);
+        }
+        if let Some(after) = &page.after {
+            q.push(" AND (created_at, order_id) > (")
+                .push_bind(after.created_at)
+                .push(", ")
+                .push_bind(*after.order_id.as_uuid())
+                .push(")");
+        }
+        q.push(" ORDER BY created_at, order_id LIMIT ")
+            .push_bind(sql_limit(page.size));
+        let rows = q
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let items = orders_of(&rows)?;
+        let next = (page.size > 0 && items.len() == page.size)
+            .then(|| items.last().map(OrderCursor::after))
+            .flatten();
+        Ok(Page { items, next })
+    }
+
+    #[tracing::instrument(skip(self, policy), fields(agent = %agent))]
+    async fn claim(
+        &self,
+        agent: &AgentId,
+        limit: usize,
+        now: DateTime<Utc>,
+        policy: &DeliveryPolicy,
+    ) -> Result<Vec<Order>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
+        let rows = sqlx::query(SELECT_CLAIMABLE)
+            .bind(agent.as_str())
+            .bind(now)
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let transitions: Vec<(Status, Order)> = orders_of(&rows)?
+            .iter()
+            .filter_map(|o| o.deliver(now, policy).ok().map(|next| (o.status(), next)))
+            .collect();
+        let written: HashSet<Uuid> = write_back(&mut tx, &transitions)
+            .await?
+            .into_iter()
+            .collect();
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(transitions
+            .into_iter()
+            .map(|(_, next)| next)
+            .filter(|o| written.contains(o.order_id().as_uuid()))
+            .collect())
+    }
+
+    #[tracing::instrument(skip(self, current, next), fields(order = %current.order_id()))]
+    async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
+        let c = Columns::of([next]);
+        let bind_next = |sql: &'static str| {
+            sqlx::query(sql)
+                .bind(current.order_id().as_uuid())
+                .bind(c.request_id[0])
+                .bind(c.agent_id[0])
+                .bind(c.target_type[0])
+                .bind(c.target_id[0])
+                .bind(c.action[0])
+                .bind(c.status[0])
+                .bind(c.created_at[0])
+                .bind(c.deadline[0])
+                .bind(c.available_at[0])
+                .bind(c.redeliver_at[0])
+                .bind(c.result_deadline[0])
+                .bind(c.finished_at[0])
+                .bind(Json(next))
+                .bind(current.status().as_str())
+        };
+        // Fast path: the stored document is the one `current` serialises to.
+        let row = bind_next(REPLACE_IF_SAME_DOC)
+            .bind(Json(current))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let replaced: bool = row.try_get("replaced").map_err(convert_sqlx_err)?;
+        let present: bool = row.try_get("present").map_err(convert_sqlx_err)?;
+        if replaced {
+            return Ok(());
+        }
+        if !present {
+            return Err(ReplaceError::NotFound);
+        }
+        // The stored document differs from `current`'s serialisation. It may still be the same
+        // order (a document written by another version, in another shape): compare as the
+        // domain does, then compare-and-set against the exact stored text.
+        let Some(row) = sqlx::query("SELECT doc::text AS raw, doc FROM orders WHERE order_id = $1")
+            .bind(current.order_id().as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?
+        else {
+            return Err(ReplaceError::NotFound);
+        };
+        let stored = order_of(&row)?;
+        if stored != *current {
+            return Err(ReplaceError::Conflict);
+        }
+        let raw: String = row.try_get("raw").map_err(convert_sqlx_err)?;
+        let done = bind_next(REPLACE_IF_SAME_TEXT)
+            .bind(raw)
+            .execute(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        if done.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(ReplaceError::Conflict)
+        }
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
+        self.transition_batch(SELECT_EXPIRED, now, limit, |o| o.expire(now).ok())
+            .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn give_up_unreported(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        self.transition_batch(SELECT_UNREPORTED, now, limit, |o| o.give_up(now).ok())
+            .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn purge_finished(
+        &self,
+        cutoff: DateTime<Utc>,
+        mode: RetentionMode,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        if limit == 0 {
+            return Ok(Batch::default());
+        }
+        let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
+        let rows = sqlx::query(SELECT_FINISHED)
+            .bind(cutoff)
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let candidates = orders_of(&rows)?;
+        let due: Vec<Uuid> = candidates
+            .iter()
+            .filter(|o| o.finished_by(cutoff))
+            .map(|o| *o.order_id().as_uuid())
+            .collect();
+        let changed = if due.is_empty() {
+            0
+        } else {
+            let sql = match mode {
+                RetentionMode::Delete => "DELETE FROM orders WHERE order_id = ANY($1)",
+                // Moved in one statement: an order leaves the stream only into the archive.
+                RetentionMode::Archive => ARCHIVE,
+            };
+            sqlx::query(sql)
+                .bind(&due)
+                .execute(&mut *tx)
+                .await
+                .map_err(convert_sqlx_err)?
+                .rows_affected()
+        };
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(Batch {
+            examined: candidates.len(),
+            changed: usize::try_from(changed).unwrap_or(usize::MAX),
+        })
+    }
+
+    #[tracing::instrument(skip(self), fields(order = %id))]
+    async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        let row = sqlx::query("SELECT doc FROM orders_archive WHERE order_id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        row.as_ref().map(order_of).transpose()
+    }
+
+    #[tracing::instrument(skip(self), fields(request = %request))]
+    async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
+        let rows = sqlx::query(
+            "SELECT status, count(*) AS n FROM orders WHERE request_id = $1 GROUP BY status",
+        )
+        .bind(request.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(convert_sqlx_err)?;
+        let mut counts = StatusCounts::default();
+        for row in &rows {
+            let status: String = row.try_get("status").map_err(convert_sqlx_err)?;
+            let n: i64 = row.try_get("n").map_err(convert_sqlx_err)?;
+            let status = Status::parse(&status, "status").map_err(corrupt)?;
+            counts.add(status, u64::try_from(n).unwrap_or_default());
+        }
+        Ok(counts)
+    }
+
+    #[tracing::instrument(skip(self), fields(request = %request))]
+    async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM orders WHERE request_id = $1")
+            .bind(request.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        Ok(done.rows_affected())
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(|e| match convert_sqlx_err(e) {
+                StoreError::Corrupt(m) | StoreError::Unavailable(m) => StoreError::Unavailable(m),
+            })
+    }
+}
