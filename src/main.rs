@@ -1,1 +1,164 @@
-fn main() {}
+//! `command-manager`: reads its configuration, wires one storage backend into the HTTP API and
+//! the scheduler, and runs until SIGINT/SIGTERM.
+
+mod config;
+mod wiring;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cm_api_http::AppState;
+use cm_ports::CommandManager;
+use cm_scheduler::Scheduler;
+use tokio::sync::watch;
+
+use crate::config::{Config, LogFormat};
+
+/// Expands fleet command requests into per-agent orders, delivers them to long-polling agents,
+/// records their results and keeps the orders stream healthy.
+#[derive(Debug, Parser)]
+#[command(name = "command-manager", version, about)]
+struct Cli {
+    /// A TOML configuration file; `CM_*` environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Apply pending storage migrations, then exit.
+    Migrate,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match Config::load(cli.config.as_deref()) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("command-manager: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&cfg);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(cfg).await,
+            Command::Migrate => migrate(cfg).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "command-manager stopped");
+            eprintln!("command-manager: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
+    match cfg.log.format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn migrate(cfg: Config) -> Result<(), String> {
+    let applied = wiring::migrate(&cfg.storage)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(
+        backend = cfg.storage.backend.name(),
+        applied,
+        "migrations applied"
+    );
+    Ok(())
+}
+
+async fn serve(cfg: Config) -> Result<(), String> {
+    let backend = cfg.storage.backend.name();
+    let storage = wiring::open(&cfg.storage)
+        .await
+        .map_err(|e| format!("cannot open the {backend} storage: {e}"))?;
+    let manager = CommandManager::new(storage.ports.clone(), cfg.service_settings());
+    let metrics = match cm_api_http::install_metrics_recorder() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics are off");
+            None
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .map_err(|e| format!("http.listen {}: {e}", cfg.http.listen))?;
+    let address = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%address, backend, "listening");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+    });
+
+    let scheduler =
+        tokio::spawn(Scheduler::new(manager.clone(), cfg.scheduler.clone()).run(stopped()));
+    let state = AppState::new(manager, cfg.http.clone(), metrics);
+    let served = cm_api_http::serve(listener, state, stopped()).await;
+    if let Err(e) = scheduler.await {
+        tracing::error!(error = %e, "scheduler task failed");
+    }
+    storage.close().await;
+    served.map_err(|e| format!("http server: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,270 @@
+//! The service's configuration: defaults, then an optional TOML file, then `CM_` environment
+//! variables (`CM_STORAGE__SQLITE__PATH` sets `storage.sqlite.path`). Unknown keys and values
+//! out of range stop start-up with a message naming the key. Secrets are never printed.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cm_adapter_postgres::PostgresSettings;
+use cm_adapter_sqlite::SqliteSettings;
+use cm_api_http::HttpSettings;
+use cm_ports::{RetentionMode, Settings};
+use cm_scheduler::SchedulerSettings;
+use serde::Deserialize;
+
+/// Everything `command-manager` can be told.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Config {
+    pub(crate) http: HttpSettings,
+    pub(crate) storage: StorageConfig,
+    pub(crate) scheduler: SchedulerSettings,
+    pub(crate) limits: LimitsConfig,
+    pub(crate) delivery: DeliveryConfig,
+    pub(crate) retention: RetentionConfig,
+    pub(crate) log: LogConfig,
+}
+
+/// Which backend holds the orders stream and the agents registry, and its settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct StorageConfig {
+    pub(crate) backend: BackendKind,
+    pub(crate) sqlite: SqliteSettings,
+    pub(crate) postgres: PostgresSettings,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BackendKind {
+    /// A SQLite file: the embedded default.
+    #[default]
+    Sqlite,
+    /// Process memory: nothing survives a restart.
+    Memory,
+    Postgres,
+    Opensearch,
+}
+
+impl BackendKind {
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Memory => "memory",
+            Self::Postgres => "postgres",
+            Self::Opensearch => "opensearch",
+        }
+    }
+}
+
+/// Bounds on what one request may ask for, and batch sizes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LimitsConfig {
+    /// Most commands in one submit.
+    pub(crate) max_commands: usize,
+    /// Most orders one submit may expand into.
+    pub(crate) max_orders_per_request: u64,
+    /// Longest long-poll wait a client may ask for, in seconds.
+    pub(crate) max_poll_wait_secs: u64,
+    /// Most orders one poll returns.
+    pub(crate) max_poll_limit: usize,
+    /// Orders written per storage call while expanding.
+    pub(crate) write_batch: usize,
+    /// Agents read per page while expanding a group.
+    pub(crate) expansion_page: usize,
+    /// Orders changed per storage call by the scheduler's jobs.
+    pub(crate) maintenance_batch: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        let s = Settings::default();
+        Self {
+            max_commands: s.max_commands,
+            max_orders_per_request: s.max_orders_per_request,
+            max_poll_wait_secs: s.max_poll_wait.as_secs(),
+            max_poll_limit: s.max_poll_limit,
+            write_batch: s.write_batch,
+            expansion_page: s.expansion_page,
+            maintenance_batch: s.maintenance_batch,
+        }
+    }
+}
+
+/// At-least-once delivery (SPEC §2). 0 turns a timer off.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct DeliveryConfig {
+    /// A `sent` order without a report is handed out again after this many seconds.
+    pub(crate) redeliver_after_secs: u64,
+    /// A delivered order without a final result fails (`no result`) after this many seconds.
+    pub(crate) result_timeout_secs: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            redeliver_after_secs: 120,
+            result_timeout_secs: 3600,
+        }
+    }
+}
+
+/// What happens to finished orders (SPEC §5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RetentionConfig {
+    /// Finished orders older than this many seconds leave the stream; 0 keeps them forever.
+    pub(crate) max_age_secs: u64,
+    /// Move them to the archive instead of deleting them.
+    pub(crate) archive: bool,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            max_age_secs: 7 * 24 * 3600,
+            archive: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LogConfig {
+    pub(crate) format: LogFormat,
+    /// A `tracing` filter (`info`, `command_manager=debug,info`); `RUST_LOG` overrides it.
+    pub(crate) level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Human,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// A setting that stops start-up.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub(crate) struct ConfigError(String);
+
+fn bad(key: &str, why: &str) -> ConfigError {
+    ConfigError(format!("{key}: {why}"))
+}
+
+fn secs(n: u64) -> Option<chrono::Duration> {
+    (n > 0).then(|| chrono::Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX)))
+}
+
+impl Config {
+    /// Layers defaults, `file` (when given) and the `CM_` environment.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the offending key.
+    pub(crate) fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError(format!(
+                    "--config {}: no such file",
+                    file.display()
+                )));
+            }
+            builder = builder.add_source(config::File::from(file).format(config::FileFormat::Toml));
+        }
+        // Only `CM_SECTION__KEY` variables are settings; others that share the prefix (such as
+        // `CM_TEST_POSTGRES_URL` of the test harness) are not ours to refuse.
+        let settings: config::Map<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("CM_") && k.contains("__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("CM")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(settings)),
+        );
+        let raw = builder.build().map_err(|e| ConfigError(e.to_string()))?;
+        let cfg: Self = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let positive = [
+            ("limits.max_commands", l.max_commands as u64),
+            ("limits.max_orders_per_request", l.max_orders_per_request),
+            ("limits.max_poll_limit", l.max_poll_limit as u64),
+            ("limits.write_batch", l.write_batch as u64),
+            ("limits.expansion_page", l.expansion_page as u64),
+            ("limits.maintenance_batch", l.maintenance_batch as u64),
+            ("scheduler.interval_secs", self.scheduler.interval_secs),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(bad(key, "must be at least 1"));
+            }
+        }
+        if l.expansion_page > 10_000 {
+            return Err(bad("limits.expansion_page", "must be at most 10000"));
+        }
+        if l.max_poll_limit > 1000 {
+            return Err(bad("limits.max_poll_limit", "must be at most 1000"));
+        }
+        if l.max_poll_wait_secs > 3600 {
+            return Err(bad("limits.max_poll_wait_secs", "must be at most 3600"));
+        }
+        if self.storage.backend == BackendKind::Sqlite
+            && self.storage.sqlite.path.as_os_str().is_empty()
+        {
+            return Err(bad("storage.sqlite.path", "must not be empty"));
+        }
+        if self.storage.backend == BackendKind::Postgres && self.storage.postgres.url.is_empty() {
+            return Err(bad("storage.postgres.url", "must not be empty"));
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| bad("log.level", &e.to_string()))?;
+        Ok(())
+    }
+
+    /// The use cases' settings.
+    #[must_use]
+    pub(crate) fn service_settings(&self) -> Settings {
+        let l = &self.limits;
+        Settings {
+            max_commands: l.max_commands,
+            max_orders_per_request: l.max_orders_per_request,
+            write_batch: l.write_batch,
+            expansion_page: l.expansion_page,
+            delivery: cm_domain::DeliveryPolicy {
+                redeliver_after: secs(self.delivery.redeliver_after_secs),
+                result_timeout: secs(self.delivery.result_timeout_secs),
+            },
+            max_poll_wait: Duration::from_secs(l.max_poll_wait_secs),
+            max_poll_limit: l.max_poll_limit,
+            maintenance_batch: l.maintenance_batch,
+            retention: (self.retention.max_age_secs > 0)
+                .then(|| Duration::from_secs(self.retention.max_age_secs)),
+            retention_mode: if self.retention.archive {
+                RetentionMode::Archive
+            } else {
+                RetentionMode::Delete
+            },
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Opens the configured backend and hands back its ports: the only place that knows which
+//! adapter is in use.
+
+use std::sync::Arc;
+
+use cm_adapter_memory::{MemoryAgents, MemoryOrders};
+use cm_adapter_postgres::PostgresBackend;
+use cm_adapter_sqlite::SqliteBackend;
+use cm_ports::{
+    AgentRegistry, Clock, LocalNotifier, Notifier, OrderStore, Ports, StoreError, SystemClock,
+};
+
+use crate::config::{BackendKind, StorageConfig};
+
+/// An opened backend: its ports, and how to close it.
+pub(crate) struct Storage {
+    pub(crate) ports: Ports,
+    closer: Closer,
+}
+
+enum Closer {
+    Nothing,
+    Sqlite(SqliteBackend),
+    Postgres(Box<PostgresBackend>),
+}
+
+impl Storage {
+    pub(crate) async fn close(self) {
+        match self.closer {
+            Closer::Nothing => {}
+            Closer::Sqlite(b) => b.close().await,
+            Closer::Postgres(b) => b.close().await,
+        }
+    }
+}
+
+fn ports(
+    orders: Arc<dyn OrderStore>,
+    agents: Arc<dyn AgentRegistry>,
+    notifier: Arc<dyn Notifier>,
+) -> Ports {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    Ports {
+        orders,
+        agents,
+        notifier,
+        clock,
+    }
+}
+
+/// Opens the backend named by `storage.backend` (creating its schema when missing).
+///
+/// # Errors
+/// The backend's [`StoreError`], or a message for a backend this build cannot open.
+pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError> {
+    match storage.backend {
+        BackendKind::Memory => Ok(Storage {
+            ports: ports(
+                Arc::new(MemoryOrders::new()),
+                Arc::new(MemoryAgents::new()),
+                Arc::new(LocalNotifier::new()),
+            ),
+            closer: Closer::Nothing,
+        }),
+        BackendKind::Sqlite => {
+            let b = SqliteBackend::open(&storage.sqlite).await?;
+            Ok(Storage {
+                ports: ports(
+                    Arc::new(b.clone()),
+                    Arc::new(b.clone()),
+                    Arc::new(LocalNotifier::new()),
+                ),
+                closer: Closer::Sqlite(b),
+            })
+        }
+        BackendKind::Postgres => {
+            let b = PostgresBackend::open(&storage.postgres).await?;
+            let notifier = b.notifier().await?;
+            Ok(Storage {
+                ports: ports(Arc::new(b.clone()), Arc::new(b.clone()), Arc::new(notifier)),
+                closer: Closer::Postgres(Box::new(b)),
+            })
+        }
+        BackendKind::Opensearch => Err(StoreError::Unavailable(
+            "the opensearch backend is not part of this build yet".to_owned(),
+        )),
+    }
+}
+
+/// Applies pending schema migrations of the configured backend; returns how many ran.
+///
+/// # Errors
+/// The backend's [`StoreError`].
+pub(crate) async fn migrate(storage: &StorageConfig) -> Result<usize, StoreError> {
+    match storage.backend {
+        BackendKind::Memory => Ok(0),
+        BackendKind::Sqlite => SqliteBackend::migrate(&storage.sqlite).await,
+        BackendKind::Postgres => PostgresBackend::migrate(&storage.postgres).await,
+        BackendKind::Opensearch => Err(StoreError::Unavailable(
+            "the opensearch backend is not part of this build yet".to_owned(),
+        )),
+    }
+}
