@@ -78,6 +78,14 @@ impl Drop for PgServer {
     }
 }
 
+/// Succeeds when the PostgreSQL server binaries are installed.
+///
+/// # Errors
+/// What to install.
+pub(crate) fn check() -> Result<(), String> {
+    find_bin_dir().map(|_| ()).ok_or_else(|| INSTALL_HINT.to_owned())
+}
+
 /// Starts a server on 127.0.0.1: on `port`, or on a free port when `None`.
 ///
 /// # Errors

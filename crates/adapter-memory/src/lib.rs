@@ -9,7 +9,9 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cm_domain::{Agent, AgentId, DeliveryPolicy, GroupName, Order, OrderId, RequestId, Status};
+use cm_domain::{
+    Agent, AgentId, DeliveryPolicy, GroupName, KeyHash, Order, OrderId, RequestId, Status,
+};
 use cm_ports::{
     AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,
     Page, ReplaceError, RetentionMode, StatusCounts, StoreError, Upserted,
@@ -230,6 +232,47 @@ impl OrderStore for MemoryOrders {
         }
     }
 
+    async fn next_due(
+        &self,
+        agent: &AgentId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let s = self.lock();
+        Ok(s.open_by_agent
+            .get(agent)
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, id)| s.by_id.get(id))
+            .filter_map(|o| match o.status() {
+                Status::Pending => Some(o.available_from()),
+                Status::Sent => o.redeliver_at(),
+                _ => None,
+            })
+            .filter(|t| *t > now)
+            .min())
+    }
+
+    async fn cancel_pending(
+        &self,
+        request: &RequestId,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        let mut s = self.lock();
+        let mut pending: Vec<(DateTime<Utc>, OrderId)> = s
+            .by_request
+            .get(request)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| s.by_id.get(id))
+            .filter(|o| o.status() == Status::Pending)
+            .map(|o| (o.created_at(), *o.order_id()))
+            .collect();
+        pending.sort_unstable();
+        let ids = pending.into_iter().take(limit).map(|(_, id)| id).collect();
+        Ok(s.apply_batch(ids, |o| o.cancel(now).ok()))
+    }
+
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         let mut s = self.lock();
         let due = first_ids(&s.pending_by_deadline, now, limit);
@@ -317,6 +360,7 @@ pub struct MemoryAgents {
 struct Agents {
     by_id: BTreeMap<AgentId, Agent>,
     members: HashMap<GroupName, BTreeSet<AgentId>>,
+    keys: HashMap<AgentId, KeyHash>,
 }
 
 impl Agents {
@@ -324,6 +368,7 @@ impl Agents {
         let Some(old) = self.by_id.remove(id) else {
             return false;
         };
+        self.keys.remove(id);
         for g in old.groups() {
             if let Some(m) = self.members.get_mut(g) {
                 m.remove(id);
@@ -336,7 +381,11 @@ impl Agents {
     }
 
     fn put(&mut self, agent: &Agent) -> Upserted {
+        let key = self.keys.remove(agent.id());
         let existed = self.remove(agent.id());
+        if let Some(key) = key {
+            self.keys.insert(agent.id().clone(), key);
+        }
         for g in agent.groups() {
             self.members
                 .entry(g.clone())
@@ -375,6 +424,19 @@ impl AgentRegistry for MemoryAgents {
             .iter()
             .filter(|a| s.put(a) == Upserted::Created)
             .count() as u64)
+    }
+
+    async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError> {
+        let mut s = self.lock();
+        if !s.by_id.contains_key(id) {
+            return Ok(false);
+        }
+        s.keys.insert(id.clone(), hash.clone());
+        Ok(true)
+    }
+
+    async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
+        Ok(self.lock().keys.get(id).cloned())
     }
 
     async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {

@@ -11,6 +11,7 @@ async fn backend() -> Backend {
         orders: Arc::new(MemoryOrders::new()),
         agents: Arc::new(MemoryAgents::new()),
         notifier: Arc::new(LocalNotifier::new()),
+        guard: None,
     }
 }
 

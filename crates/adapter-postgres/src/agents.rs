@@ -1,9 +1,10 @@
-//! [`AgentRegistry`] over the `agents` and `agent_groups` tables.
+//! [`AgentRegistry`] over the `agents` and `agent_groups` tables. An agent's key hash is a
+//! column of its `agents` row, which upserts never write: it lives exactly as long as the row.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
-use cm_domain::{Agent, AgentId, GroupName};
+use cm_domain::{Agent, AgentId, GroupName, KeyHash};
 use cm_ports::{AgentPageRequest, AgentRegistry, Page, StoreError, Upserted};
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
@@ -96,6 +97,32 @@ impl AgentRegistry for PostgresBackend {
     #[tracing::instrument(skip(self, agents), fields(agents = agents.len()))]
     async fn upsert_many(&self, agents: &[Agent]) -> Result<u64, StoreError> {
         self.upsert_agents(agents).await
+    }
+
+    #[tracing::instrument(skip(self, hash), fields(agent = %id))]
+    async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE agents SET key_hash = $2, updated_at = now() WHERE agent_id = $1")
+                .bind(id.as_str())
+                .bind(hash.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(convert_sqlx_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    #[tracing::instrument(skip(self), fields(agent = %id))]
+    async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar("SELECT key_hash FROM agents WHERE agent_id = $1")
+                .bind(id.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(convert_sqlx_err)?;
+        stored
+            .flatten()
+            .map(|raw| KeyHash::parse(&raw, "key_hash").map_err(corrupt))
+            .transpose()
     }
 
     #[tracing::instrument(skip(self), fields(agent = %id))]

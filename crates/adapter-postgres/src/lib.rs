@@ -145,7 +145,7 @@ impl PostgresBackend {
                 .run_direct(None, &mut conn, false)
                 .await
                 .map_err(convert_migrate_err)?;
-            Ok(pending)
+            Ok::<_, StoreError>(pending)
         }
         .await;
         let unlocked = conn.unlock().await.map_err(convert_migrate_err);

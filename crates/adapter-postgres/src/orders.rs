@@ -15,6 +15,8 @@ use cm_ports::{
     Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
     RetentionMode, StatusCounts, StoreError,
 };
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
@@ -46,6 +48,26 @@ WHERE agent_id = $1
        OR (status = 'sent' AND redeliver_at <= $2))
 ORDER BY created_at, order_id
 LIMIT $3
+FOR UPDATE SKIP LOCKED";
+
+/// The earliest instant after `$2` at which one of the agent's orders becomes deliverable by
+/// itself: a pending order's `not_before` or a sent order's redelivery. Each `min` is one seek
+/// into its partial index (`orders_pending_by_agent_available`, `orders_sent_by_agent_redeliver`);
+/// `LEAST` ignores the one that is `NULL`.
+const NEXT_DUE: &str = "
+SELECT LEAST(
+    (SELECT min(available_at) FROM orders
+     WHERE agent_id = $1 AND status = 'pending' AND available_at > $2),
+    (SELECT min(redeliver_at) FROM orders
+     WHERE agent_id = $1 AND status = 'sent' AND redeliver_at > $2))";
+
+/// The pending orders of request `$1` (`Order::cancel` accepts exactly these), oldest first,
+/// from `orders_pending_by_request`.
+const SELECT_CANCELLABLE: &str = "
+SELECT doc FROM orders
+WHERE request_id = $1 AND status = 'pending'
+ORDER BY created_at, order_id
+LIMIT $2
 FOR UPDATE SKIP LOCKED";
 
 /// `Order::is_expired` at `$1`.
@@ -167,13 +189,19 @@ impl PostgresBackend {
         if limit == 0 {
             return Ok(Batch::default());
         }
-        let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
-        let rows = sqlx::query(select)
-            .bind(now)
-            .bind(sql_limit(limit))
-            .fetch_all(&mut *tx)
+        self.transition_locked(sqlx::query(select).bind(now).bind(sql_limit(limit)), step)
             .await
-            .map_err(convert_sqlx_err)?;
+    }
+
+    /// Locks the candidates `select` returns (a `FOR UPDATE SKIP LOCKED` query, its parameters
+    /// bound), moves each with `step`, writes them back and commits.
+    async fn transition_locked(
+        &self,
+        select: Query<'_, Postgres, PgArguments>,
+        step: impl Fn(&Order) -> Option<Order>,
+    ) -> Result<Batch, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
+        let rows = select.fetch_all(&mut *tx).await.map_err(convert_sqlx_err)?;
         let candidates = orders_of(&rows)?;
         let transitions: Vec<(Status, Order)> = candidates
             .iter()
@@ -383,6 +411,36 @@ impl OrderStore for PostgresBackend {
         } else {
             Err(ReplaceError::Conflict)
         }
+    }
+
+    #[tracing::instrument(skip(self), fields(agent = %agent))]
+    async fn next_due(
+        &self,
+        agent: &AgentId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        sqlx::query_scalar(NEXT_DUE)
+            .bind(agent.as_str())
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)
+    }
+
+    #[tracing::instrument(skip(self), fields(request = %request))]
+    async fn cancel_pending(
+        &self,
+        request: &RequestId,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        if limit == 0 {
+            return Ok(Batch::default());
+        }
+        let select = sqlx::query(SELECT_CANCELLABLE)
+            .bind(request.as_uuid())
+            .bind(sql_limit(limit));
+        self.transition_locked(select, |o| o.cancel(now).ok()).await
     }
 
     #[tracing::instrument(skip(self))]

@@ -43,6 +43,7 @@ impl Instance {
             orders: Arc::new(self.backend.clone()),
             agents: Arc::new(self.backend.clone()),
             notifier: Arc::clone(&self.notifier) as Arc<dyn Notifier>,
+            guard: None,
         }
     }
 }

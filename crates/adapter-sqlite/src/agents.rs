@@ -1,9 +1,10 @@
-//! [`AgentRegistry`] over the `agents` and `agent_groups` tables.
+//! [`AgentRegistry`] over the `agents` and `agent_groups` tables. An agent's key hash is a
+//! column of its `agents` row, which upserts never write: it lives exactly as long as the row.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use cm_domain::{Agent, AgentId, GroupName};
+use cm_domain::{Agent, AgentId, GroupName, KeyHash};
 use cm_ports::{AgentPageRequest, AgentRegistry, Page, StoreError, Upserted};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -138,6 +139,38 @@ impl AgentRegistry for SqliteBackend {
         tx.commit().await.map_err(convert_sqlx_err)?;
         tracing::debug!(created, "agents upserted");
         Ok(created)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, hash))]
+    async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError> {
+        let mut tx = self.write().await?;
+        let updated = sqlx::query("UPDATE agents SET key_hash = ?2 WHERE agent_id = ?1")
+            .bind(id.as_str())
+            .bind(hash.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?
+            .rows_affected();
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(updated > 0)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
+        let stored: Option<Option<String>> =
+            sqlx::query_scalar("SELECT key_hash FROM agents WHERE agent_id = ?1")
+                .bind(id.as_str())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(convert_sqlx_err)?;
+        stored
+            .flatten()
+            .map(|raw| {
+                KeyHash::parse(&raw, "key_hash").map_err(|_| {
+                    StoreError::Corrupt(format!("agent {id} has a malformed key hash"))
+                })
+            })
+            .transpose()
     }
 
     #[tracing::instrument(level = "debug", skip(self))]

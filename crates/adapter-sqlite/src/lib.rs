@@ -1,7 +1,9 @@
 //! The SQLite storage adapter, the embedded default backend: [`SqliteBackend`] implements both
 //! [`cm_ports::OrderStore`] and [`cm_ports::AgentRegistry`] over one database file.
 //!
-//! * The file is in WAL mode (`synchronous = NORMAL`), so readers never block the writer.
+//! * The file is in WAL mode, so readers never block the writer. Commits are synced to disk
+//!   before they are acknowledged (`synchronous = FULL`) unless [`SqliteSynchronous::Normal`] is
+//!   configured.
 //! * Every write goes through a single connection in a `BEGIN IMMEDIATE` transaction: writes of
 //!   this process are serialised before they reach SQLite, and a transaction never has to upgrade
 //!   a read lock to a write lock (the source of `SQLITE_BUSY` deadlocks). A claim selects its
@@ -27,9 +29,7 @@ use std::time::Duration;
 
 use cm_ports::StoreError;
 use sqlx::migrate::{Migrate, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Sqlite, Transaction};
 
 use crate::error::{convert_migrate_err, convert_sqlx_err};
@@ -50,6 +50,31 @@ pub struct SqliteSettings {
     pub busy_timeout_ms: u64,
     /// Connections used for reads (at least one); writes use one connection of their own.
     pub max_connections: u32,
+    /// How far a commit is pushed to the disk before it is acknowledged (`PRAGMA synchronous`).
+    pub synchronous: SqliteSynchronous,
+}
+
+/// `PRAGMA synchronous` of every connection: what an acknowledged write survives.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SqliteSynchronous {
+    /// Every commit is synced to disk before it is acknowledged: an acknowledged order survives
+    /// a power failure or an operating-system crash. The default.
+    #[default]
+    Full,
+    /// Commits are synced only when the write-ahead log is checkpointed: faster writes, and the
+    /// database stays consistent, but the last transactions acknowledged before a power failure
+    /// or an operating-system crash may be lost (a crash of this process alone loses nothing).
+    Normal,
+}
+
+impl SqliteSynchronous {
+    const fn pragma(self) -> sqlx::sqlite::SqliteSynchronous {
+        match self {
+            Self::Full => sqlx::sqlite::SqliteSynchronous::Full,
+            Self::Normal => sqlx::sqlite::SqliteSynchronous::Normal,
+        }
+    }
 }
 
 impl Default for SqliteSettings {
@@ -58,6 +83,7 @@ impl Default for SqliteSettings {
             path: PathBuf::from("command-manager.db"),
             busy_timeout_ms: 5000,
             max_connections: 4,
+            synchronous: SqliteSynchronous::Full,
         }
     }
 }
@@ -143,7 +169,7 @@ fn base_options(settings: &SqliteSettings) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(&settings.path)
         .busy_timeout(Duration::from_millis(settings.busy_timeout_ms))
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(settings.synchronous.pragma())
         .foreign_keys(false)
 }
 
@@ -230,6 +256,52 @@ mod tests {
         let s = SqliteSettings::default();
         assert_eq!(s.path, PathBuf::from("command-manager.db"));
         assert_eq!((s.busy_timeout_ms, s.max_connections), (5000, 4));
+        assert_eq!(s.synchronous, SqliteSynchronous::Full, "durable by default");
+    }
+
+    #[test]
+    fn synchronous_is_full_or_normal_in_lowercase() {
+        for (raw, expected) in [
+            ("full", SqliteSynchronous::Full),
+            ("normal", SqliteSynchronous::Normal),
+        ] {
+            let s: SqliteSettings =
+                serde_json::from_str(&format!(r#"{{"synchronous": "{raw}"}}"#)).expect(raw);
+            assert_eq!(s.synchronous, expected);
+        }
+        for bad in ["off", "FULL", "extra", ""] {
+            let err =
+                serde_json::from_str::<SqliteSettings>(&format!(r#"{{"synchronous": "{bad}"}}"#))
+                    .unwrap_err();
+            assert!(err.to_string().contains("unknown variant"), "{bad}: {err}");
+        }
+    }
+
+    /// The value of `PRAGMA synchronous` on the write connection and on a read connection
+    /// (SQLite answers 1 for NORMAL, 2 for FULL).
+    async fn synchronous_of(settings: &SqliteSettings) -> (i64, i64) {
+        let store = SqliteBackend::open(settings).await.expect("open");
+        let mut values = [0; 2];
+        for (value, pool) in values.iter_mut().zip([&store.writer, &store.reader]) {
+            *value = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(pool)
+                .await
+                .expect("pragma");
+        }
+        store.close().await;
+        (values[0], values[1])
+    }
+
+    #[tokio::test]
+    async fn the_configured_synchronous_mode_is_applied_to_every_connection() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut settings = SqliteSettings {
+            path: dir.path().join("sync.db"),
+            ..SqliteSettings::default()
+        };
+        assert_eq!(synchronous_of(&settings).await, (2, 2), "full by default");
+        settings.synchronous = SqliteSynchronous::Normal;
+        assert_eq!(synchronous_of(&settings).await, (1, 1));
     }
 
     #[test]
@@ -246,6 +318,6 @@ mod tests {
     fn every_migration_has_a_distinct_version() {
         let versions: HashSet<i64> = MIGRATOR.iter().map(|m| m.version).collect();
         assert_eq!(versions.len(), MIGRATOR.iter().count());
-        assert!(versions.len() >= 2);
+        assert!(versions.len() >= 4);
     }
 }

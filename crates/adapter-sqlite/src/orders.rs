@@ -40,6 +40,29 @@ const CLAIM_CANDIDATES: &str = "SELECT revision, document FROM ( \
         ORDER BY created_ms, order_id LIMIT ?3)) \
     ORDER BY created_ms, order_id LIMIT ?3";
 
+/// The earliest instant after `?2` at which one of the agent's orders becomes deliverable by
+/// itself: a pending order's `not_before` or a sent order's redelivery. Each half is one seek
+/// into its partial index (`INDEXED BY` as in [`CLAIM_CANDIDATES`]: a long-poll asks this on every
+/// wait, and must never scan the agent's history). `MIN` of no row is `NULL`.
+const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
+      SELECT * FROM ( \
+        SELECT available_ms AS t FROM orders INDEXED BY orders_available \
+        WHERE agent_id = ?1 AND status = 'pending' AND available_ms > ?2 \
+        ORDER BY available_ms LIMIT 1) \
+      UNION ALL \
+      SELECT * FROM ( \
+        SELECT redeliver_ms AS t FROM orders INDEXED BY orders_redeliver \
+        WHERE agent_id = ?1 AND status = 'sent' AND redeliver_ms > ?2 \
+        ORDER BY redeliver_ms LIMIT 1))";
+
+/// A request's pending orders, oldest first (`Order::cancel` accepts exactly these). The partial
+/// index skips the request's orders that already moved on, so cancelling a large request batch
+/// by batch never re-reads what earlier batches cancelled.
+const CANCEL_CANDIDATES: &str = "SELECT revision, document FROM orders \
+    INDEXED BY orders_request_pending \
+    WHERE request_id = ?1 AND status = 'pending' \
+    ORDER BY created_ms, order_id LIMIT ?2";
+
 /// Pending orders whose delivery deadline passed (`Order::is_expired`), earliest first.
 const EXPIRY_CANDIDATES: &str = "SELECT revision, document FROM orders \
     WHERE status = 'pending' AND deadline_ms <= ?1 \
@@ -386,6 +409,49 @@ impl OrderStore for SqliteBackend {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
+    async fn next_due(
+        &self,
+        agent: &AgentId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let due: Option<i64> = sqlx::query_scalar(NEXT_DUE)
+            .bind(agent.as_str())
+            .bind(now.timestamp_millis())
+            .fetch_one(&self.reader)
+            .await
+            .map_err(convert_sqlx_err)?;
+        due.map(|ms| {
+            DateTime::from_timestamp_millis(ms)
+                .ok_or_else(|| StoreError::Corrupt(format!("time out of range: {ms} ms")))
+        })
+        .transpose()
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn cancel_pending(
+        &self,
+        request: &RequestId,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        let mut tx = self.write().await?;
+        let pending: Vec<Versioned> = sqlx::query_as(CANCEL_CANDIDATES)
+            .bind(request.to_string())
+            .bind(sql_int(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let batch = apply_batch(&mut tx, pending, |o| o.cancel(now).ok()).await?;
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        tracing::debug!(
+            examined = batch.examined,
+            changed = batch.changed,
+            "pending orders of a request cancelled"
+        );
+        Ok(batch)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         let mut tx = self.write().await?;
         let due: Vec<Versioned> = sqlx::query_as(EXPIRY_CANDIDATES)
@@ -559,7 +625,18 @@ mod tests {
             p.contains("USING INDEX orders_redeliver (agent_id=? AND redeliver_ms<?)"),
             "{p}"
         );
+        let p = plan(&store, NEXT_DUE).await;
+        assert!(
+            p.contains("USING COVERING INDEX orders_available (agent_id=? AND available_ms>?)"),
+            "{p}"
+        );
+        assert!(
+            p.contains("USING COVERING INDEX orders_redeliver (agent_id=? AND redeliver_ms>?)"),
+            "{p}"
+        );
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
         for (sql, index) in [
+            (CANCEL_CANDIDATES, "orders_request_pending (request_id=?)"),
             (EXPIRY_CANDIDATES, "orders_expiry"),
             (GIVE_UP_CANDIDATES, "orders_result_deadline"),
             (PURGE_CANDIDATES, "orders_finished"),

@@ -4,7 +4,7 @@
 mod common;
 
 use cm_adapter_sqlite::SqliteBackend;
-use cm_domain::{DeliveryPolicy, Status};
+use cm_domain::{DeliveryPolicy, KeyHash, Status};
 use cm_ports::testkit::{OrderSpec, agent, agent_id, at, group};
 use cm_ports::{AgentRegistry, OrderFilter, OrderPageRequest, OrderStore, StoreError};
 
@@ -62,6 +62,42 @@ async fn orders_and_agents_survive_closing_and_reopening_the_file() {
         agent("a2", &["Test", "Prod"])
     );
     assert_eq!(store.count(Some(group("Test"))).await.expect("count"), 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn an_agents_key_hash_and_a_scheduled_order_survive_reopening_the_file() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let settings = common::settings_in(&dir);
+    let hash = KeyHash::parse(&"0f".repeat(32), "key").expect("hash");
+    let scheduled = OrderSpec::agent("a1")
+        .timeout(1000)
+        .not_before(at(30))
+        .build();
+    {
+        let store = SqliteBackend::open(&settings).await.expect("open");
+        store.upsert(&agent("a1", &["Test"])).await.expect("upsert");
+        assert!(
+            store
+                .set_key_hash(&agent_id("a1"), &hash)
+                .await
+                .expect("set")
+        );
+        store
+            .insert(std::slice::from_ref(&scheduled))
+            .await
+            .expect("insert");
+        store.close().await;
+    }
+    let store = SqliteBackend::open(&settings).await.expect("reopen");
+    assert_eq!(
+        store.key_hash(&agent_id("a1")).await.expect("key"),
+        Some(hash)
+    );
+    assert_eq!(
+        store.next_due(&agent_id("a1"), at(0)).await.expect("due"),
+        Some(at(30))
+    );
     store.close().await;
 }
 

@@ -243,3 +243,39 @@ mod tests {
         assert_ne!(a.request_id(0), b.request_id(0));
     }
 }
+
+/// The stored form of an agent's key: the lowercase hex SHA-256 of the key. The key itself is
+/// shown to its agent once and never stored.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyHash(String);
+
+impl KeyHash {
+    /// # Errors
+    /// A [`FieldError`] on `field` unless `raw` is 64 lowercase hex digits.
+    pub fn parse(raw: &str, field: &str) -> Result<Self, FieldError> {
+        if raw.len() == 64 && raw.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(FieldError::new(field, "must be a hex SHA-256 digest"))
+        }
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod key_hash_tests {
+    use super::*;
+
+    #[test]
+    fn key_hashes_are_64_lowercase_hex_digits() {
+        assert!(KeyHash::parse(&"ab".repeat(32), "k").is_ok());
+        for bad in ["", "xyz", &"AB".repeat(32), &"a".repeat(63)] {
+            assert!(KeyHash::parse(bad, "k").is_err(), "{bad}");
+        }
+    }
+}

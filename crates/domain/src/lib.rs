@@ -20,7 +20,8 @@ pub use command::{
 pub use error::{ExpansionError, FieldError, TransitionError};
 pub use expansion::{Expander, expand};
 pub use ids::{
-    AgentId, GroupName, IdSource, IdempotencyKey, KeyedIds, MAX_NAME_LEN, OrderId, RequestId,
+    AgentId, GroupName, IdSource, IdempotencyKey, KeyHash, KeyedIds, MAX_NAME_LEN, OrderId,
+    RequestId,
 };
 pub use order::{
     AgentRef, CANCELLED, CommandResult, EXPIRED, MAX_RESULT_DATA, NO_RESULT, NewOrder, Order,

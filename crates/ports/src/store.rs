@@ -9,8 +9,8 @@ use std::fmt;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use cm_domain::{
-    Agent, AgentId, DeliveryPolicy, FieldError, GroupName, Order, OrderId, RequestId, Status,
-    TargetType,
+    Agent, AgentId, DeliveryPolicy, FieldError, GroupName, KeyHash, Order, OrderId, RequestId,
+    Status, TargetType,
 };
 
 /// Storage could not do what was asked. Both kinds are answered 503 by the HTTP API; nothing
@@ -211,6 +211,9 @@ pub enum Upserted {
 
 /// The durable orders stream.
 ///
+/// Every `now` passed in is truncated to milliseconds (what [`crate::Clock`] returns), the
+/// precision of the stored documents, so an order an adapter returns equals the stored one.
+///
 /// Every state change an adapter makes is conditional on the stored order still being in the
 /// state the change was computed from, so concurrent polls, schedulers and service instances
 /// never apply two transitions to one order. State changes are computed by the domain's
@@ -258,13 +261,37 @@ pub trait OrderStore: Send + Sync + 'static {
         policy: &DeliveryPolicy,
     ) -> Result<Vec<Order>, StoreError>;
 
-    /// Replaces `current` by `next` (same `order_id`) only if the stored order is still
-    /// `current`.
+    /// Replaces `current` by `next` only if the stored order is still `current` (and `next`
+    /// has the same `order_id`; otherwise it is a [`ReplaceError::Conflict`]).
     ///
     /// # Errors
     /// [`ReplaceError::Conflict`] when the stored order changed, [`ReplaceError::NotFound`]
     /// when it does not exist, [`ReplaceError::Store`] otherwise.
     async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError>;
+
+    /// The earliest instant strictly after `now` at which one of `agent`'s orders becomes
+    /// deliverable without anything else happening: a pending order's `not_before`, or a sent
+    /// order's redelivery time. `None` when no such instant exists. A long-poll sleeps until then
+    /// so that it never misses a scheduled order.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn next_due(
+        &self,
+        agent: &AgentId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Cancels up to `limit` of the still-pending orders of `request` (`Order::cancel(now)`).
+    ///
+    /// # Errors
+    /// [`StoreError`]; orders already changed stay changed.
+    async fn cancel_pending(
+        &self,
+        request: &RequestId,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError>;
 
     /// Expires up to `limit` pending orders whose deadline passed at `now`
     /// (`Order::expire`).
@@ -324,7 +351,7 @@ pub trait OrderStore: Send + Sync + 'static {
 #[cfg_attr(any(test, feature = "testkit"), mockall::automock)]
 #[async_trait]
 pub trait AgentRegistry: Send + Sync + 'static {
-    /// Registers `agent` or replaces its groups.
+    /// Registers `agent` or replaces its groups. An existing key hash is kept.
     ///
     /// # Errors
     /// [`StoreError`] when the change may not be durable.
@@ -335,6 +362,20 @@ pub trait AgentRegistry: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError`] when any change may not be durable.
     async fn upsert_many(&self, agents: &[Agent]) -> Result<u64, StoreError>;
+
+    /// Stores the hash of `id`'s key, replacing any earlier one; `false` (and nothing stored)
+    /// when the agent is not registered.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the change may not be durable.
+    async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError>;
+
+    /// The hash of `id`'s key; `None` when the agent is unknown or has no key. Deleting an agent
+    /// deletes its key.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError>;
 
     /// # Errors
     /// [`StoreError`] when the backend cannot answer.

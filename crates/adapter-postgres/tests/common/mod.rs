@@ -120,5 +120,6 @@ pub(crate) async fn backend() -> Backend {
         orders: Arc::new(b.clone()),
         agents: Arc::new(b),
         notifier: Arc::new(notifier),
+        guard: None,
     }
 }

@@ -45,7 +45,8 @@ impl Drop for OpenPoll {
 impl CommandManager {
     /// Hands `agent` up to `limit` of its deliverable orders, marking them `sent`. When there
     /// are none, waits up to `wait` (bounded by `max_poll_wait`) and returns as soon as a
-    /// notification for the agent brings some; returns empty when the wait ends.
+    /// notification for the agent brings some, or one of its orders becomes due by itself (a
+    /// scheduled start, a redelivery); returns empty when the wait ends.
     ///
     /// # Errors
     /// [`StoreError`] when storage fails; no order was marked `sent` by the failed attempt.
@@ -84,11 +85,18 @@ impl CommandManager {
             if now >= deadline {
                 return Ok(Vec::new());
             }
-            let wake_at = self
+            let mut wake_at = self
                 .ports
                 .notifier
                 .recheck_interval()
                 .map_or(deadline, |every| deadline.min(now + every));
+            // A scheduled order (or a redelivery) that becomes due during the wait wakes us
+            // without any notification.
+            let clock_now = self.ports.clock.now();
+            if let Some(due) = self.ports.orders.next_due(agent, clock_now).await? {
+                let until = (due - clock_now).to_std().unwrap_or_default();
+                wake_at = wake_at.min(now + until);
+            }
             open.get_or_insert_with(OpenPoll::start);
             tokio::select! {
                 () = subscription.notified() => {}

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cm_domain::{
-    Action, Command, DeliveryPolicy, EXPIRED, NO_RESULT, Order, OrderId, Report, ReportOutcome,
-    ReportStatus, RequestId, Source, Status, Target, TargetType, Timeout,
+    Action, CANCELLED, Command, DeliveryPolicy, EXPIRED, KeyHash, NO_RESULT, Order, OrderId,
+    Report, ReportOutcome, ReportStatus, RequestId, Source, Status, Target, TargetType, Timeout,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -17,7 +17,7 @@ use crate::store::{
     AgentPageRequest, OrderCursor, OrderFilter, OrderPageRequest, ReplaceError, RetentionMode,
     Upserted,
 };
-use crate::{Idempotency, Settings, SubmitRequest};
+use crate::{Clock, Idempotency, Settings, SubmitRequest};
 
 fn policy() -> DeliveryPolicy {
     DeliveryPolicy {
@@ -365,6 +365,89 @@ pub async fn an_order_racing_between_expiry_and_delivery_ends_in_exactly_one_sta
         let counts = b.orders.progress(&spec.request).await.expect("progress");
         assert_eq!((counts.sent + counts.failure, counts.pending), (150, 0));
     }
+}
+
+pub async fn next_due_is_the_earliest_scheduled_start_or_redelivery(b: Backend) {
+    let a1 = agent_id("a1");
+    assert_eq!(b.orders.next_due(&a1, at(0)).await.expect("next_due"), None);
+    let now_ready = OrderSpec::agent("a1").build();
+    let later = OrderSpec::agent("a1")
+        .timeout(1000)
+        .not_before(at(300))
+        .build();
+    let sooner = OrderSpec::agent("a1")
+        .timeout(1000)
+        .not_before(at(200))
+        .build();
+    let other_agent = OrderSpec::agent("a2").not_before(at(5)).build();
+    insert(&b, &[now_ready.clone(), later, sooner, other_agent]).await;
+    // A pending order already available is not "due later".
+    assert_eq!(
+        b.orders.next_due(&a1, at(0)).await.expect("next_due"),
+        Some(at(200))
+    );
+    // Once delivered (at +1 s, policy: redeliver after 60 s) its redelivery is the next event.
+    deliver(&b, &now_ready, at(1)).await;
+    assert_eq!(
+        b.orders.next_due(&a1, at(1)).await.expect("next_due"),
+        Some(at(61))
+    );
+    assert_eq!(
+        b.orders.next_due(&a1, at(100)).await.expect("next_due"),
+        Some(at(200))
+    );
+    assert_eq!(
+        b.orders.next_due(&a1, at(250)).await.expect("next_due"),
+        Some(at(300))
+    );
+    assert_eq!(
+        b.orders.next_due(&a1, at(300)).await.expect("next_due"),
+        None
+    );
+}
+
+pub async fn cancel_pending_cancels_only_the_pending_orders_of_the_request(b: Backend) {
+    let request = RequestId::from_uuid(Uuid::now_v7());
+    let orders: Vec<Order> = (0..25)
+        .map(|i| OrderSpec::agent(&format!("a{i}")).request(request).build())
+        .collect();
+    let other = OrderSpec::agent("zz").build();
+    insert(&b, &[orders.clone(), vec![other.clone()]].concat()).await;
+    let sent = deliver(&b, &orders[0], at(1)).await;
+    let mut cancelled = 0;
+    loop {
+        let batch = b
+            .orders
+            .cancel_pending(&request, at(2), 10)
+            .await
+            .expect("cancel");
+        assert!(batch.examined <= 10);
+        cancelled += batch.changed;
+        if batch.examined == 0 {
+            break;
+        }
+    }
+    assert_eq!(cancelled, 24);
+    for o in &orders[1..] {
+        assert_eq!(
+            get(&b, o.order_id()).await,
+            o.cancel(at(2)).expect("cancellable")
+        );
+    }
+    assert_eq!(
+        get(&b, orders[0].order_id()).await,
+        sent,
+        "a delivered order is not cancelled"
+    );
+    assert_eq!(
+        get(&b, other.order_id()).await.status(),
+        Status::Pending,
+        "other requests untouched"
+    );
+    let counts = b.orders.progress(&request).await.expect("progress");
+    assert_eq!((counts.sent, counts.failure), (1, 24));
+    let stored = get(&b, orders[1].order_id()).await;
+    assert_eq!(stored.result().expect("result").message(), CANCELLED);
 }
 
 // ---- compare-and-set -------------------------------------------------------------------------
@@ -857,6 +940,76 @@ pub async fn deleting_an_agent_reports_whether_it_existed(b: Backend) {
     assert_eq!(b.agents.count(Some(group("Test"))).await.expect("count"), 0);
 }
 
+fn key_hash(c: char) -> KeyHash {
+    KeyHash::parse(&c.to_string().repeat(64), "key").expect("valid hash")
+}
+
+pub async fn an_agents_key_hash_is_kept_across_upserts_and_deleted_with_the_agent(b: Backend) {
+    let a1 = agent_id("a1");
+    b.agents
+        .upsert(&agent("a1", &["Test"]))
+        .await
+        .expect("upsert");
+    assert_eq!(b.agents.key_hash(&a1).await.expect("key"), None);
+    assert!(
+        b.agents
+            .set_key_hash(&a1, &key_hash('a'))
+            .await
+            .expect("set")
+    );
+    assert_eq!(
+        b.agents.key_hash(&a1).await.expect("key"),
+        Some(key_hash('a'))
+    );
+    b.agents
+        .upsert(&agent("a1", &["Prod"]))
+        .await
+        .expect("upsert");
+    b.agents
+        .upsert_many(&[agent("a1", &["Prod", "X"])])
+        .await
+        .expect("upsert");
+    assert_eq!(
+        b.agents.key_hash(&a1).await.expect("key"),
+        Some(key_hash('a')),
+        "kept across upserts"
+    );
+    assert!(
+        b.agents
+            .set_key_hash(&a1, &key_hash('b'))
+            .await
+            .expect("rotate")
+    );
+    assert_eq!(
+        b.agents.key_hash(&a1).await.expect("key"),
+        Some(key_hash('b'))
+    );
+    assert!(b.agents.delete(&a1).await.expect("delete"));
+    assert_eq!(b.agents.key_hash(&a1).await.expect("key"), None);
+    b.agents.upsert(&agent("a1", &[])).await.expect("upsert");
+    assert_eq!(
+        b.agents.key_hash(&a1).await.expect("key"),
+        None,
+        "a re-registered agent starts without a key"
+    );
+}
+
+pub async fn a_key_hash_for_an_unknown_agent_is_not_stored(b: Backend) {
+    let ghost = agent_id("ghost");
+    assert!(
+        !b.agents
+            .set_key_hash(&ghost, &key_hash('c'))
+            .await
+            .expect("set")
+    );
+    assert_eq!(b.agents.key_hash(&ghost).await.expect("key"), None);
+    assert_eq!(
+        b.agents.get(&ghost).await.expect("get"),
+        None,
+        "setting a key registers nothing"
+    );
+}
+
 pub async fn group_members_are_paged_in_id_order(b: Backend) {
     let mut fleet = Vec::new();
     for i in 0..25 {
@@ -1031,6 +1184,37 @@ pub async fn long_poll_returns_as_soon_as_an_order_is_submitted(b: Backend) {
     assert!(
         waited < Duration::from_secs(10),
         "woken, not timed out ({waited:?})"
+    );
+}
+
+pub async fn long_poll_returns_a_scheduled_order_when_it_becomes_due(b: Backend) {
+    let service = b.service(Settings::default());
+    let now = crate::SystemClock.now();
+    let start = now + chrono::Duration::milliseconds(1500);
+    let scheduled = OrderSpec::agent("a1")
+        .created(now)
+        .timeout(300)
+        .not_before(start)
+        .build();
+    insert(&b, std::slice::from_ref(&scheduled)).await;
+    let started = tokio::time::Instant::now();
+    let got = service
+        .poll(&agent_id("a1"), 10, Duration::from_secs(20))
+        .await
+        .expect("poll");
+    let waited = started.elapsed();
+    assert_eq!(
+        ids(&got),
+        vec![*scheduled.order_id()],
+        "the scheduled order, once due"
+    );
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "not handed out early ({waited:?})"
+    );
+    assert!(
+        waited < Duration::from_secs(10),
+        "handed out when due, not at the end of the wait ({waited:?})"
     );
 }
 

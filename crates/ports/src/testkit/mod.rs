@@ -30,6 +30,8 @@ pub struct Backend {
     pub orders: Arc<dyn OrderStore>,
     pub agents: Arc<dyn AgentRegistry>,
     pub notifier: Arc<dyn Notifier>,
+    /// Whatever must live as long as the backend (a temporary directory, a database to drop).
+    pub guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -231,6 +233,8 @@ macro_rules! conformance_suite {
             claim_skips_orders_before_their_not_before,
             claim_redelivers_unreported_orders_after_redeliver_after,
             claim_never_redelivers_orders_in_progress,
+            next_due_is_the_earliest_scheduled_start_or_redelivery,
+            cancel_pending_cancels_only_the_pending_orders_of_the_request,
             eight_concurrent_pollers_never_receive_the_same_order_twice,
             an_order_racing_between_expiry_and_delivery_ends_in_exactly_one_state,
             replace_applies_when_the_order_is_unchanged,
@@ -255,10 +259,13 @@ macro_rules! conformance_suite {
             group_members_are_paged_in_id_order,
             listing_without_a_group_pages_every_agent,
             upsert_many_registers_in_bulk_and_counts_the_new_ones,
+            an_agents_key_hash_is_kept_across_upserts_and_deleted_with_the_agent,
+            a_key_hash_for_an_unknown_agent_is_not_stored,
             a_20000_agent_group_expands_completely,
             notify_wakes_a_subscribed_poll,
             notify_for_another_agent_does_not_wake,
             long_poll_returns_as_soon_as_an_order_is_submitted,
+            long_poll_returns_a_scheduled_order_when_it_becomes_due,
             retried_submit_with_the_same_idempotency_key_creates_nothing,
             request_progress_follows_delivery_and_reports,
         );

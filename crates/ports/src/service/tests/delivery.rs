@@ -66,6 +66,7 @@ async fn a_poll_returns_the_claimed_orders_without_waiting() {
 async fn an_empty_poll_waits_and_claims_again_when_its_agent_is_notified() {
     let mut d = Doubles::new();
     let hub = hub_notifier(&mut d, None);
+    d.orders.expect_next_due().returning(|_, _| Ok(None));
     let order = delivered(&pending("a1"), 5);
     let claimed = order.clone();
     let mut seq = Sequence::new();
@@ -98,6 +99,7 @@ async fn an_empty_poll_waits_and_claims_again_when_its_agent_is_notified() {
 async fn an_empty_poll_returns_nothing_when_its_wait_ends() {
     let mut d = Doubles::new();
     hub_notifier(&mut d, None);
+    d.orders.expect_next_due().returning(|_, _| Ok(None));
     d.orders.expect_claim().returning(|_, _, _, _| Ok(vec![]));
     let started = Instant::now();
     let got = d
@@ -113,6 +115,7 @@ async fn an_empty_poll_returns_nothing_when_its_wait_ends() {
 async fn a_poll_waits_no_longer_than_max_poll_wait() {
     let mut d = Doubles::new();
     hub_notifier(&mut d, None);
+    d.orders.expect_next_due().returning(|_, _| Ok(None));
     d.orders.expect_claim().returning(|_, _, _, _| Ok(vec![]));
     let settings = Settings {
         max_poll_wait: 5 * SECOND,
@@ -132,6 +135,7 @@ async fn a_poll_waits_no_longer_than_max_poll_wait() {
 async fn a_waiting_poll_looks_at_storage_again_every_recheck_interval() {
     let mut d = Doubles::new();
     hub_notifier(&mut d, Some(2 * SECOND));
+    d.orders.expect_next_due().returning(|_, _| Ok(None));
     let order = delivered(&pending("a1"), 4);
     let claimed = order.clone();
     let mut seq = Sequence::new();
@@ -153,6 +157,41 @@ async fn a_waiting_poll_looks_at_storage_again_every_recheck_interval() {
         .unwrap();
     assert_eq!(got, [order]);
     assert_eq!(started.elapsed(), 4 * SECOND);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_waiting_poll_wakes_when_a_scheduled_order_becomes_due() {
+    let mut d = Doubles::new();
+    hub_notifier(&mut d, None);
+    let order = delivered(&pending("a1"), 3);
+    let claimed = order.clone();
+    let mut seq = Sequence::new();
+    d.orders
+        .expect_claim()
+        .times(1)
+        .in_sequence(&mut seq)
+        .returning(|_, _, _, _| Ok(vec![]));
+    d.orders
+        .expect_next_due()
+        .times(1)
+        .returning(|_, now| Ok(Some(now + chrono::Duration::seconds(3))));
+    d.orders
+        .expect_claim()
+        .times(1)
+        .in_sequence(&mut seq)
+        .return_once(move |_, _, _, _| Ok(vec![claimed]));
+    let started = Instant::now();
+    let got = d
+        .manager(settings())
+        .poll(&agent_id("a1"), 10, 30 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(got, [order]);
+    assert_eq!(
+        started.elapsed(),
+        3 * SECOND,
+        "woken when the order became due"
+    );
 }
 
 #[tokio::test(start_paused = true)]
