@@ -120,6 +120,23 @@ impl OrderStore for Instrumented {
         self.inner.replace(current, next).await
     }
 
+    async fn next_due(
+        &self,
+        agent: &AgentId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.next_due(agent, now).await
+    }
+
+    async fn cancel_pending(
+        &self,
+        request: &RequestId,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        self.inner.cancel_pending(request, now, limit).await
+    }
+
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         self.expire_calls.fetch_add(1, Ordering::SeqCst);
         if let Some(delay) = self.expiry_delay {
