@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use cm_adapter_postgres::PostgresSettings;
 use cm_adapter_sqlite::SqliteSettings;
-use cm_api_http::HttpSettings;
+use cm_api_http::{AuthSettings, HttpSettings};
 use cm_ports::{RetentionMode, Settings};
 use cm_scheduler::SchedulerSettings;
 use serde::Deserialize;
@@ -17,6 +17,8 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct Config {
     pub(crate) http: HttpSettings,
+    /// `[auth]`: manager tokens; `CM_AUTH__MANAGER_TOKENS=token1,token2`.
+    pub(crate) auth: AuthSettings,
     pub(crate) storage: StorageConfig,
     pub(crate) scheduler: SchedulerSettings,
     pub(crate) limits: LimitsConfig,
@@ -194,6 +196,8 @@ impl Config {
                 .prefix_separator("_")
                 .separator("__")
                 .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("auth.manager_tokens")
                 .source(Some(settings)),
         );
         let raw = builder.build().map_err(|e| ConfigError(e.to_string()))?;
@@ -214,6 +218,7 @@ impl Config {
             ("limits.expansion_page", l.expansion_page as u64),
             ("limits.maintenance_batch", l.maintenance_batch as u64),
             ("scheduler.interval_secs", self.scheduler.interval_secs),
+            ("http.max_open_polls", self.http.max_open_polls as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

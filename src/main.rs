@@ -44,6 +44,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before anything listens: no exposed service without authentication (SPEC §6).
+    if !matches!(cli.command, Some(Command::Migrate))
+        && let Err(e) = cm_api_http::check_exposure(&cfg.http, &cfg.auth)
+    {
+        eprintln!("command-manager: configuration error: {e}");
+        return ExitCode::from(2);
+    }
     init_logging(&cfg);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -114,7 +121,13 @@ async fn serve(cfg: Config) -> Result<(), String> {
         .await
         .map_err(|e| format!("http.listen {}: {e}", cfg.http.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%address, backend, "listening");
+    tracing::info!(
+        %address,
+        backend,
+        tls = cfg.http.tls.is_some(),
+        auth = cfg.auth.enabled,
+        "listening"
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -131,7 +144,7 @@ async fn serve(cfg: Config) -> Result<(), String> {
 
     let scheduler =
         tokio::spawn(Scheduler::new(manager.clone(), cfg.scheduler.clone()).run(stopped()));
-    let state = AppState::new(manager, cfg.http.clone(), metrics);
+    let state = AppState::new(manager, cfg.http.clone(), cfg.auth.clone(), metrics);
     let served = cm_api_http::serve(listener, state, stopped()).await;
     if let Err(e) = scheduler.await {
         tracing::error!(error = %e, "scheduler task failed");

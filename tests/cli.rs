@@ -89,3 +89,109 @@ fn migrate_creates_the_sqlite_schema_and_is_idempotent() {
     let (code, _, err) = run(&["migrate"], &env);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn authentication_off_on_a_non_loopback_address_is_refused_naming_the_keys() {
+    let (code, _, err) = run(
+        &["serve"],
+        &[
+            ("CM_HTTP__LISTEN", "0.0.0.0:0"),
+            ("CM_STORAGE__BACKEND", "memory"),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("auth.enabled") && err.contains("http.listen"),
+        "{err}"
+    );
+}
+
+#[test]
+fn authentication_on_without_usable_manager_tokens_is_refused_without_showing_them() {
+    for (tokens, named) in [
+        (None, "auth.manager_tokens"),
+        (Some("short-token"), "auth.manager_tokens[0]"),
+        (
+            Some("a-long-token-1234567,short-token"),
+            "auth.manager_tokens[1]",
+        ),
+    ] {
+        let mut env = vec![
+            ("CM_AUTH__ENABLED", "true"),
+            ("CM_HTTP__LISTEN", "0.0.0.0:0"),
+            ("CM_STORAGE__BACKEND", "memory"),
+        ];
+        if let Some(tokens) = tokens {
+            env.push(("CM_AUTH__MANAGER_TOKENS", tokens));
+        }
+        let (code, _, err) = run(&["serve"], &env);
+        assert_eq!(code, 2, "{tokens:?}: {err}");
+        assert!(err.contains(named), "{tokens:?}: {err}");
+        assert!(!err.contains("short-token"), "a token was shown: {err}");
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("cm.toml");
+    std::fs::write(
+        &file,
+        "[auth]\nenabled = true\nmanager_tokens = [\"a-long-token-1234567\", \"tiny\"]\n",
+    )
+    .expect("write");
+    let (code, _, err) = run(
+        &["--config", file.to_str().unwrap(), "serve"],
+        &[("CM_STORAGE__BACKEND", "memory")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("auth.manager_tokens[1]"), "{err}");
+}
+
+/// The status of `GET path` with an optional `Authorization` header.
+fn status_of(base: &str, path: &str, authorization: Option<&str>) -> u16 {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
+    )
+    .expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer}"))
+}
+
+#[test]
+fn manager_tokens_from_the_environment_are_accepted_and_required() {
+    let service = support::Service::start(&[
+        ("CM_STORAGE__BACKEND", "memory"),
+        ("CM_AUTH__ENABLED", "true"),
+        (
+            "CM_AUTH__MANAGER_TOKENS",
+            "a-long-token-1234567,another-token-7654321",
+        ),
+    ]);
+    let base = service.base.clone();
+    assert_eq!(status_of(&base, "/healthz", None), 200);
+    assert_eq!(status_of(&base, "/api/v1/orders", None), 401);
+    for token in ["a-long-token-1234567", "another-token-7654321"] {
+        let bearer = format!("Bearer {token}");
+        assert_eq!(status_of(&base, "/api/v1/orders", Some(&bearer)), 200);
+    }
+    assert_eq!(
+        status_of(
+            &base,
+            "/api/v1/orders",
+            Some("Bearer a-long-token-1234567,another-token-7654321")
+        ),
+        401
+    );
+    let logs = service.drain_logs().join("\n");
+    assert!(!logs.contains("a-long-token-1234567"), "{logs}");
+    service.stop();
+}

@@ -1,7 +1,8 @@
 //! [`ApiError`]: every way a request can fail, and the one error body they all answer with.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::header::WWW_AUTHENTICATE;
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cm_domain::{ExpansionError, FieldError};
 use cm_ports::{CancelError, ReportError, StoreError, SubmitError};
@@ -15,7 +16,9 @@ pub(crate) enum ApiError {
     Invalid(FieldError),
     /// 400: the body is not JSON.
     MalformedJson(String),
-    /// 403: an agent touched another agent's order.
+    /// 401: no, unknown or malformed credentials.
+    Unauthorized(String),
+    /// 403: valid credentials of the wrong role, or an agent acting for another agent.
     Forbidden(String),
     /// 404.
     NotFound(String),
@@ -32,6 +35,8 @@ pub(crate) enum ApiError {
     /// 503: storage failed or the request ran out of time; the cause was logged when this
     /// value was made.
     Unavailable,
+    /// 503: too many long-polls are open.
+    Overloaded,
     /// 500: a bug; the cause was logged when this value was made.
     Internal,
 }
@@ -52,6 +57,7 @@ impl ApiError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::Invalid(_) | Self::MalformedJson(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -59,7 +65,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -76,6 +82,7 @@ impl ApiError {
                 format!("body: not valid JSON: {why}"),
                 Some("body".to_owned()),
             ),
+            Self::Unauthorized(m) => ("unauthorized", m, None),
             Self::Forbidden(m) => ("forbidden", m, None),
             Self::NotFound(m) => ("not_found", m, None),
             Self::MethodNotAllowed => (
@@ -104,6 +111,11 @@ impl ApiError {
                 "the service cannot reach its storage right now; retry later".to_owned(),
                 None,
             ),
+            Self::Overloaded => (
+                "overloaded",
+                "too many long-polls are open; retry later".to_owned(),
+                None,
+            ),
             Self::Internal => ("internal", "internal error".to_owned(), None),
         };
         ErrorDetail {
@@ -117,10 +129,22 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let challenge = matches!(self, Self::Unauthorized(_));
         let body = ErrorBody {
             error: self.detail(),
         };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if challenge {
+            for scheme in [
+                r#"Bearer realm="command-manager""#,
+                r#"Basic realm="command-manager", charset="UTF-8""#,
+            ] {
+                response
+                    .headers_mut()
+                    .append(WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
+            }
+        }
+        response
     }
 }
 
@@ -137,9 +161,9 @@ pub(crate) struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct ErrorDetail {
-    /// Machine-readable: `invalid_field`, `malformed_json`, `forbidden`, `not_found`,
-    /// `method_not_allowed`, `conflict`, `payload_too_large`, `unsupported_media_type`,
-    /// `unprocessable`, `unavailable`, `internal`.
+    /// Machine-readable: `invalid_field`, `malformed_json`, `unauthorized`, `forbidden`,
+    /// `not_found`, `method_not_allowed`, `conflict`, `payload_too_large`,
+    /// `unsupported_media_type`, `unprocessable`, `unavailable`, `overloaded`, `internal`.
     pub(crate) code: &'static str,
     /// For people; names the field when one is at fault.
     pub(crate) message: String,

@@ -1,8 +1,14 @@
-//! The HTTP driver of the command manager: every route of SPEC §3 (authentication aside) over
-//! the use cases of [`cm_ports::CommandManager`].
+//! The HTTP driver of the command manager: every route of SPEC §3 over the use cases of
+//! [`cm_ports::CommandManager`].
 //!
 //! * [`router`] builds the whole API as an [`axum::Router`]; [`serve`] runs it until a shutdown
-//!   future resolves;
+//!   future resolves, over plain TCP or TLS ([`TlsSettings`]);
+//! * every route but `/healthz`, `/readyz` and `/openapi.json` needs credentials when
+//!   [`AuthSettings::enabled`]: a manager's bearer token, or an agent's key (Basic) on the
+//!   delivery routes, where an agent may act only for itself; [`check_exposure`] is the start-up
+//!   check that refuses an exposed service without authentication;
+//! * open long-polls are capped ([`HttpSettings::max_open_polls`]): beyond it a poll answers 503
+//!   with `Retry-After` at once;
 //! * request bodies are read as JSON values and walked by DTO functions that build domain types,
 //!   so every refusal names the offending field (`commands[1].target.type`);
 //! * every failure, including extractor rejections, 404 and 405, answers with one error body,
@@ -14,12 +20,14 @@
 //!
 //! The driver calls use cases only; it never touches an adapter.
 
+mod auth;
 mod dto;
 mod error;
 mod extract;
 mod handlers;
 mod middleware;
 mod openapi;
+mod tls;
 
 use std::fmt;
 use std::future::Future;
@@ -33,7 +41,10 @@ use axum::routing::{get, post, put};
 use cm_ports::CommandManager;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+
+pub use crate::auth::{AuthSettings, MIN_TOKEN_LEN, check_exposure};
+pub use crate::tls::TlsSettings;
 
 /// Settings of the HTTP server (`[http]` in the configuration file, `CM_HTTP__*`).
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +59,10 @@ pub struct HttpSettings {
     pub request_timeout_secs: u64,
     /// The `Retry-After` header of every 503 answer, in seconds.
     pub retry_after_secs: u64,
+    /// Most long-polls open at once; a poll beyond it answers 503 with `Retry-After` at once.
+    pub max_open_polls: usize,
+    /// Serve HTTPS with this certificate and key; plain HTTP when absent.
+    pub tls: Option<TlsSettings>,
 }
 
 impl Default for HttpSettings {
@@ -57,6 +72,8 @@ impl Default for HttpSettings {
             max_body_bytes: 1024 * 1024,
             request_timeout_secs: 30,
             retry_after_secs: 5,
+            max_open_polls: 20_000,
+            tls: None,
         }
     }
 }
@@ -132,8 +149,10 @@ pub struct AppState {
 struct Inner {
     manager: CommandManager,
     settings: HttpSettings,
+    auth: AuthSettings,
     metrics: Option<MetricsHandle>,
     shutdown: watch::Sender<bool>,
+    open_polls: Semaphore,
 }
 
 impl AppState {
@@ -141,14 +160,18 @@ impl AppState {
     pub fn new(
         manager: CommandManager,
         settings: HttpSettings,
+        auth: AuthSettings,
         metrics: Option<MetricsHandle>,
     ) -> Self {
+        let open_polls = Semaphore::new(settings.max_open_polls.min(Semaphore::MAX_PERMITS));
         Self {
             inner: Arc::new(Inner {
                 manager,
                 settings,
+                auth,
                 metrics,
                 shutdown: watch::Sender::new(false),
+                open_polls,
             }),
         }
     }
@@ -161,8 +184,17 @@ impl AppState {
         &self.inner.settings
     }
 
+    pub(crate) fn auth(&self) -> &AuthSettings {
+        &self.inner.auth
+    }
+
     pub(crate) fn metrics(&self) -> Option<&MetricsHandle> {
         self.inner.metrics.as_ref()
+    }
+
+    /// The slots of open long-polls ([`HttpSettings::max_open_polls`]).
+    pub(crate) fn open_polls(&self) -> &Semaphore {
+        &self.inner.open_polls
     }
 
     /// Ends every open long-poll (they answer what they have, usually nothing) and makes new
@@ -190,6 +222,7 @@ impl fmt::Debug for AppState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AppState")
             .field("settings", &self.inner.settings)
+            .field("auth", &self.inner.auth)
             .field("metrics", &self.inner.metrics.is_some())
             .finish_non_exhaustive()
     }
@@ -197,8 +230,10 @@ impl fmt::Debug for AppState {
 
 /// The path template of the long-poll route; its timeout is its wait plus the request timeout.
 pub(crate) const POLL_ROUTE: &str = "/api/v1/agents/{agent_id}/poll";
+/// The path template of the result report route.
+pub(crate) const RESULT_ROUTE: &str = "/api/v1/orders/{order_id}/result";
 
-/// Every route of SPEC §3 (authentication aside) with its middleware, over `state`.
+/// Every route of SPEC §3 with its middleware, over `state`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings().max_body_bytes;
     Router::new()
@@ -213,10 +248,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/orders/{order_id}/cancel",
             post(handlers::orders::cancel),
         )
-        .route(
-            "/api/v1/orders/{order_id}/result",
-            post(handlers::delivery::report),
-        )
+        .route(RESULT_ROUTE, post(handlers::delivery::report))
         .route(
             "/api/v1/requests/{request_id}",
             get(handlers::orders::progress),
@@ -228,11 +260,21 @@ pub fn router(state: AppState) -> Router {
                 .get(handlers::agents::one)
                 .delete(handlers::agents::delete),
         )
+        .route(
+            "/api/v1/agents/{agent_id}/key",
+            post(handlers::agents::rotate_key),
+        )
         .route(POLL_ROUTE, post(handlers::delivery::poll))
         .route("/healthz", get(handlers::ops::healthz))
         .route("/readyz", get(handlers::ops::readyz))
         .route("/metrics", get(handlers::ops::metrics))
         .route("/openapi.json", get(handlers::ops::openapi))
+        // Every route above, before its handler's extractors (so an unauthenticated request
+        // learns nothing about its body or path): authentication and the route's role.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .method_not_allowed_fallback(handlers::ops::method_not_allowed)
         .fallback(handlers::ops::not_found)
         // Innermost first: the timeout wraps the handler only, the trace span everything.
@@ -254,15 +296,32 @@ pub fn router(state: AppState) -> Router {
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Serves until `shutdown` resolves, then stops accepting, ends open long-polls (they answer
-/// with what they have, usually an empty list) and lets in-flight requests finish.
+/// with what they have, usually an empty list) and lets in-flight requests finish. With
+/// [`HttpSettings::tls`] it terminates TLS on `listener`.
 ///
 /// # Errors
-/// The I/O error that stopped the server.
+/// The I/O error that stopped the server, or an [`std::io::ErrorKind::InvalidInput`] error
+/// naming the TLS setting whose file cannot be used (before anything is served).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let tls = match &state.settings().tls {
+        Some(tls) => Some(
+            tls::server_config(tls)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+        ),
+        None => None,
+    };
+    let exposed = listener
+        .local_addr()
+        .is_ok_and(|a| !a.ip().to_canonical().is_loopback());
+    if exposed && tls.is_none() && state.auth().enabled {
+        tracing::warn!(
+            "credentials travel unencrypted: set http.tls or terminate TLS in front of this service"
+        );
+    }
     if let Some(handle) = state.metrics().cloned() {
         let stopping = state.shutting_down();
         tokio::spawn(async move {
@@ -285,9 +344,18 @@ pub async fn serve(
         }
     };
     let app = router(state.clone());
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(signal)
-        .await;
+    let served = match tls {
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config)?, app)
+                .with_graceful_shutdown(signal)
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .await
+        }
+    };
     state.begin_shutdown();
     served
 }

@@ -2,8 +2,11 @@
 
 use std::sync::LazyLock;
 
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
 
+use crate::auth::{Role, role_of};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::handlers;
 
@@ -11,7 +14,7 @@ use crate::handlers;
 #[openapi(
     info(
         title = "Command Manager",
-        description = "Accepts command requests for a fleet of agents, expands each into one order per target, delivers orders to agents by long-poll and records their results. Errors answer `{\"error\": {\"code\", \"message\", \"field\"?}}`; 503 answers carry `Retry-After`."
+        description = "Accepts command requests for a fleet of agents, expands each into one order per target, delivers orders to agents by long-poll and records their results. Errors answer `{\"error\": {\"code\", \"message\", \"field\"?}}`; 503 answers carry `Retry-After`.\n\nSecurity: when authentication is enabled (`auth.enabled`), managers send `Authorization: Bearer <token>` with one of the configured `auth.manager_tokens`, and agents send `Authorization: Basic base64(<agent id>:<key>)` with the key issued once when the agent was registered (`PUT /api/v1/agents/{agent_id}` answering 201) or its key was rotated (`POST /api/v1/agents/{agent_id}/key`). Management routes and `/metrics` need a manager; polling needs the polling agent itself and reporting the order's agent; `/healthz`, `/readyz` and `/openapi.json` are open. Missing, unknown or malformed credentials answer 401 with `WWW-Authenticate`; valid credentials of the wrong role, or of another agent, answer 403. With authentication off (allowed only on a loopback address) every route is open."
     ),
     paths(
         handlers::commands::submit,
@@ -24,6 +27,7 @@ use crate::handlers;
         handlers::agents::one,
         handlers::agents::list,
         handlers::agents::delete,
+        handlers::agents::rotate_key,
         handlers::delivery::poll,
         handlers::delivery::report,
         handlers::ops::healthz,
@@ -32,6 +36,7 @@ use crate::handlers;
         handlers::ops::openapi,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
+    modifiers(&Security),
     tags(
         (name = "commands", description = "Submitting command requests"),
         (name = "orders", description = "Reading and cancelling orders, following requests"),
@@ -41,6 +46,91 @@ use crate::handlers;
     )
 )]
 struct ApiDoc;
+
+/// The security scheme of managers' bearer tokens.
+pub(crate) const MANAGER_TOKEN: &str = "manager_token";
+/// The security scheme of agents' keys.
+pub(crate) const AGENT_KEY: &str = "agent_key";
+
+/// Declares the two security schemes and gives every operation the requirement of its route's
+/// [`Role`] (the same table the middleware enforces), with its 401 and 403 answers.
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            MANAGER_TOKEN,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "One of the manager tokens of the configuration (`auth.manager_tokens`)",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            AGENT_KEY,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "The agent's id as user name and its key (issued at registration or \
+                         rotation) as password",
+                    ))
+                    .build(),
+            ),
+        );
+        let error = || RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"));
+        for (path, item) in &mut openapi.paths.paths {
+            let role = role_of(path);
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in operations.into_iter().flatten() {
+                let (scheme, forbidden) = match role {
+                    Role::Open => {
+                        op.security = Some(Vec::new());
+                        continue;
+                    }
+                    Role::Manager => (MANAGER_TOKEN, "Valid credentials, but not a manager's"),
+                    Role::Agent => (
+                        AGENT_KEY,
+                        "Valid credentials, but not the agent's this request is about",
+                    ),
+                };
+                op.security = Some(vec![SecurityRequirement::new(scheme, Vec::<String>::new())]);
+                let responses = &mut op.responses.responses;
+                for (status, description) in [
+                    (
+                        "401",
+                        "No, unknown or malformed credentials (with `WWW-Authenticate`)",
+                    ),
+                    ("403", forbidden),
+                ] {
+                    responses.entry(status.to_owned()).or_insert_with(|| {
+                        RefOr::T(
+                            ResponseBuilder::new()
+                                .description(description)
+                                .content(
+                                    "application/json",
+                                    utoipa::openapi::ContentBuilder::new()
+                                        .schema(Some(error()))
+                                        .build(),
+                                )
+                                .build(),
+                        )
+                    });
+                }
+            }
+        }
+    }
+}
 
 /// The document as JSON text, built once.
 pub(crate) fn document() -> &'static str {

@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use chrono::{DateTime, Utc};
 use cm_adapter_memory::{MemoryAgents, MemoryOrders};
-use cm_api_http::{AppState, HttpSettings, install_metrics_recorder, router, serve};
+use cm_api_http::{AppState, AuthSettings, HttpSettings, install_metrics_recorder, router, serve};
 use cm_domain::{AgentId, DeliveryPolicy, Order, OrderId, RequestId};
 use cm_ports::testkit::MockOrderStore;
 use cm_ports::{
@@ -43,7 +43,12 @@ fn manager_over(orders: Arc<dyn OrderStore>, settings: Settings) -> CommandManag
 
 fn app_over(orders: Arc<dyn OrderStore>, settings: Settings, http: HttpSettings) -> App {
     let metrics = install_metrics_recorder().expect("metrics recorder");
-    let state = AppState::new(manager_over(orders, settings), http, Some(metrics));
+    let state = AppState::new(
+        manager_over(orders, settings),
+        http,
+        AuthSettings::default(),
+        Some(metrics),
+    );
     App {
         router: router(state.clone()),
         state,
@@ -755,9 +760,20 @@ async fn putting_an_agent_creates_it_with_201_then_updates_it_with_200() {
     )
     .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
-    assert_eq!(a.json(), json!({"id": "a1", "groups": ["web", "db"]}));
+    let mut created = a.json();
+    let key = created.as_object_mut().unwrap().remove("key");
+    assert!(
+        key.is_some_and(|k| k.is_string()),
+        "a new agent gets its key"
+    );
+    assert_eq!(created, json!({"id": "a1", "groups": ["web", "db"]}));
     let a = put(&app, "/api/v1/agents/a1", &json!({"groups": []})).await;
     assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(
+        a.json(),
+        json!({"id": "a1", "groups": []}),
+        "no key on update"
+    );
     assert_eq!(
         get(&app, "/api/v1/agents/a1").await.json(),
         json!({"id": "a1", "groups": []})
@@ -1222,6 +1238,21 @@ impl OrderStore for SlowPing {
     async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
         self.0.replace(current, next).await
     }
+    async fn next_due(
+        &self,
+        agent: &AgentId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.0.next_due(agent, now).await
+    }
+    async fn cancel_pending(
+        &self,
+        request: &RequestId,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        self.0.cancel_pending(request, now, limit).await
+    }
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         self.0.expire_due(now, limit).await
     }
@@ -1308,6 +1339,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
         ("/api/v1/requests/{request_id}", &["get"]),
         ("/api/v1/agents", &["get"]),
         ("/api/v1/agents/{agent_id}", &["put", "get", "delete"]),
+        ("/api/v1/agents/{agent_id}/key", &["post"]),
         ("/api/v1/agents/{agent_id}/poll", &["post"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
@@ -1321,7 +1353,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 14);
+    assert_eq!(paths.len(), 15);
     let mut operation_ids: Vec<&str> = paths
         .values()
         .flat_map(|item| item.as_object().unwrap().values())
@@ -1331,7 +1363,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
     operation_ids.sort_unstable();
     operation_ids.dedup();
     assert_eq!(operation_ids.len(), count, "operation ids are unique");
-    assert_eq!(count, 16);
+    assert_eq!(count, 17);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "ErrorBody",
@@ -1410,6 +1442,7 @@ async fn metrics_are_404_when_no_handle_is_given() {
     let state = AppState::new(
         manager_over(Arc::new(MemoryOrders::new()), Settings::default()),
         HttpSettings::default(),
+        AuthSettings::default(),
         None,
     );
     let app = App {

@@ -3,9 +3,11 @@
 //! * [`store`]: [`OrderStore`] (the durable orders stream) and [`AgentRegistry`];
 //! * [`notify`]: [`Notifier`], which wakes long-polls, and [`WakeHub`], its in-process half;
 //! * [`clock`]: [`Clock`] and the id sources;
+//! * [`auth`]: agents' keys ([`AgentKey`]) and constant-time comparison of secrets;
 //! * [`service`]: [`CommandManager`], the use cases the drivers call;
 //! * `testkit` (feature): the conformance suite every adapter runs, and test doubles.
 
+pub mod auth;
 pub mod clock;
 pub mod notify;
 pub mod service;
@@ -13,11 +15,12 @@ pub mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use auth::{AgentKey, NoRandomness};
 pub use clock::{Clock, FreshIds, SystemClock};
 pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
 pub use service::{
-    CancelError, CommandManager, Idempotency, MAX_PAGE_SIZE, MaintenanceRun, Ports, ReportError,
-    Settings, SubmitError, SubmitRequest, SubmittedRequest, metric,
+    CancelError, CommandManager, Idempotency, MAX_PAGE_SIZE, MaintenanceRun, Ports, Registered,
+    ReportError, Settings, SubmitError, SubmitRequest, SubmittedRequest, metric,
 };
 pub use store::{
     AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,

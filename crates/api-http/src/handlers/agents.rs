@@ -3,6 +3,8 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use axum::http::header::CACHE_CONTROL;
+use axum::response::{IntoResponse, Response};
 use cm_domain::{Agent, AgentId, GroupName};
 use cm_ports::Upserted;
 use serde::Serialize;
@@ -25,7 +27,35 @@ pub(crate) struct AgentPage {
     next: Option<AgentId>,
 }
 
-/// Registers an agent or replaces its groups.
+/// A registered agent, with its new key when it was just created.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RegisteredAgent {
+    #[schema(value_type = String)]
+    id: AgentId,
+    #[schema(value_type = Vec<String>)]
+    groups: Vec<GroupName>,
+    /// The agent's key, shown only here, once: the agent authenticates with
+    /// `Authorization: Basic base64(<id>:<key>)`. Absent when the agent already existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+/// An agent's new key.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct IssuedKey {
+    #[schema(value_type = String)]
+    id: AgentId,
+    /// Shown only here, once; the agent's previous key no longer works.
+    key: String,
+}
+
+/// An answer that carries a key must not be stored by any cache.
+fn uncached(status: StatusCode, body: impl Serialize) -> Response {
+    (status, [(CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+/// Registers an agent or replaces its groups. A new agent gets its key in the answer, once; an
+/// existing one keeps its key.
 #[utoipa::path(
     put,
     path = "/api/v1/agents/{agent_id}",
@@ -34,8 +64,8 @@ pub(crate) struct AgentPage {
     params(("agent_id" = String, Path, description = "The agent's id")),
     request_body(content = schema::AgentBody, content_type = "application/json"),
     responses(
-        (status = 201, description = "Registered", body = schema::Agent),
-        (status = 200, description = "Groups replaced", body = schema::Agent),
+        (status = 201, description = "Registered; the answer holds the agent's key, shown only this once", body = RegisteredAgent),
+        (status = 200, description = "Groups replaced; the key is unchanged and not shown", body = schema::Agent),
         (status = 400, description = "Malformed JSON or a field out of its rule", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
@@ -46,13 +76,52 @@ pub(crate) async fn put(
     State(state): State<AppState>,
     Param(id): Param<AgentId>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Agent>), ApiError> {
+) -> Result<Response, ApiError> {
     let agent = dto::agent(id, &body)?;
-    let status = match state.manager().put_agent(&agent).await? {
+    let registered = state.manager().put_agent(&agent).await?;
+    let status = match registered.upserted {
         Upserted::Created => StatusCode::CREATED,
         Upserted::Updated => StatusCode::OK,
     };
-    Ok((status, Json(agent)))
+    let body = RegisteredAgent {
+        id: agent.id().clone(),
+        groups: agent.groups().to_vec(),
+        key: registered.key.as_ref().map(|k| k.expose().to_owned()),
+    };
+    Ok(uncached(status, body))
+}
+
+/// Issues a new key for an agent; its previous key stops working at once. Also gives a first
+/// key to an agent registered without one (by Wazuh directly, say).
+#[utoipa::path(
+    post,
+    path = "/api/v1/agents/{agent_id}/key",
+    operation_id = "rotate_agent_key",
+    tag = "agents",
+    params(("agent_id" = String, Path, description = "The agent's id")),
+    responses(
+        (status = 200, description = "The new key, shown only this once", body = IssuedKey),
+        (status = 400, description = "`agent_id` out of its rule", body = ErrorBody),
+        (status = 404, description = "Not registered", body = ErrorBody),
+        (status = 503, description = "Storage unavailable; the previous key still works", body = ErrorBody),
+    )
+)]
+pub(crate) async fn rotate_key(
+    State(state): State<AppState>,
+    Param(id): Param<AgentId>,
+) -> Result<Response, ApiError> {
+    let key = state
+        .manager()
+        .rotate_agent_key(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no agent {id}")))?;
+    Ok(uncached(
+        StatusCode::OK,
+        IssuedKey {
+            id,
+            key: key.expose().to_owned(),
+        },
+    ))
 }
 
 /// One agent.

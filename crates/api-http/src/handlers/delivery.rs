@@ -9,6 +9,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::dto;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, Param, QueryParams};
@@ -32,7 +33,8 @@ pub(crate) struct Polled {
 
 /// Hands the agent up to `limit` of its deliverable orders, marking them `sent`. When there are
 /// none, waits up to `wait` seconds for one to arrive, and answers an empty list if none does
-/// (or the server is shutting down).
+/// (or the server is shutting down). Only the agent itself may poll; when the service's cap of
+/// open long-polls is reached a poll answers 503 at once.
 #[utoipa::path(
     post,
     path = "/api/v1/agents/{agent_id}/poll",
@@ -48,20 +50,28 @@ pub(crate) struct Polled {
     responses(
         (status = 200, description = "The orders handed out (empty when the wait ended)", body = Polled),
         (status = 400, description = "A parameter out of its rule, or an unknown parameter", body = ErrorBody),
-        (status = 503, description = "Storage unavailable; no order was handed out", body = ErrorBody),
+        (status = 403, description = "The credentials are another agent's", body = ErrorBody),
+        (status = 503, description = "Storage unavailable, or too many long-polls are open; no order was handed out", body = ErrorBody),
     )
 )]
 pub(crate) async fn poll(
     State(state): State<AppState>,
+    caller: Caller,
     Param(agent): Param<AgentId>,
     query: QueryParams,
 ) -> Result<Json<Polled>, ApiError> {
+    caller.must_be(&agent)?;
     let q = query.only(&["wait", "limit"])?;
     let wait = q
         .int("wait", 0, MAX_WAIT_SECS)?
         .unwrap_or(DEFAULT_WAIT_SECS);
     let limit = q.int("limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    // Held until the answer is built: the slot of this poll among the open ones.
+    let _slot = state.open_polls().try_acquire().map_err(|_| {
+        tracing::debug!(%agent, "too many open long-polls: refused a poll");
+        ApiError::Overloaded
+    })?;
     let manager = state.manager();
     if wait == 0 || state.is_shutting_down() {
         let orders = manager.poll(&agent, limit, Duration::ZERO).await?;
@@ -76,8 +86,8 @@ pub(crate) async fn poll(
     Ok(Json(Polled { orders }))
 }
 
-/// Records the agent's result for one of its delivered orders. Repeating the report the order
-/// already carries answers 200 and changes nothing.
+/// Records the agent's result for one of its delivered orders; only the order's agent may.
+/// Repeating the report the order already carries answers 200 and changes nothing.
 #[utoipa::path(
     post,
     path = "/api/v1/orders/{order_id}/result",
@@ -98,9 +108,11 @@ pub(crate) async fn poll(
 )]
 pub(crate) async fn report(
     State(state): State<AppState>,
+    caller: Caller,
     Param(id): Param<OrderId>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Order>, ApiError> {
     let report = dto::report(&body)?;
-    Ok(Json(state.manager().report(&id, &report, None).await?))
+    let reporter = caller.agent();
+    Ok(Json(state.manager().report(&id, &report, reporter).await?))
 }

@@ -1,18 +1,76 @@
-//! The agents registry, as managers see it.
+//! The agents registry, as managers see it, and agents' keys.
 
 use cm_domain::{Agent, AgentId, GroupName};
 
 use super::CommandManager;
 use super::orders::MAX_PAGE_SIZE;
+use crate::auth::{AgentKey, hash_key, verify_key};
 use crate::store::{AgentPageRequest, Page, StoreError, Upserted};
 
+/// The outcome of [`CommandManager::put_agent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub upserted: Upserted,
+    /// The agent's new key, issued only when the agent was created (`None` on an update, or in
+    /// the rare case that the agent was deleted again before its key could be stored). It is
+    /// shown once: only its hash is stored.
+    pub key: Option<AgentKey>,
+}
+
 impl CommandManager {
-    /// Registers an agent or replaces its groups.
+    /// Registers an agent or replaces its groups. A new agent gets a key (its hash is stored);
+    /// an existing one keeps its key.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails, or [`StoreError::Unavailable`] when the operating
+    /// system provides no randomness for the key (nothing is written then).
+    pub async fn put_agent(&self, agent: &Agent) -> Result<Registered, StoreError> {
+        // Drawn before anything is written, so that a failure leaves no agent without a key.
+        let key = AgentKey::generate()?;
+        let upserted = self.ports.agents.upsert(agent).await?;
+        let key = match upserted {
+            Upserted::Updated => None,
+            Upserted::Created => self
+                .ports
+                .agents
+                .set_key_hash(agent.id(), &key.hash())
+                .await?
+                .then_some(key),
+        };
+        Ok(Registered { upserted, key })
+    }
+
+    /// Issues a new key for `id`, replacing its old one (which stops working at once), or its
+    /// first one when it was registered without a key (by Wazuh directly, say). `None` when the
+    /// agent is not registered.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails or there is no randomness; the old key then still
+    /// works unless storage did change.
+    pub async fn rotate_agent_key(&self, id: &AgentId) -> Result<Option<AgentKey>, StoreError> {
+        let key = AgentKey::generate()?;
+        let stored = self.ports.agents.set_key_hash(id, &key.hash()).await?;
+        Ok(stored.then_some(key))
+    }
+
+    /// Whether `presented` is `id`'s key. `false` when the agent is unknown or has no key.
+    /// The comparison is made in constant time, and an unknown agent costs the same hashing
+    /// as a known one.
     ///
     /// # Errors
     /// [`StoreError`] when storage fails.
-    pub async fn put_agent(&self, agent: &Agent) -> Result<Upserted, StoreError> {
-        self.ports.agents.upsert(agent).await
+    pub async fn authenticate_agent(
+        &self,
+        id: &AgentId,
+        presented: &str,
+    ) -> Result<bool, StoreError> {
+        match self.ports.agents.key_hash(id).await? {
+            Some(stored) => Ok(verify_key(presented, &stored)),
+            None => {
+                let _ = verify_key(presented, &hash_key(""));
+                Ok(false)
+            }
+        }
     }
 
     /// # Errors
@@ -39,7 +97,8 @@ impl CommandManager {
         self.ports.agents.list(&page).await
     }
 
-    /// Removes an agent from the registry; its orders stay. `false` when it was not registered.
+    /// Removes an agent (and its key) from the registry; its orders stay. `false` when it was
+    /// not registered.
     ///
     /// # Errors
     /// [`StoreError`] when storage fails.

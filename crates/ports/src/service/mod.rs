@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use cm_domain::DeliveryPolicy;
 
+pub use self::agents::Registered;
 pub use self::delivery::ReportError;
 pub use self::maintenance::MaintenanceRun;
 pub use self::orders::{CancelError, MAX_PAGE_SIZE};

@@ -1,6 +1,7 @@
 //! Unit tests of the use cases over mockall doubles of every port: each test states which port
 //! calls a use case must make (and must not make) and what it answers to each port's failure.
 
+mod agents;
 mod delivery;
 mod maintenance;
 mod orders;
@@ -196,6 +197,18 @@ fn every_use_case_future_can_be_spawned_on_a_multi_threaded_runtime() {
     {
         let m = m.clone();
         spawnable(async move { m.apply_retention().await });
+    }
+    {
+        let m = m.clone();
+        spawnable(async move { m.put_agent(&self::agent("a1", &[])).await });
+    }
+    {
+        let m = m.clone();
+        spawnable(async move { m.rotate_agent_key(&agent_id("a1")).await });
+    }
+    {
+        let m = m.clone();
+        spawnable(async move { m.authenticate_agent(&agent_id("a1"), "key").await });
     }
     spawnable(async move { m.run_maintenance().await });
 }
