@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use cm_adapter_opensearch::OpenSearchSettings;
 use cm_adapter_postgres::PostgresSettings;
 use cm_adapter_sqlite::SqliteSettings;
 use cm_api_http::{AuthSettings, HttpSettings};
@@ -34,6 +35,8 @@ pub(crate) struct StorageConfig {
     pub(crate) backend: BackendKind,
     pub(crate) sqlite: SqliteSettings,
     pub(crate) postgres: PostgresSettings,
+    /// `[storage.opensearch]`: `CM_STORAGE__OPENSEARCH__URL`, `…__ORDERS_INDEX`, `…__AGENTS_INDEX`, …
+    pub(crate) opensearch: OpenSearchSettings,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -241,6 +244,9 @@ impl Config {
         }
         if self.storage.backend == BackendKind::Postgres && self.storage.postgres.url.is_empty() {
             return Err(bad("storage.postgres.url", "must not be empty"));
+        }
+        if self.storage.backend == BackendKind::Opensearch {
+            self.storage.opensearch.validate().map_err(ConfigError)?;
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| bad("log.level", &e.to_string()))?;

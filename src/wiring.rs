@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use cm_adapter_memory::{MemoryAgents, MemoryOrders};
+use cm_adapter_opensearch::OpenSearchBackend;
 use cm_adapter_postgres::PostgresBackend;
 use cm_adapter_sqlite::SqliteBackend;
 use cm_ports::{
@@ -22,6 +23,7 @@ enum Closer {
     Nothing,
     Sqlite(SqliteBackend),
     Postgres(Box<PostgresBackend>),
+    Opensearch(OpenSearchBackend),
 }
 
 impl Storage {
@@ -30,6 +32,7 @@ impl Storage {
             Closer::Nothing => {}
             Closer::Sqlite(b) => b.close().await,
             Closer::Postgres(b) => b.close().await,
+            Closer::Opensearch(b) => b.close().await,
         }
     }
 }
@@ -81,9 +84,14 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
                 closer: Closer::Postgres(Box::new(b)),
             })
         }
-        BackendKind::Opensearch => Err(StoreError::Unavailable(
-            "the opensearch backend is not part of this build yet".to_owned(),
-        )),
+        BackendKind::Opensearch => {
+            let b = OpenSearchBackend::open(&storage.opensearch).await?;
+            let notifier = b.notifier();
+            Ok(Storage {
+                ports: ports(Arc::new(b.clone()), Arc::new(b.clone()), Arc::new(notifier)),
+                closer: Closer::Opensearch(b),
+            })
+        }
     }
 }
 
@@ -96,8 +104,6 @@ pub(crate) async fn migrate(storage: &StorageConfig) -> Result<usize, StoreError
         BackendKind::Memory => Ok(0),
         BackendKind::Sqlite => SqliteBackend::migrate(&storage.sqlite).await,
         BackendKind::Postgres => PostgresBackend::migrate(&storage.postgres).await,
-        BackendKind::Opensearch => Err(StoreError::Unavailable(
-            "the opensearch backend is not part of this build yet".to_owned(),
-        )),
+        BackendKind::Opensearch => OpenSearchBackend::migrate(&storage.opensearch).await,
     }
 }

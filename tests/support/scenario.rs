@@ -5,12 +5,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use super::{Client, Service};
+use serde_json::{Value, json};
 
 fn command(target_type: &str, target_id: &str, action: &str, timeout: u64) -> Value {
     json!({
@@ -243,4 +242,3 @@ pub async fn whole_command_loop(env: &[(&str, &str)], durable: bool) {
         svc.stop();
     }
 }
-

@@ -2,7 +2,11 @@
 //!
 //! Kept small and quick to compile: the standard library and nothing else.
 
+mod bench;
+mod fuzz;
+mod opensearch;
 mod postgres;
+mod test;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,7 +16,14 @@ cargo xtask <command>
 
 commands:
   test        run every test, starting and stopping the backends they need
+              [--heavy] [-- <arguments for cargo test>]
   postgres    run a throwaway PostgreSQL in the foreground [--port P]; prints its URL
+  opensearch  run a throwaway single-node OpenSearch in the foreground [--port P] [--data DIR];
+              prints `opensearch ready <URL>`
+  fuzz        fuzz request parsing and domain validation [--secs N] [--target T]
+              (needs nightly and cargo-fuzz; not part of CI)
+  bench       benchmarks of every backend, side by side, into BENCHMARKS.md
+              [--backend memory|sqlite|postgres|opensearch|all] [--quick]
   help        this text
 ";
 
@@ -27,9 +38,12 @@ fn main() -> ExitCode {
             Ok(())
         }
         "postgres" => postgres::run(rest),
+        "bench" => bench::run(rest),
+        "test" => test::run(rest),
+        "fuzz" => fuzz::run(rest),
+        "opensearch" => opensearch::run(rest),
         other => Err(format!("unknown command {other:?}\n\n{HELP}")),
     };
-    let _ = rest;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -40,7 +54,6 @@ fn main() -> ExitCode {
 }
 
 /// The workspace root (the parent of this crate's directory).
-#[allow(dead_code)]
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -1,1 +1,440 @@
-//! placeholder
+//! The OpenSearch backend: the orders stream ([`cm_ports::OrderStore`]) in the Wazuh
+//! `wazuh-commands` index, the agents registry ([`cm_ports::AgentRegistry`]) in `wazuh-agents`,
+//! and a [`cm_ports::Notifier`] — a drop-in for Wazuh's command-manager plugin.
+//!
+//! * Layout: each order is one document with the domain's serde form (SPEC §2) and its order id
+//!   as `_id`; the composable index template `<orders_index>` for `<orders_index>*` carries
+//!   Wazuh's mapping plus explicit mappings for the fields this service adds, and also covers
+//!   the archive index. Created (or extended) by [`OpenSearchBackend::open`] and
+//!   [`OpenSearchBackend::migrate`].
+//! * Concurrency: every state change is a write conditional on the `_seq_no`/`_primary_term`
+//!   the change was computed from (compare-and-set), so concurrent polls, schedulers and
+//!   instances never apply two transitions to one order. Candidates come from searches (which
+//!   may be stale); the domain's predicates are applied to realtime reads (`_mget`, `GET`).
+//! * Visibility: searches see writes only after a refresh (every 5 s with Wazuh's template).
+//!   This instance remembers the orders it wrote since its last refresh and reads them in
+//!   realtime in claims (see `visibility`); claims refresh the index when the last refresh
+//!   is older than the poll interval (other instances' orders show up within it); listings
+//!   refresh after this instance wrote; maintenance batches refresh before each search.
+//!
+//! No `opensearch` type crosses the port: errors become [`StoreError`] in one place
+//! (`impl From<OsError> for StoreError`).
+
+mod agents;
+mod client;
+mod error;
+mod mapping;
+mod notify;
+mod orders;
+mod settings;
+mod visibility;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cm_domain::{Order, OrderId};
+use cm_ports::{StoreError, WakeHub};
+use opensearch::http::Method;
+use serde_json::{Value, json};
+
+use crate::client::Http;
+use crate::error::{OsError, corrupt, error_of, is_retryable};
+use crate::mapping::Fields;
+pub use crate::notify::OpenSearchNotifier;
+pub use crate::settings::OpenSearchSettings;
+use crate::visibility::{Fresh, RECENT_CAP, Visibility};
+
+/// Largest `size` of one search (OpenSearch's default `index.max_result_window`).
+const MAX_WINDOW: usize = 10_000;
+/// Attempts of a bulk item that failed with 429 / 5xx, and the first back-off (doubling).
+const BULK_ATTEMPTS: usize = 4;
+const BULK_BACKOFF: Duration = Duration::from_millis(100);
+/// Most orders (or agents) per bulk request.
+const BULK_CHUNK: usize = 2_000;
+
+/// The orders stream and agents registry in one OpenSearch cluster. Cheap to clone: clones
+/// share one client and one refresh bookkeeping.
+#[derive(Clone)]
+pub struct OpenSearchBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: Http,
+    orders: String,
+    agents: String,
+    archive: String,
+    fields: Fields,
+    poll_interval: Duration,
+    visibility: Visibility,
+    hub: WakeHub,
+}
+
+impl fmt::Debug for OpenSearchBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenSearchBackend")
+            .field("orders_index", &self.inner.orders)
+            .field("agents_index", &self.inner.agents)
+            .field("archive_index", &self.inner.archive)
+            .field("poll_interval", &self.inner.poll_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check(settings: &OpenSearchSettings) -> Result<Http, StoreError> {
+    settings.validate().map_err(StoreError::Unavailable)?;
+    Http::new(settings)
+}
+
+impl OpenSearchBackend {
+    /// Connects, and creates the index template and the indices when missing (adding this
+    /// service's fields to the mapping of indices that exist).
+    ///
+    /// # Errors
+    /// [`StoreError::Unavailable`] when the cluster cannot be reached (or a setting is
+    /// unusable); [`StoreError::Corrupt`] when an existing index maps a field incompatibly.
+    #[tracing::instrument(skip(settings), fields(url = %settings::redact_url(&settings.url)))]
+    pub async fn open(settings: &OpenSearchSettings) -> Result<Self, StoreError> {
+        let http = check(settings)?;
+        let ensured = mapping::ensure(&http, settings).await?;
+        tracing::info!(
+            orders_index = %settings.orders_index,
+            agents_index = %settings.agents_index,
+            created = ensured.created,
+            "opensearch storage open"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                http,
+                orders: settings.orders_index.clone(),
+                agents: settings.agents_index.clone(),
+                archive: settings.archive_index.clone(),
+                fields: ensured.fields,
+                poll_interval: settings.poll_interval(),
+                visibility: Visibility::new(),
+                hub: WakeHub::new(),
+            }),
+        })
+    }
+
+    /// Creates or updates the index template and creates missing indices (`command-manager
+    /// migrate`); returns how many templates and indices it created (0 when all existed).
+    ///
+    /// # Errors
+    /// As [`Self::open`].
+    #[tracing::instrument(skip(settings), fields(url = %settings::redact_url(&settings.url)))]
+    pub async fn migrate(settings: &OpenSearchSettings) -> Result<usize, StoreError> {
+        let http = check(settings)?;
+        let ensured = mapping::ensure(&http, settings).await?;
+        tracing::info!(
+            created = ensured.created,
+            "opensearch templates and indices in place"
+        );
+        Ok(ensured.created)
+    }
+
+    /// The notifier of this instance: wakes its long-polls on `notify`, and has every waiting
+    /// poll re-check each `poll_interval_ms`. Notifiers of one backend (and its clones) share
+    /// their waiting polls.
+    #[must_use]
+    pub fn notifier(&self) -> OpenSearchNotifier {
+        OpenSearchNotifier::new(self.inner.hub.clone(), self.inner.poll_interval)
+    }
+
+    /// Nothing to release (HTTP connections close when the last clone is dropped); kept so the
+    /// binary closes every backend alike.
+    pub async fn close(&self) {
+        tracing::debug!(orders_index = %self.inner.orders, "opensearch storage closed");
+    }
+
+    // ---- shared plumbing -------------------------------------------------------------------
+
+    fn http(&self) -> &Http {
+        &self.inner.http
+    }
+
+    fn visibility(&self) -> &Visibility {
+        &self.inner.visibility
+    }
+
+    /// Refreshes the orders index when `fresh` asks for it (one refresh at a time; those who
+    /// waited for it usually need none of their own).
+    async fn make_fresh(&self, fresh: Fresh) -> Result<(), StoreError> {
+        let v = self.visibility();
+        let ask = v.ask(fresh);
+        if !v.needs(&ask) {
+            return Ok(());
+        }
+        let _one_at_a_time = v.refreshing.lock().await;
+        if !v.needs(&ask) {
+            return Ok(());
+        }
+        let (covers, started) = v.refresh_starts();
+        self.http()
+            .ok(
+                Method::Post,
+                &format!("/{}/_refresh", self.inner.orders),
+                &[],
+                None,
+            )
+            .await?;
+        v.refreshed(covers, started);
+        Ok(())
+    }
+
+    /// Records a finished write of `orders` (read through `_mget` until a refresh covers it).
+    async fn wrote<'a>(&self, orders: impl IntoIterator<Item = &'a Order>) {
+        let v = self.visibility();
+        let n = v.wrote();
+        v.remember(n, orders);
+        if v.recent_len() > RECENT_CAP
+            && let Err(e) = self.make_fresh(Fresh::Always).await
+        {
+            tracing::warn!(error = %e, "refresh after many writes failed");
+        }
+    }
+
+    /// Sends bulk operations, retrying items that failed with 429 / 5xx (with back-off);
+    /// returns each operation's final outcome, in order.
+    async fn bulk(&self, ops: &[BulkOp], refresh: bool) -> Result<Vec<ItemOutcome>, StoreError> {
+        let mut outcomes: Vec<Option<ItemOutcome>> = vec![None; ops.len()];
+        for (chunk_start, chunk) in ops.chunks(BULK_CHUNK).enumerate() {
+            let base = chunk_start * BULK_CHUNK;
+            let mut todo: Vec<usize> = (0..chunk.len()).collect();
+            let mut delay = BULK_BACKOFF;
+            for attempt in 1..=BULK_ATTEMPTS {
+                let mut lines = Vec::with_capacity(todo.len() * 2);
+                for &i in &todo {
+                    lines.push(chunk[i].action.clone());
+                    if let Some(source) = &chunk[i].source {
+                        lines.push(source.clone());
+                    }
+                }
+                let query: &[(&str, &str)] = if refresh { &[("refresh", "true")] } else { &[] };
+                let answer = self.http().bulk(&lines, query).await?;
+                let mut again = Vec::new();
+                if answer.status == 429 && attempt < BULK_ATTEMPTS {
+                    again.clone_from(&todo);
+                } else {
+                    let body = answer.into_ok()?;
+                    let items = body["items"].as_array().ok_or_else(|| {
+                        OsError::Decode(format!("bulk answer without items: {body}"))
+                    })?;
+                    if items.len() != todo.len() {
+                        return Err(OsError::Decode(format!(
+                            "bulk answered {} items for {} operations",
+                            items.len(),
+                            todo.len()
+                        ))
+                        .into());
+                    }
+                    for (&i, item) in todo.iter().zip(items) {
+                        let outcome = ItemOutcome::read(item);
+                        if attempt < BULK_ATTEMPTS
+                            && matches!(outcome, ItemOutcome::Failed { status, .. } if is_retryable(status))
+                        {
+                            again.push(i);
+                        }
+                        outcomes[base + i] = Some(outcome);
+                    }
+                }
+                if again.is_empty() {
+                    break;
+                }
+                tracing::debug!(
+                    retrying = again.len(),
+                    attempt,
+                    "bulk items refused, retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                todo = again;
+            }
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or(ItemOutcome::Failed {
+                    status: 429,
+                    kind: "rejected".to_owned(),
+                    reason: "the cluster kept refusing the bulk request".to_owned(),
+                })
+            })
+            .collect())
+    }
+
+    /// Realtime reads of orders by id (missing ones left out).
+    async fn mget(&self, ids: &[String]) -> Result<Vec<Versioned>, StoreError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_WINDOW) {
+            let body = self
+                .http()
+                .ok(
+                    Method::Post,
+                    &format!("/{}/_mget", self.inner.orders),
+                    &[],
+                    Some(&json!({"ids": chunk})),
+                )
+                .await?;
+            let docs = body["docs"]
+                .as_array()
+                .ok_or_else(|| corrupt(format!("_mget answer without docs: {body}")))?;
+            for doc in docs {
+                if doc["found"] == true {
+                    out.push(Versioned::read(doc)?);
+                } else if doc.get("error").is_some() {
+                    let (kind, reason) = error_of(doc);
+                    return Err(StoreError::Unavailable(format!(
+                        "_mget of {} failed: {kind}: {reason}",
+                        doc["_id"]
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The hits of a search body on the orders index.
+    async fn search(&self, body: &Value) -> Result<Vec<Value>, StoreError> {
+        let answer = self
+            .http()
+            .ok(
+                Method::Post,
+                &format!("/{}/_search", self.inner.orders),
+                &[],
+                Some(body),
+            )
+            .await?;
+        search_hits(answer)
+    }
+}
+
+/// The `hits.hits` of a search answer.
+fn search_hits(mut answer: Value) -> Result<Vec<Value>, StoreError> {
+    match answer["hits"]["hits"].take() {
+        Value::Array(hits) => Ok(hits),
+        _ => Err(corrupt(format!("search answer without hits: {answer}"))),
+    }
+}
+
+/// One operation of a bulk request: the action line and, except for deletes, the document.
+#[derive(Debug, Clone)]
+struct BulkOp {
+    action: Value,
+    source: Option<Value>,
+}
+
+/// The outcome of one bulk item.
+#[derive(Debug, Clone)]
+enum ItemOutcome {
+    Done {
+        result: String,
+    },
+    Failed {
+        status: u16,
+        kind: String,
+        reason: String,
+    },
+}
+
+impl ItemOutcome {
+    /// From `{"<op>": {"status", "result"?, "error"?}}`.
+    fn read(item: &Value) -> Self {
+        let inner = item
+            .as_object()
+            .and_then(|m| m.values().next())
+            .cloned()
+            .unwrap_or(Value::Null);
+        let status = inner["status"]
+            .as_u64()
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(500);
+        if (200..300).contains(&status) && inner.get("error").is_none() {
+            Self::Done {
+                result: inner["result"].as_str().unwrap_or_default().to_owned(),
+            }
+        } else {
+            let (kind, reason) = error_of(&inner);
+            Self::Failed {
+                status,
+                kind,
+                reason,
+            }
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Failed { status, kind, .. }
+            if *status == 409 || kind == crate::error::kind::VERSION_CONFLICT)
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Self::Done { result } => result.clone(),
+            Self::Failed {
+                status,
+                kind,
+                reason,
+            } => format!("{status} {kind}: {reason}"),
+        }
+    }
+}
+
+/// An order as stored, with the document id and version a conditional write must name.
+///
+/// The document id is the order id for every order this service writes; documents another
+/// writer (the Wazuh plugin) stored under other ids are still claimed and maintained, through
+/// the id they have.
+#[derive(Debug, Clone)]
+struct Versioned {
+    id: String,
+    order: Order,
+    seq_no: i64,
+    primary_term: i64,
+}
+
+impl Versioned {
+    /// From a `GET`/`_mget` doc or a search hit with `seq_no_primary_term`.
+    fn read(doc: &Value) -> Result<Self, StoreError> {
+        let id = doc["_id"]
+            .as_str()
+            .ok_or_else(|| corrupt(format!("document without _id: {doc}")))?;
+        let order: Order = serde_json::from_value(doc["_source"].clone())
+            .map_err(|e| corrupt(format!("order document {id} does not decode: {e}")))?;
+        let (Some(seq_no), Some(primary_term)) =
+            (doc["_seq_no"].as_i64(), doc["_primary_term"].as_i64())
+        else {
+            return Err(corrupt(format!("document {id} came without its version")));
+        };
+        Ok(Self {
+            id: id.to_owned(),
+            order,
+            seq_no,
+            primary_term,
+        })
+    }
+
+    /// The change of this order into `next`, conditional on this version.
+    fn change(&self, next: Order) -> Change {
+        Change {
+            id: self.id.clone(),
+            next,
+            seq_no: self.seq_no,
+            primary_term: self.primary_term,
+        }
+    }
+}
+
+/// A write of `next` over document `id`, only if it is still at `seq_no`/`primary_term`.
+#[derive(Debug)]
+struct Change {
+    id: String,
+    next: Order,
+    seq_no: i64,
+    primary_term: i64,
+}
+
+fn doc_id(id: &OrderId) -> String {
+    id.to_string()
+}

@@ -1,0 +1,282 @@
+//! [`AgentRegistry`] over the agents index (`wazuh-agents`): documents
+//! `{"agent": {"id", "groups", …Wazuh's other fields}, "command_manager": {"key_hash"}}` with the
+//! agent id as `_id`. Our writes touch `agent.id`, `agent.groups` and `command_manager` only
+//! (partial `_update`s), so whatever else Wazuh keeps there survives; they refresh the index,
+//! so a submit right after a registration sees the new member.
+
+use async_trait::async_trait;
+use cm_domain::{Agent, AgentId, GroupName, KeyHash};
+use cm_ports::{AgentPageRequest, AgentRegistry, Page, StoreError, Upserted};
+use opensearch::http::Method;
+use serde_json::{Value, json};
+
+use crate::error::{OsError, corrupt, kind};
+use crate::{BulkOp, ItemOutcome, MAX_WINDOW, OpenSearchBackend};
+
+/// `agent.groups` as Wazuh may write it: a list, one string, or nothing.
+fn groups_of(value: &Value, id: &str) -> Result<Vec<GroupName>, StoreError> {
+    let raw: Vec<&Value> = match value {
+        Value::Null => Vec::new(),
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    raw.into_iter()
+        .map(|g| {
+            let name = g
+                .as_str()
+                .ok_or_else(|| corrupt(format!("agent {id}: a group that is not a string: {g}")))?;
+            GroupName::parse(name, "agent.groups")
+                .map_err(|e| corrupt(format!("agent {id}: group {name:?}: {}", e.message())))
+        })
+        .collect()
+}
+
+/// An agent from its document's `_source`.
+fn agent_of(source: &Value, doc_id: &str) -> Result<Agent, StoreError> {
+    let raw_id = source["agent"]["id"].as_str().unwrap_or(doc_id);
+    let id = AgentId::parse(raw_id, "agent.id")
+        .map_err(|e| corrupt(format!("agent document {doc_id}: {}", e.message())))?;
+    Ok(Agent::new(
+        id,
+        groups_of(&source["agent"]["groups"], raw_id)?,
+    ))
+}
+
+/// The partial document of an upsert: only the fields this service owns in Wazuh's layout.
+fn upsert_body(agent: &Agent) -> Value {
+    let groups: Vec<&str> = agent.groups().iter().map(GroupName::as_str).collect();
+    json!({
+        "doc": {"agent": {"id": agent.id().as_str(), "groups": groups}},
+        "doc_as_upsert": true
+    })
+}
+
+impl OpenSearchBackend {
+    fn group_query(&self, group: Option<&GroupName>) -> Value {
+        match group {
+            Some(g) => json!({"bool": {"filter": [
+                {"term": {&self.inner.fields.agent_groups: g.as_str()}}
+            ]}}),
+            None => json!({"match_all": {}}),
+        }
+    }
+
+    fn agent_path(&self, id: &AgentId) -> String {
+        format!("/{}/_doc/{}", self.inner.agents, id.as_str())
+    }
+
+    /// The `_source` of an agent's document (only `includes`), when it exists.
+    async fn agent_source(
+        &self,
+        id: &AgentId,
+        includes: &str,
+    ) -> Result<Option<Value>, StoreError> {
+        let answer = self
+            .http()
+            .call(
+                Method::Get,
+                &self.agent_path(id),
+                &[("_source_includes", includes)],
+                None,
+            )
+            .await?;
+        match answer.status {
+            200 => Ok(Some(answer.body["_source"].clone())),
+            404 if answer.body["found"] == false => Ok(None),
+            status => Err(OsError::from_answer(status, &answer.body).into()),
+        }
+    }
+}
+
+#[async_trait]
+impl AgentRegistry for OpenSearchBackend {
+    #[tracing::instrument(skip(self, agent), fields(agent = %agent.id()))]
+    async fn upsert(&self, agent: &Agent) -> Result<Upserted, StoreError> {
+        let body = self
+            .http()
+            .ok(
+                Method::Post,
+                &format!("/{}/_update/{}", self.inner.agents, agent.id().as_str()),
+                &[("refresh", "true"), ("retry_on_conflict", "5")],
+                Some(&upsert_body(agent)),
+            )
+            .await?;
+        Ok(if body["result"] == "created" {
+            Upserted::Created
+        } else {
+            Upserted::Updated
+        })
+    }
+
+    #[tracing::instrument(skip(self, agents), fields(agents = agents.len()))]
+    async fn upsert_many(&self, agents: &[Agent]) -> Result<u64, StoreError> {
+        if agents.is_empty() {
+            return Ok(0);
+        }
+        let ops: Vec<BulkOp> = agents
+            .iter()
+            .map(|a| BulkOp {
+                action: json!({"update": {
+                    "_index": self.inner.agents,
+                    "_id": a.id().as_str(),
+                    "retry_on_conflict": 5
+                }}),
+                source: Some(upsert_body(a)),
+            })
+            .collect();
+        let outcomes = self.bulk(&ops, true).await?;
+        let mut created = 0;
+        for (a, outcome) in agents.iter().zip(&outcomes) {
+            match outcome {
+                ItemOutcome::Done { result } if result == "created" => created += 1,
+                ItemOutcome::Done { .. } => {}
+                other => {
+                    return Err(StoreError::Unavailable(format!(
+                        "agent {} was not registered: {}",
+                        a.id(),
+                        other.describe()
+                    )));
+                }
+            }
+        }
+        Ok(created)
+    }
+
+    #[tracing::instrument(skip(self, hash), fields(agent = %id))]
+    async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError> {
+        let answer = self
+            .http()
+            .call(
+                Method::Post,
+                &format!("/{}/_update/{}", self.inner.agents, id.as_str()),
+                &[("retry_on_conflict", "5")],
+                Some(&json!({"doc": {"command_manager": {"key_hash": hash}}})),
+            )
+            .await?;
+        match answer.status {
+            200 => Ok(true),
+            404 if OsError::from_answer(404, &answer.body).is_kind(kind::DOCUMENT_MISSING) => {
+                Ok(false)
+            }
+            status => Err(OsError::from_answer(status, &answer.body).into()),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(agent = %id))]
+    async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
+        let Some(source) = self.agent_source(id, "command_manager").await? else {
+            return Ok(None);
+        };
+        match source["command_manager"]["key_hash"].as_str() {
+            None => Ok(None),
+            Some(raw) => KeyHash::parse(raw, "command_manager.key_hash")
+                .map(Some)
+                .map_err(|e| corrupt(format!("agent {id}: key hash: {}", e.message()))),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(agent = %id))]
+    async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
+        self.agent_source(id, "agent.id,agent.groups")
+            .await?
+            .map(|source| agent_of(&source, id.as_str()))
+            .transpose()
+    }
+
+    #[tracing::instrument(skip(self), fields(agent = %id))]
+    async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {
+        let answer = self
+            .http()
+            .call(
+                Method::Delete,
+                &self.agent_path(id),
+                &[("refresh", "true")],
+                None,
+            )
+            .await?;
+        match answer.status {
+            200 => Ok(true),
+            404 if answer.body["result"] == "not_found" => Ok(false),
+            status => Err(OsError::from_answer(status, &answer.body).into()),
+        }
+    }
+
+    #[tracing::instrument(skip(self, page), fields(group = ?page.group, size = page.size))]
+    async fn list(&self, page: &AgentPageRequest) -> Result<Page<Agent, AgentId>, StoreError> {
+        if page.size == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        let id_field = &self.inner.fields.agent_id;
+        let mut body = json!({
+            "size": page.size.min(MAX_WINDOW),
+            "track_total_hits": false,
+            "_source": ["agent.id", "agent.groups"],
+            "sort": [{id_field: "asc"}],
+            "query": self.group_query(page.group.as_ref())
+        });
+        if let Some(after) = &page.after {
+            body["search_after"] = json!([after.as_str()]);
+        }
+        let answer = self
+            .http()
+            .ok(
+                Method::Post,
+                &format!("/{}/_search", self.inner.agents),
+                &[],
+                Some(&body),
+            )
+            .await?;
+        let hits = crate::search_hits(answer)?;
+        let items = hits
+            .iter()
+            .map(|hit| agent_of(&hit["_source"], hit["_id"].as_str().unwrap_or_default()))
+            .collect::<Result<Vec<Agent>, StoreError>>()?;
+        let next = (items.len() == page.size)
+            .then(|| items.last().map(|a| a.id().clone()))
+            .flatten();
+        Ok(Page { items, next })
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn count(&self, group: Option<GroupName>) -> Result<u64, StoreError> {
+        let answer = self
+            .http()
+            .ok(
+                Method::Post,
+                &format!("/{}/_count", self.inner.agents),
+                &[],
+                Some(&json!({"query": self.group_query(group.as_ref())})),
+            )
+            .await?;
+        answer["count"]
+            .as_u64()
+            .ok_or_else(|| corrupt(format!("_count answer without count: {answer}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wazuh_agent_documents_decode_whatever_else_they_hold() {
+        let doc = json!({"agent": {
+            "id": "001", "name": "web-1", "groups": ["default", "linux"], "type": "endpoint",
+            "version": "v5.0.0", "status": "active", "key": "secret", "host": {"ip": "10.0.0.1"}
+        }});
+        let a = agent_of(&doc, "001").unwrap();
+        assert_eq!(a.id().as_str(), "001");
+        assert_eq!(
+            a.groups().iter().map(GroupName::as_str).collect::<Vec<_>>(),
+            ["default", "linux"]
+        );
+        let single = json!({"agent": {"id": "002", "groups": "default"}});
+        assert_eq!(agent_of(&single, "002").unwrap().groups().len(), 1);
+        let none = json!({"agent": {"id": "003"}});
+        assert!(agent_of(&none, "003").unwrap().groups().is_empty());
+        assert!(agent_of(&json!({"agent": {"id": "a b"}}), "x").is_err());
+    }
+}

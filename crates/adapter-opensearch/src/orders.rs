@@ -1,0 +1,824 @@
+//! [`OrderStore`] over the orders index.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use cm_domain::{AgentId, DeliveryPolicy, Order, OrderId, RequestId, Status};
+use cm_ports::{
+    Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
+    RetentionMode, StatusCounts, StoreError,
+};
+use opensearch::http::Method;
+use serde_json::{Value, json};
+
+use crate::error::{OsError, corrupt, kind};
+use crate::visibility::Fresh;
+use crate::{BulkOp, Change, ItemOutcome, MAX_WINDOW, OpenSearchBackend, Versioned, doc_id};
+
+/// Most search-and-write rounds of one claim (each round that loses a race to another poller
+/// goes again).
+const MAX_CLAIM_ROUNDS: usize = 32;
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn term(field: &str, value: impl Into<Value>) -> Value {
+    json!({"term": {field: value.into()}})
+}
+
+fn terms(field: &str, values: &[&str]) -> Value {
+    json!({"terms": {field: values}})
+}
+
+fn range(field: &str, op: &str, t: DateTime<Utc>) -> Value {
+    json!({"range": {field: {op: millis(t)}}})
+}
+
+/// Query order: `@timestamp`, then `order_id` (the order of [`OrderCursor`]).
+fn stream_order() -> Value {
+    json!([{"@timestamp": "asc"}, {"command.order_id": "asc"}])
+}
+
+/// Why an order cannot be indexed under Wazuh's mapping, if it cannot: `command.action.args`
+/// is mapped `object`, so an array of args must hold only objects (OpenSearch refuses an array
+/// of strings or numbers there).
+fn unindexable(order: &Order) -> Option<String> {
+    fn only_objects(v: &Value) -> bool {
+        match v {
+            Value::Array(items) => items.iter().all(only_objects),
+            Value::Object(_) | Value::Null => true,
+            _ => false,
+        }
+    }
+    let args = order.action().args();
+    (args.is_array() && !only_objects(args)).then(|| {
+        format!(
+            "order {}: action.args is an array holding non-object values, which the Wazuh \
+             mapping of command.action.args (object) cannot index; send an object (e.g. \
+             {{\"items\": [...]}}) or an array of objects",
+            order.order_id()
+        )
+    })
+}
+
+/// What one round of conditional writes did.
+#[derive(Debug, Default)]
+struct Written {
+    applied: Vec<Order>,
+    conflicts: usize,
+    failed: Vec<String>,
+}
+
+impl OpenSearchBackend {
+    fn agent_term(&self, agent: &AgentId) -> Value {
+        term(&self.inner.fields.order_agent, agent.as_str())
+    }
+
+    /// Writes each `next` only if the stored order still has the version it was computed from.
+    async fn write_conditionally(&self, changes: Vec<Change>) -> Result<Written, StoreError> {
+        if changes.is_empty() {
+            return Ok(Written::default());
+        }
+        let ops: Vec<BulkOp> = changes
+            .iter()
+            .map(|c| BulkOp {
+                action: json!({"index": {
+                    "_index": self.inner.orders,
+                    "_id": c.id,
+                    "if_seq_no": c.seq_no,
+                    "if_primary_term": c.primary_term
+                }}),
+                source: Some(serde_json::to_value(&c.next).unwrap_or(Value::Null)),
+            })
+            .collect();
+        let result = self.bulk(&ops, false).await;
+        let mut written = Written::default();
+        if let Ok(outcomes) = &result {
+            for (Change { next, .. }, outcome) in changes.into_iter().zip(outcomes) {
+                match outcome {
+                    ItemOutcome::Done { .. } => written.applied.push(next),
+                    o if o.is_conflict() => written.conflicts += 1,
+                    o => written
+                        .failed
+                        .push(format!("{}: {}", next.order_id(), o.describe())),
+                }
+            }
+        }
+        self.wrote(&written.applied).await;
+        result?;
+        Ok(written)
+    }
+
+    /// Ids, versions of a claim's candidates: `agent`'s orders that the index (as of its last
+    /// refresh) says are deliverable at `now`, oldest first, except `skip` (read by id instead).
+    async fn deliverable_candidates(
+        &self,
+        agent: &AgentId,
+        now: DateTime<Utc>,
+        size: usize,
+        skip: &[String],
+    ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let available = json!({"bool": {
+            "should": [
+                range("command.not_before", "lte", now),
+                {"bool": {
+                    "must_not": [{"exists": {"field": "command.not_before"}}],
+                    "filter": [range("@timestamp", "lte", now)]
+                }}
+            ],
+            "minimum_should_match": 1
+        }});
+        let body = json!({
+            "size": size,
+            "_source": false,
+            "seq_no_primary_term": true,
+            "track_total_hits": false,
+            "sort": stream_order(),
+            "query": {"bool": {
+                "filter": [self.agent_term(agent)],
+                "must_not": [{"ids": {"values": skip}}],
+                "should": [
+                    {"bool": {"filter": [
+                        term("command.status", Status::Pending.as_str()),
+                        range("delivery_timestamp", "gt", now),
+                        available
+                    ]}},
+                    {"bool": {"filter": [
+                        term("command.status", Status::Sent.as_str()),
+                        range("command.redeliver_at", "lte", now)
+                    ]}}
+                ],
+                "minimum_should_match": 1
+            }}
+        });
+        self.search(&body)
+            .await?
+            .iter()
+            .map(|hit| {
+                match (
+                    hit["_id"].as_str(),
+                    hit["_seq_no"].as_i64(),
+                    hit["_primary_term"].as_i64(),
+                ) {
+                    (Some(id), Some(seq), Some(term)) => Ok((id.to_owned(), seq, term)),
+                    _ => Err(corrupt(format!("search hit without id or version: {hit}"))),
+                }
+            })
+            .collect()
+    }
+
+    /// The recent orders of `agent` (written by this instance since the last refresh), as ids.
+    fn recent_ids(&self, agent: &AgentId) -> Vec<String> {
+        self.visibility().recent(agent).iter().map(doc_id).collect()
+    }
+
+    /// One maintenance batch: refresh, search up to `limit` candidates with their versions,
+    /// apply `step` (a domain transition) and write the results conditionally.
+    async fn sweep(
+        &self,
+        query: Value,
+        sort: Value,
+        limit: usize,
+        step: impl Fn(&Order) -> Option<Order>,
+    ) -> Result<Batch, StoreError> {
+        let candidates = self.sweep_candidates(query, sort, limit).await?;
+        let examined = candidates.len();
+        let changes = candidates
+            .iter()
+            .filter_map(|v| step(&v.order).map(|next| v.change(next)))
+            .collect();
+        let written = self.write_conditionally(changes).await?;
+        if !written.failed.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "{} of {examined} orders could not be changed: {}",
+                written.failed.len(),
+                written.failed.join("; ")
+            )));
+        }
+        Ok(Batch {
+            examined,
+            changed: written.applied.len(),
+        })
+    }
+
+    async fn sweep_candidates(
+        &self,
+        query: Value,
+        sort: Value,
+        limit: usize,
+    ) -> Result<Vec<Versioned>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Stale hits would end a drain early (a batch of orders changed meanwhile changes
+        // nothing): see everything written before this batch, by any instance.
+        self.make_fresh(Fresh::Always).await?;
+        let body = json!({
+            "size": limit.min(MAX_WINDOW),
+            "seq_no_primary_term": true,
+            "track_total_hits": false,
+            "sort": sort,
+            "query": query
+        });
+        self.search(&body)
+            .await?
+            .iter()
+            .map(Versioned::read)
+            .collect()
+    }
+
+    /// Moves finished orders to the archive: index each there (the latest version wins), then
+    /// delete it from the stream if it is still the version archived.
+    async fn archive(&self, candidates: &[Versioned]) -> Result<usize, StoreError> {
+        let copies: Vec<BulkOp> = candidates
+            .iter()
+            .map(|v| BulkOp {
+                action: json!({"index": {
+                    "_index": self.inner.archive,
+                    "_id": v.id
+                }}),
+                source: Some(serde_json::to_value(&v.order).unwrap_or(Value::Null)),
+            })
+            .collect();
+        let outcomes = self.bulk(&copies, false).await?;
+        let mut failed = Vec::new();
+        let mut archived = Vec::new();
+        for (v, outcome) in candidates.iter().zip(&outcomes) {
+            match outcome {
+                ItemOutcome::Done { .. } => archived.push(v),
+                other => failed.push(format!("{}: {}", v.order.order_id(), other.describe())),
+            }
+        }
+        let removed = self.delete_versions(&archived).await?;
+        if failed.is_empty() {
+            Ok(removed)
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "{} orders could not be archived: {}",
+                failed.len(),
+                failed.join("; ")
+            )))
+        }
+    }
+
+    /// Deletes each order if it is still at its version; returns how many were deleted.
+    async fn delete_versions(&self, versions: &[&Versioned]) -> Result<usize, StoreError> {
+        if versions.is_empty() {
+            return Ok(0);
+        }
+        let ops: Vec<BulkOp> = versions
+            .iter()
+            .map(|v| BulkOp {
+                action: json!({"delete": {
+                    "_index": self.inner.orders,
+                    "_id": v.id,
+                    "if_seq_no": v.seq_no,
+                    "if_primary_term": v.primary_term
+                }}),
+                source: None,
+            })
+            .collect();
+        let outcomes = self.bulk(&ops, false).await;
+        self.wrote(std::iter::empty()).await;
+        let mut deleted = 0;
+        let mut failed = Vec::new();
+        for (v, outcome) in versions.iter().zip(outcomes?) {
+            match &outcome {
+                ItemOutcome::Done { result } if result == "deleted" => deleted += 1,
+                // Gone or changed meanwhile (another instance's retention got there first).
+                ItemOutcome::Done { .. }
+                | ItemOutcome::Failed {
+                    status: 404 | 409, ..
+                } => {}
+                other => failed.push(format!("{}: {}", v.order.order_id(), other.describe())),
+            }
+        }
+        if failed.is_empty() {
+            Ok(deleted)
+        } else {
+            Err(StoreError::Unavailable(format!(
+                "{} orders could not be deleted: {}",
+                failed.len(),
+                failed.join("; ")
+            )))
+        }
+    }
+
+    fn filter_clauses(&self, f: &OrderFilter) -> Vec<Value> {
+        let mut clauses = Vec::new();
+        if let Some(s) = f.status {
+            clauses.push(term("command.status", s.as_str()));
+        }
+        if let Some(a) = &f.agent_id {
+            clauses.push(self.agent_term(a));
+        }
+        if let Some(t) = f.target_type {
+            clauses.push(term("command.target.type", t.as_str()));
+        }
+        if let Some(t) = &f.target_id {
+            clauses.push(term("command.target.id", t.as_str()));
+        }
+        if let Some(r) = &f.request_id {
+            clauses.push(term("command.request_id", r.to_string()));
+        }
+        if let Some(a) = &f.action {
+            clauses.push(term("command.action.name", a.as_str()));
+        }
+        if let Some(t) = f.since {
+            clauses.push(range("@timestamp", "gte", t));
+        }
+        if let Some(t) = f.until {
+            clauses.push(range("@timestamp", "lt", t));
+        }
+        clauses
+    }
+
+    /// Listings see this instance's own writes, and others' within the poll interval.
+    fn listing_freshness(&self) -> Fresh {
+        Fresh::IfDirtyOrOlder(self.inner.poll_interval)
+    }
+}
+
+/// The earliest instant after `now` at which `order` becomes deliverable by itself.
+fn due_after(order: &Order, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    match order.status() {
+        Status::Pending => Some(order.available_from()),
+        Status::Sent => order.redeliver_at(),
+        _ => None,
+    }
+    .filter(|t| *t > now)
+}
+
+/// A `min` aggregation's value (epoch milliseconds), when it has one.
+fn min_value(agg: &Value) -> Option<DateTime<Utc>> {
+    #[allow(clippy::cast_possible_truncation)] // dates are whole milliseconds
+    let millis = agg["t"]["value"].as_f64()? as i64;
+    Utc.timestamp_millis_opt(millis).single()
+}
+
+#[async_trait]
+impl OrderStore for OpenSearchBackend {
+    #[tracing::instrument(skip(self, orders), fields(orders = orders.len()))]
+    async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        if let Some(why) = orders.iter().find_map(unindexable) {
+            return Err(StoreError::Corrupt(why));
+        }
+        let ops: Vec<BulkOp> = orders
+            .iter()
+            .map(|o| BulkOp {
+                action: json!({"create": {"_index": self.inner.orders, "_id": doc_id(o.order_id())}}),
+                source: Some(serde_json::to_value(o).unwrap_or(Value::Null)),
+            })
+            .collect();
+        let result = self.bulk(&ops, false).await;
+        let mut created = Vec::new();
+        let mut failed = Vec::new();
+        if let Ok(outcomes) = &result {
+            for (o, outcome) in orders.iter().zip(outcomes) {
+                match outcome {
+                    ItemOutcome::Done { .. } => created.push(o),
+                    // Already stored: left as it is, not counted.
+                    other if other.is_conflict() => {}
+                    other => failed.push((o, other.clone())),
+                }
+            }
+        }
+        self.wrote(created.iter().copied()).await;
+        result?;
+        if let Some((o, outcome)) = failed.first() {
+            let message = format!(
+                "{} of {} orders were not written (first: order {}: {})",
+                failed.len(),
+                orders.len(),
+                o.order_id(),
+                outcome.describe()
+            );
+            // A document the mapping refuses will be refused again: not worth a retry.
+            let refused = failed.iter().all(|(_, f)| {
+                matches!(f, ItemOutcome::Failed { status, kind: k, .. }
+                    if *status == 400 || k == kind::MAPPER_PARSING)
+            });
+            return Err(if refused {
+                StoreError::Corrupt(message)
+            } else {
+                StoreError::Unavailable(message)
+            });
+        }
+        Ok(created.len() as u64)
+    }
+
+    #[tracing::instrument(skip(self), fields(order = %id))]
+    async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        Ok(self.get_versioned(id).await?.map(|v| v.order))
+    }
+
+    #[tracing::instrument(skip(self, filter, page))]
+    async fn query(
+        &self,
+        filter: &OrderFilter,
+        page: &OrderPageRequest,
+    ) -> Result<Page<Order, OrderCursor>, StoreError> {
+        if page.size == 0 {
+            return Ok(Page {
+                items: Vec::new(),
+                next: None,
+            });
+        }
+        self.make_fresh(self.listing_freshness()).await?;
+        let size = page.size.min(MAX_WINDOW);
+        let mut body = json!({
+            "size": size,
+            "track_total_hits": false,
+            "sort": stream_order(),
+            "query": {"bool": {"filter": self.filter_clauses(filter)}}
+        });
+        if let Some(after) = page.after {
+            body["search_after"] = json!([millis(after.created_at), doc_id(&after.order_id)]);
+        }
+        let items = self
+            .search(&body)
+            .await?
+            .iter()
+            .map(|hit| {
+                serde_json::from_value::<Order>(hit["_source"].clone()).map_err(|e| {
+                    corrupt(format!(
+                        "order document {} does not decode: {e}",
+                        hit["_id"]
+                    ))
+                })
+            })
+            .collect::<Result<Vec<Order>, StoreError>>()?;
+        let next = (items.len() == page.size)
+            .then(|| items.last().map(OrderCursor::after))
+            .flatten();
+        Ok(Page { items, next })
+    }
+
+    #[tracing::instrument(skip(self, policy), fields(agent = %agent))]
+    async fn claim(
+        &self,
+        agent: &AgentId,
+        limit: usize,
+        now: DateTime<Utc>,
+        policy: &DeliveryPolicy,
+    ) -> Result<Vec<Order>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Other instances' orders: visible once the index refreshed after they were written.
+        self.make_fresh(Fresh::IfOlder(self.inner.poll_interval))
+            .await?;
+        let mut claimed: Vec<Order> = Vec::new();
+        let mut refreshed = false;
+        for _ in 0..MAX_CLAIM_ROUNDS {
+            let want = limit - claimed.len();
+            let recent = self.recent_ids(agent);
+            let page = (want.saturating_mul(2) + 16).min(MAX_WINDOW);
+            let hits = self
+                .deliverable_candidates(agent, now, page, &recent)
+                .await?;
+            let full_page = hits.len() == page;
+            let taken: HashSet<String> = claimed.iter().map(|o| doc_id(o.order_id())).collect();
+            let mut ids: Vec<String> = recent;
+            ids.extend(hits.iter().map(|(id, _, _)| id.clone()));
+            let mut seen = HashSet::new();
+            ids.retain(|id| !taken.contains(id) && seen.insert(id.clone()));
+            if ids.is_empty() {
+                break;
+            }
+            // The domain decides, on realtime reads.
+            let current = self.mget(&ids).await?;
+            let by_id: HashMap<String, &Versioned> =
+                current.iter().map(|v| (v.id.clone(), v)).collect();
+            let stale = hits.iter().any(|(id, seq, term)| {
+                by_id.get(id).is_none_or(|v| {
+                    (v.seq_no, v.primary_term) != (*seq, *term) || !v.order.is_deliverable(now)
+                })
+            });
+            let mut due: Vec<&Versioned> = current
+                .iter()
+                .filter(|v| v.order.agent_id() == Some(agent) && v.order.is_deliverable(now))
+                .collect();
+            due.sort_by_key(|v| (v.order.created_at(), *v.order.order_id()));
+            due.truncate(want);
+            let changes: Vec<Change> = due
+                .iter()
+                .filter_map(|v| v.order.deliver(now, policy).ok().map(|next| v.change(next)))
+                .collect();
+            let mut conflicts = 0;
+            if !changes.is_empty() {
+                let written = self.write_conditionally(changes).await?;
+                conflicts = written.conflicts;
+                claimed.extend(written.applied);
+                if !written.failed.is_empty() {
+                    if claimed.is_empty() {
+                        return Err(StoreError::Unavailable(format!(
+                            "no order could be marked sent: {}",
+                            written.failed.join("; ")
+                        )));
+                    }
+                    break;
+                }
+            }
+            if claimed.len() >= limit {
+                break;
+            }
+            // A full page of stale hits may hide deliverable orders behind it: look again on
+            // a refreshed index.
+            let look_again = full_page && stale;
+            if look_again && !refreshed {
+                self.make_fresh(Fresh::Always).await?;
+                refreshed = true;
+            } else if conflicts == 0 && !look_again {
+                break;
+            }
+        }
+        claimed.sort_by_key(|o| (o.created_at(), *o.order_id()));
+        Ok(claimed)
+    }
+
+    #[tracing::instrument(skip(self, current, next), fields(order = %current.order_id()))]
+    async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
+        if current.order_id() != next.order_id() {
+            return Err(ReplaceError::Conflict);
+        }
+        let stored = self
+            .get_versioned(current.order_id())
+            .await?
+            .ok_or(ReplaceError::NotFound)?;
+        if stored.order != *current {
+            return Err(ReplaceError::Conflict);
+        }
+        let seq_no = stored.seq_no.to_string();
+        let primary_term = stored.primary_term.to_string();
+        let body = serde_json::to_value(next).map_err(|e| ReplaceError::Store(corrupt(e)))?;
+        let result = self
+            .http()
+            .call(
+                Method::Put,
+                &format!("/{}/_doc/{}", self.inner.orders, doc_id(next.order_id())),
+                &[
+                    ("if_seq_no", seq_no.as_str()),
+                    ("if_primary_term", primary_term.as_str()),
+                ],
+                Some(&body),
+            )
+            .await;
+        let applied = matches!(&result, Ok(a) if a.is_success());
+        self.wrote(applied.then_some(next)).await;
+        let answer = result?;
+        match answer.status {
+            200 | 201 => Ok(()),
+            409 => Err(ReplaceError::Conflict),
+            status => Err(OsError::from_answer(status, &answer.body).into()),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(agent = %agent))]
+    async fn next_due(
+        &self,
+        agent: &AgentId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.make_fresh(Fresh::IfOlder(self.inner.poll_interval))
+            .await?;
+        let recent = self.recent_ids(agent);
+        let pending = term("command.status", Status::Pending.as_str());
+        let body = json!({
+            "size": 0,
+            "track_total_hits": false,
+            "query": {"bool": {
+                "filter": [self.agent_term(agent)],
+                "must_not": [{"ids": {"values": recent}}]
+            }},
+            "aggs": {
+                "not_before": {
+                    "filter": {"bool": {"filter": [pending, range("command.not_before", "gt", now)]}},
+                    "aggs": {"t": {"min": {"field": "command.not_before"}}}
+                },
+                "created": {
+                    "filter": {"bool": {
+                        "filter": [pending, range("@timestamp", "gt", now)],
+                        "must_not": [{"exists": {"field": "command.not_before"}}]
+                    }},
+                    "aggs": {"t": {"min": {"field": "@timestamp"}}}
+                },
+                "redeliver": {
+                    "filter": {"bool": {"filter": [
+                        term("command.status", Status::Sent.as_str()),
+                        range("command.redeliver_at", "gt", now)
+                    ]}},
+                    "aggs": {"t": {"min": {"field": "command.redeliver_at"}}}
+                }
+            }
+        });
+        let answer = self
+            .http()
+            .ok(
+                Method::Post,
+                &format!("/{}/_search", self.inner.orders),
+                &[],
+                Some(&body),
+            )
+            .await?;
+        let aggs = &answer["aggregations"];
+        let from_index = ["not_before", "created", "redeliver"]
+            .iter()
+            .filter_map(|name| min_value(&aggs[*name]))
+            .min();
+        let from_recent = self
+            .mget(&recent)
+            .await?
+            .iter()
+            .filter(|v| v.order.agent_id() == Some(agent))
+            .filter_map(|v| due_after(&v.order, now))
+            .min();
+        Ok(from_index.into_iter().chain(from_recent).min())
+    }
+
+    #[tracing::instrument(skip(self), fields(request = %request))]
+    async fn cancel_pending(
+        &self,
+        request: &RequestId,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        let query = json!({"bool": {"filter": [
+            term("command.request_id", request.to_string()),
+            term("command.status", Status::Pending.as_str())
+        ]}});
+        self.sweep(query, stream_order(), limit, |o| o.cancel(now).ok())
+            .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
+        let query = json!({"bool": {"filter": [
+            term("command.status", Status::Pending.as_str()),
+            range("delivery_timestamp", "lte", now)
+        ]}});
+        let sort = json!([{"delivery_timestamp": "asc"}, {"command.order_id": "asc"}]);
+        self.sweep(query, sort, limit, |o| o.expire(now).ok()).await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn give_up_unreported(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        let query = json!({"bool": {"filter": [
+            terms("command.status", &[Status::Sent.as_str(), Status::InProgress.as_str()]),
+            range("command.result_deadline", "lte", now)
+        ]}});
+        let sort = json!([{"command.result_deadline": "asc"}, {"command.order_id": "asc"}]);
+        self.sweep(query, sort, limit, |o| o.give_up(now).ok())
+            .await
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn purge_finished(
+        &self,
+        cutoff: DateTime<Utc>,
+        mode: RetentionMode,
+        limit: usize,
+    ) -> Result<Batch, StoreError> {
+        let query = json!({"bool": {"filter": [
+            terms("command.status", &[Status::Success.as_str(), Status::Failure.as_str()]),
+            range("command.finished_at", "lte", cutoff)
+        ]}});
+        let sort = json!([{"command.finished_at": "asc"}, {"command.order_id": "asc"}]);
+        let candidates = self.sweep_candidates(query, sort, limit).await?;
+        let examined = candidates.len();
+        let due: Vec<Versioned> = candidates
+            .into_iter()
+            .filter(|v| v.order.finished_by(cutoff))
+            .collect();
+        let changed = match mode {
+            RetentionMode::Delete => {
+                self.delete_versions(&due.iter().collect::<Vec<_>>())
+                    .await?
+            }
+            RetentionMode::Archive => self.archive(&due).await?,
+        };
+        Ok(Batch { examined, changed })
+    }
+
+    #[tracing::instrument(skip(self), fields(order = %id))]
+    async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
+        let answer = self
+            .http()
+            .call(
+                Method::Get,
+                &format!("/{}/_doc/{}", self.inner.archive, doc_id(id)),
+                &[],
+                None,
+            )
+            .await?;
+        match answer.status {
+            200 => serde_json::from_value(answer.body["_source"].clone())
+                .map(Some)
+                .map_err(|e| corrupt(format!("archived order {id} does not decode: {e}"))),
+            404 if answer.body["found"] == false => Ok(None),
+            status => Err(OsError::from_answer(status, &answer.body).into()),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(request = %request))]
+    async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
+        self.make_fresh(self.listing_freshness()).await?;
+        let body = json!({
+            "size": 0,
+            "track_total_hits": false,
+            "query": {"bool": {"filter": [term("command.request_id", request.to_string())]}},
+            "aggs": {"status": {"terms": {"field": "command.status", "size": 16}}}
+        });
+        let answer = self
+            .http()
+            .ok(
+                Method::Post,
+                &format!("/{}/_search", self.inner.orders),
+                &[],
+                Some(&body),
+            )
+            .await?;
+        let buckets = answer["aggregations"]["status"]["buckets"]
+            .as_array()
+            .ok_or_else(|| corrupt(format!("status aggregation missing: {answer}")))?;
+        let mut counts = StatusCounts::default();
+        for bucket in buckets {
+            let key = bucket["key"].as_str().unwrap_or_default();
+            let status = Status::parse(key, "command.status")
+                .map_err(|_| corrupt(format!("unknown status {key:?} in request {request}")))?;
+            counts.add(status, bucket["doc_count"].as_u64().unwrap_or(0));
+        }
+        Ok(counts)
+    }
+
+    #[tracing::instrument(skip(self), fields(request = %request))]
+    async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError> {
+        // `_delete_by_query` sees only what the index has refreshed.
+        self.make_fresh(Fresh::Always).await?;
+        let answer = self
+            .http()
+            .ok(
+                Method::Post,
+                &format!("/{}/_delete_by_query", self.inner.orders),
+                &[("conflicts", "proceed"), ("refresh", "true")],
+                Some(&json!({"query": {"term": {"command.request_id": request.to_string()}}})),
+            )
+            .await;
+        self.wrote(std::iter::empty()).await;
+        let answer = answer?;
+        if let Some(failure) = answer["failures"].as_array().and_then(|f| f.first()) {
+            return Err(StoreError::Unavailable(format!(
+                "deleting the orders of request {request} failed: {failure}"
+            )));
+        }
+        Ok(answer["deleted"].as_u64().unwrap_or(0))
+    }
+
+    #[tracing::instrument(skip(self))]
+    async fn ping(&self) -> Result<(), StoreError> {
+        let answer = self
+            .http()
+            .call(Method::Head, &format!("/{}", self.inner.orders), &[], None)
+            .await?;
+        match answer.status {
+            200 => Ok(()),
+            404 => Err(StoreError::Unavailable(format!(
+                "the orders index {} does not exist",
+                self.inner.orders
+            ))),
+            status => Err(OsError::from_answer(status, &answer.body).into()),
+        }
+    }
+}
+
+impl OpenSearchBackend {
+    /// A realtime read of one order with its version.
+    async fn get_versioned(&self, id: &OrderId) -> Result<Option<Versioned>, StoreError> {
+        let answer = self
+            .http()
+            .call(
+                Method::Get,
+                &format!("/{}/_doc/{}", self.inner.orders, doc_id(id)),
+                &[],
+                None,
+            )
+            .await?;
+        match answer.status {
+            200 => Versioned::read(&answer.body).map(Some),
+            404 if answer.body["found"] == false => Ok(None),
+            404 if OsError::from_answer(404, &answer.body).is_kind(kind::INDEX_NOT_FOUND) => {
+                Err(StoreError::Corrupt(format!(
+                    "the orders index {} does not exist",
+                    self.inner.orders
+                )))
+            }
+            status => Err(OsError::from_answer(status, &answer.body).into()),
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! What only the OpenSearch backend promises beyond the conformance suite: the Wazuh document
+//! layout and index template read back raw from the node, Wazuh's agent documents left intact,
+//! the plugin's limits gone (10,000-agent fan-out, 10,000-order expiry in one run), several
+//! instances on one cluster, and indices the Wazuh plugin created still usable.
+//!
+//! Needs a node: `cargo xtask test` starts one; `OPENSEARCH_URL` points at one you run.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use cm_adapter_opensearch::OpenSearchBackend;
+use cm_domain::{Action, Command, DeliveryPolicy, Source, Target, TargetType, Timeout};
+use cm_ports::testkit::{Backend, OrderSpec, agent, agent_id, at};
+use cm_ports::{AgentRegistry, Notifier, OrderStore, Settings, StoreError, SubmitRequest};
+use common::{Cleanup, Raw, fresh_settings, open_fresh};
+use opensearch::http::Method;
+use serde_json::{Value, json};
+
+fn policy() -> DeliveryPolicy {
+    DeliveryPolicy {
+        redeliver_after: Some(chrono::Duration::seconds(60)),
+        result_timeout: Some(chrono::Duration::seconds(600)),
+    }
+}
+
+/// The ports of one instance (the test keeps its indices' [`Cleanup`] itself).
+fn ports(b: &OpenSearchBackend) -> Backend {
+    Backend {
+        orders: Arc::new(b.clone()),
+        agents: Arc::new(b.clone()),
+        notifier: Arc::new(b.notifier()) as Arc<dyn Notifier>,
+        guard: None,
+    }
+}
+
+fn restart(kind: TargetType, id: &str) -> Command {
+    Command::new(
+        Source::UsersServices,
+        Some("admin".into()),
+        Target::new(kind, id).expect("target"),
+        Action::new("restart", json!({}), "v5").expect("action"),
+        Timeout::new(300).expect("timeout"),
+    )
+    .expect("command")
+}
+
+/// The keys of a JSON object, sorted.
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+async fn raw_source(raw: &Raw, index: &str, id: &str) -> Value {
+    raw.get(&format!("/{index}/_doc/{id}")).await["_source"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_read_back_raw_have_exactly_the_wazuh_layout() {
+    let (b, s, _cleanup) = open_fresh().await;
+    let raw = Raw::new();
+    let order = OrderSpec::agent("a1")
+        .action("set-group", json!({"groups": ["group_a", "group_b"]}))
+        .build();
+    let server = OrderSpec::server("indexer-connector")
+        .action(
+            "update",
+            json!({"index": "wazuh-states-vulnerabilities", "offset": "1234"}),
+        )
+        .build();
+    b.insert(&[order.clone(), server.clone()])
+        .await
+        .expect("insert");
+
+    let doc = raw_source(&raw, &s.orders_index, &order.order_id().to_string()).await;
+    assert_eq!(doc, serde_json::to_value(&order).expect("json"));
+    assert_eq!(
+        keys(&doc),
+        ["@timestamp", "agent", "command", "delivery_timestamp"]
+    );
+    assert_eq!(keys(&doc["agent"]), ["groups", "id"]);
+    assert_eq!(
+        keys(&doc["command"]),
+        [
+            "action",
+            "order_id",
+            "request_id",
+            "source",
+            "status",
+            "target",
+            "timeout",
+            "user"
+        ]
+    );
+    assert_eq!(keys(&doc["command"]["action"]), ["args", "name", "version"]);
+    assert_eq!(keys(&doc["command"]["target"]), ["id", "type"]);
+    assert_eq!(doc["command"]["status"], "pending");
+    assert_eq!(
+        doc["command"]["action"]["args"],
+        json!({"groups": ["group_a", "group_b"]})
+    );
+    assert!(
+        doc["@timestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 24),
+        "millisecond UTC timestamps: {doc}"
+    );
+
+    let server_doc = raw_source(&raw, &s.orders_index, &server.order_id().to_string()).await;
+    assert_eq!(
+        keys(&server_doc),
+        ["@timestamp", "command", "delivery_timestamp"]
+    );
+    assert_eq!(
+        server_doc["command"]["target"],
+        json!({"type": "server", "id": "indexer-connector"})
+    );
+
+    // Delivered and reported: `result` appears, the additions stay beside Wazuh's fields.
+    let sent = b
+        .claim(&agent_id("a1"), 10, at(1), &policy())
+        .await
+        .expect("claim");
+    let report =
+        cm_domain::Report::new(cm_domain::ReportStatus::Success, 0, "ok", "done").expect("report");
+    let cm_domain::ReportOutcome::Applied(done) = sent[0].report(&report, at(2)).expect("report")
+    else {
+        panic!("report not applied");
+    };
+    b.replace(&sent[0], &done).await.expect("replace");
+    let doc = raw_source(&raw, &s.orders_index, &order.order_id().to_string()).await;
+    assert_eq!(doc["command"]["status"], "success");
+    assert_eq!(
+        doc["command"]["result"],
+        json!({"code": 0, "message": "ok", "data": "done"})
+    );
+    assert_eq!(
+        keys(&doc["command"]),
+        [
+            "action",
+            "deliveries",
+            "finished_at",
+            "order_id",
+            "request_id",
+            "result",
+            "sent_at",
+            "source",
+            "status",
+            "target",
+            "timeout",
+            "user"
+        ]
+    );
+}
+
+/// Every field of SPEC §2, as the node reports the mapping of the orders and archive indices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_template_maps_every_field_as_the_wazuh_template_does() {
+    let (_b, s, _cleanup) = open_fresh().await;
+    let raw = Raw::new();
+    let template = raw
+        .get(&format!("/_index_template/{}", s.orders_index))
+        .await;
+    let template = &template["index_templates"][0]["index_template"];
+    assert_eq!(
+        template["index_patterns"],
+        json!([format!("{}*", s.orders_index)])
+    );
+
+    for index in [&s.orders_index, &s.archive_index] {
+        let mapping = raw.get(&format!("/{index}/_mapping")).await;
+        let m = &mapping[index.as_str()]["mappings"];
+        assert_eq!(m["date_detection"], false, "{index}");
+        assert_ne!(m["dynamic"], "strict", "{index}: dynamic mapping on");
+        assert_ne!(m["dynamic"], false, "{index}: dynamic mapping on");
+        let field = |path: &str| {
+            let mut node = m;
+            for part in path.split('.') {
+                node = &node["properties"][part];
+            }
+            node.clone()
+        };
+        for date in ["@timestamp", "delivery_timestamp"] {
+            assert_eq!(field(date), json!({"type": "date"}), "{index} {date}");
+        }
+        for kw in [
+            "agent.groups",
+            "command.source",
+            "command.user",
+            "command.status",
+            "command.request_id",
+            "command.order_id",
+            "command.target.id",
+            "command.target.type",
+            "command.action.name",
+            "command.action.version",
+            "command.result.message",
+            "command.result.data",
+        ] {
+            assert_eq!(
+                field(kw),
+                json!({"type": "keyword", "ignore_above": 1024}),
+                "{index} {kw}"
+            );
+        }
+        // `object` is the default type of a field with properties: the node omits `type`.
+        let args = field("command.action.args");
+        assert!(
+            args["type"] == "object" || (args["type"].is_null() && args.is_object()),
+            "{index} command.action.args: {args}"
+        );
+        assert_ne!(args["enabled"], false);
+        for short in ["command.timeout", "command.result.code"] {
+            assert_eq!(field(short), json!({"type": "short"}), "{index} {short}");
+        }
+        // Our additions, typed so that range queries on them work.
+        for date in [
+            "command.not_before",
+            "command.sent_at",
+            "command.redeliver_at",
+            "command.result_deadline",
+            "command.finished_at",
+        ] {
+            assert_eq!(field(date), json!({"type": "date"}), "{index} {date}");
+        }
+        assert_eq!(field("command.deliveries"), json!({"type": "integer"}));
+        assert_eq!(
+            field("command.retry_of"),
+            json!({"type": "keyword", "ignore_above": 1024})
+        );
+        assert_eq!(
+            field("agent.id"),
+            json!({"type": "keyword", "ignore_above": 1024})
+        );
+
+        let settings = raw.get(&format!("/{index}/_settings")).await;
+        let i = &settings[index.as_str()]["settings"]["index"];
+        assert_eq!(i["number_of_shards"], "1", "{index}");
+        assert_eq!(i["number_of_replicas"], "0", "{index}");
+        assert_eq!(i["refresh_interval"], "5s", "{index}");
+        assert_eq!(
+            i["query"]["default_field"],
+            json!([
+                "command.source",
+                "command.target.type",
+                "command.status",
+                "command.action.name"
+            ]),
+            "{index}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_keeps_every_other_field_of_a_wazuh_agent_document() {
+    let (b, s, _cleanup) = open_fresh().await;
+    let raw = Raw::new();
+    let wazuh = json!({"agent": {
+        "id": "001", "name": "web-1", "groups": ["default"], "type": "endpoint",
+        "version": "v5.0.0", "status": "active", "last_login": "2026-01-01T00:00:00Z",
+        "key": "wazuh-enrollment-key", "host": {"ip": "10.0.0.1", "os": {"name": "Debian"}}
+    }});
+    let (status, body) = raw
+        .send(
+            Method::Put,
+            &format!("/{}/_doc/001?refresh=true", s.agents_index),
+            Some(&wazuh),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    assert_eq!(
+        AgentRegistry::get(&b, &agent_id("001")).await.expect("get"),
+        Some(agent("001", &["default"]))
+    );
+    assert_eq!(
+        b.upsert(&agent("001", &["default", "linux"]))
+            .await
+            .expect("upsert"),
+        cm_ports::Upserted::Updated
+    );
+    let hash = cm_domain::KeyHash::parse(&"e".repeat(64), "k").expect("hash");
+    assert!(b.set_key_hash(&agent_id("001"), &hash).await.expect("key"));
+    b.upsert_many(&[agent("001", &["linux"])])
+        .await
+        .expect("upsert");
+
+    let doc = raw_source(&raw, &s.agents_index, "001").await;
+    let mut expected = wazuh.clone();
+    expected["agent"]["groups"] = json!(["linux"]);
+    expected["command_manager"] = json!({"key_hash": "e".repeat(64)});
+    assert_eq!(doc, expected, "only agent.groups and our key hash changed");
+    assert_eq!(b.key_hash(&agent_id("001")).await.expect("key"), Some(hash));
+    assert_eq!(
+        b.count(Some(cm_ports::testkit::group("linux")))
+            .await
+            .expect("count"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_10000_agent_group_expands_into_10000_orders_in_one_submit() {
+    let (b, _s, _cleanup) = open_fresh().await;
+    let fleet: Vec<_> = (0..10_000)
+        .map(|i| agent(&format!("fleet-{i:05}"), &["Fleet"]))
+        .collect();
+    for chunk in fleet.chunks(5_000) {
+        b.upsert_many(chunk).await.expect("upsert");
+    }
+    let service = ports(&b).service(Settings::default());
+    let started = Instant::now();
+    let submitted = service
+        .submit(SubmitRequest {
+            commands: vec![restart(TargetType::Group, "Fleet")],
+            idempotency: None,
+        })
+        .await
+        .expect("submit");
+    let took = started.elapsed();
+    println!("fan-out: one submit expanded a 10,000-agent group into 10,000 orders in {took:.2?}");
+    assert_eq!(submitted[0].order_ids.len(), 10_000);
+    let counts = b
+        .progress(&submitted[0].request_id)
+        .await
+        .expect("progress");
+    assert_eq!(counts.pending, 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_expiry_run_expires_10000_overdue_orders() {
+    let (b, _s, _cleanup) = open_fresh().await;
+    let long_ago = Utc::now() - chrono::Duration::hours(2);
+    let spec = OrderSpec::agent("a1").created(long_ago).timeout(10);
+    for _ in 0..5 {
+        b.insert(&spec.many(2_000)).await.expect("insert");
+    }
+    let service = ports(&b).service(Settings::default());
+    let started = Instant::now();
+    let expired = service.expire_overdue().await.expect("expire");
+    let took = started.elapsed();
+    println!("expiry: one expire_overdue() run expired {expired} overdue orders in {took:.2?}");
+    assert_eq!(expired, 10_000);
+    let counts = b.progress(&spec.request).await.expect("progress");
+    assert_eq!((counts.failure, counts.pending), (10_000, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_delivers_an_order_within_about_a_poll_interval() {
+    let (first, settings, _cleanup) = open_fresh().await;
+    let second = OpenSearchBackend::open(&settings)
+        .await
+        .expect("second instance");
+    first.upsert(&agent("a1", &["Test"])).await.expect("upsert");
+    let submitter = ports(&first).service(Settings::default());
+    let poller = ports(&second).service(Settings::default());
+    // The second instance's poll waits with no notification from the first.
+    let waiting = tokio::spawn(async move {
+        poller
+            .poll(&agent_id("a1"), 10, Duration::from_secs(20))
+            .await
+            .expect("poll")
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let submitted = submitter
+        .submit(SubmitRequest {
+            commands: vec![restart(TargetType::Agent, "a1")],
+            idempotency: None,
+        })
+        .await
+        .expect("submit");
+    let got = waiting.await.expect("poller");
+    let took = started.elapsed();
+    println!(
+        "cross-instance: an order submitted through one instance reached a poll on another in {took:.2?}"
+    );
+    assert_eq!(
+        got.iter().map(|o| *o.order_id()).collect::<Vec<_>>(),
+        submitted[0].order_ids
+    );
+    assert!(
+        took < settings.poll_interval() * 3,
+        "within about one poll interval ({took:?})"
+    );
+    // And the first instance sees the delivery at once.
+    let stored = OrderStore::get(&first, &submitted[0].order_ids[0])
+        .await
+        .expect("get")
+        .expect("order");
+    assert_eq!(stored.status(), cm_domain::Status::Sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn args_the_wazuh_mapping_cannot_index_are_refused_not_retried() {
+    let (b, s, _cleanup) = open_fresh().await;
+    let scalars = OrderSpec::agent("a1")
+        .action("refresh", json!(["wazuh-states-inventory-system"]))
+        .build();
+    let started = Instant::now();
+    match b.insert(std::slice::from_ref(&scalars)).await {
+        Err(StoreError::Corrupt(message)) => assert!(message.contains("action.args"), "{message}"),
+        other => panic!("refused expected, got {other:?}"),
+    }
+    assert_eq!(
+        OrderStore::get(&b, scalars.order_id()).await.expect("get"),
+        None
+    );
+    // An array of objects fits `object`.
+    let objects = OrderSpec::agent("a1")
+        .action(
+            "refresh",
+            json!([{"index": "wazuh-states-inventory-system"}]),
+        )
+        .build();
+    assert_eq!(
+        b.insert(std::slice::from_ref(&objects))
+            .await
+            .expect("insert"),
+        1
+    );
+
+    // A value whose type clashes with what dynamic mapping already chose for the same
+    // argument is refused by the node: reported at once, not retried forever.
+    let number = OrderSpec::agent("a1")
+        .action("update", json!({"offset": 1234}))
+        .build();
+    assert_eq!(
+        b.insert(std::slice::from_ref(&number))
+            .await
+            .expect("insert"),
+        1
+    );
+    let text = OrderSpec::agent("a1")
+        .action("update", json!({"offset": "not a number"}))
+        .build();
+    match b.insert(std::slice::from_ref(&text)).await {
+        Err(StoreError::Corrupt(message)) => {
+            assert!(message.contains("mapper_parsing_exception"), "{message}");
+        }
+        other => panic!("refused expected, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no endless retry"
+    );
+    let raw = Raw::new();
+    let (status, _) = raw
+        .send(
+            Method::Get,
+            &format!("/{}/_doc/{}", s.orders_index, text.order_id()),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404, "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_creates_the_template_and_indices_once() {
+    let settings = fresh_settings();
+    let _cleanup = Cleanup::new(&settings);
+    assert_eq!(
+        OpenSearchBackend::migrate(&settings)
+            .await
+            .expect("migrate"),
+        4
+    );
+    assert_eq!(
+        OpenSearchBackend::migrate(&settings).await.expect("again"),
+        0
+    );
+    let b = OpenSearchBackend::open(&settings).await.expect("open");
+    b.ping().await.expect("ping");
+}
+
+/// An orders index the Wazuh plugin created (its template leaves `agent.id` to dynamic
+/// mapping, which makes it `text`) keeps working: claims filter on `agent.id.keyword`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_orders_index_made_by_the_wazuh_plugin_stays_usable() {
+    let settings = fresh_settings();
+    let _cleanup = Cleanup::new(&settings);
+    let raw = Raw::new();
+    let kw = json!({"type": "keyword", "ignore_above": 1024});
+    let plugin_mapping = json!({
+        "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0, "refresh_interval": "5s"}},
+        "mappings": {"date_detection": false, "dynamic": true, "properties": {
+            "@timestamp": {"type": "date"},
+            "delivery_timestamp": {"type": "date"},
+            "agent": {"properties": {"groups": kw}},
+            "command": {"properties": {
+                "source": kw, "user": kw, "status": kw, "request_id": kw, "order_id": kw,
+                "target": {"properties": {"id": kw, "type": kw}},
+                "action": {"properties": {"name": kw, "version": kw, "args": {"type": "object"}}},
+                "timeout": {"type": "short"},
+                "result": {"properties": {"code": {"type": "short"}, "message": kw, "data": kw}}
+            }}
+        }}
+    });
+    let (status, body) = raw
+        .send(
+            Method::Put,
+            &format!("/{}", settings.orders_index),
+            Some(&plugin_mapping),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // One document as the plugin writes it: `agent.id` becomes text + keyword.
+    let old = OrderSpec::agent("d5b250c4-dfa1-4d94-827f-9f99210dbe6c").build();
+    let (status, body) = raw
+        .send(
+            Method::Put,
+            &format!(
+                "/{}/_doc/{}?refresh=true",
+                settings.orders_index,
+                old.order_id()
+            ),
+            Some(&serde_json::to_value(&old).expect("json")),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let b = OpenSearchBackend::open(&settings)
+        .await
+        .expect("open on the plugin's index");
+    let got = b
+        .claim(
+            &agent_id("d5b250c4-dfa1-4d94-827f-9f99210dbe6c"),
+            10,
+            at(1),
+            &policy(),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].order_id(), old.order_id());
+    let mapping = raw
+        .get(&format!("/{}/_mapping", settings.orders_index))
+        .await;
+    let command = &mapping[settings.orders_index.as_str()]["mappings"]["properties"]["command"];
+    assert_eq!(
+        command["properties"]["redeliver_at"],
+        json!({"type": "date"}),
+        "our fields were added to the plugin's mapping"
+    );
+}

@@ -1,0 +1,253 @@
+//! The service on OpenSearch: the whole command loop, and the Wazuh plugin's own request
+//! examples on its compatibility route, checked against the raw index.
+//!
+//! Needs a node: `cargo xtask test` starts one; `OPENSEARCH_URL` points at one you run (start
+//! one with `cargo xtask opensearch`). Each test uses its own index prefix.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::scenario::whole_command_loop;
+use support::{Client, Service};
+
+fn node_url() -> String {
+    std::env::var("OPENSEARCH_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect(
+            "these tests need OpenSearch: run `cargo xtask test`, or start a node with \
+             `cargo xtask opensearch` and set OPENSEARCH_URL to the URL it prints",
+        )
+}
+
+/// The three indices of one test, deleted (with their template) when dropped.
+struct Indices {
+    node: String,
+    orders: String,
+    agents: String,
+    archive: String,
+}
+
+impl Indices {
+    fn fresh() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        let prefix = format!("e2e{}x{nanos}", std::process::id());
+        Self {
+            node: node_url(),
+            orders: format!("{prefix}-wazuh-commands"),
+            agents: format!("{prefix}-wazuh-agents"),
+            archive: format!("{prefix}-wazuh-commands-archive"),
+        }
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("CM_STORAGE__BACKEND", "opensearch".to_owned()),
+            ("CM_STORAGE__OPENSEARCH__URL", self.node.clone()),
+            ("CM_STORAGE__OPENSEARCH__ORDERS_INDEX", self.orders.clone()),
+            ("CM_STORAGE__OPENSEARCH__AGENTS_INDEX", self.agents.clone()),
+            (
+                "CM_STORAGE__OPENSEARCH__ARCHIVE_INDEX",
+                self.archive.clone(),
+            ),
+        ]
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.node.trim_end_matches('/'))
+    }
+}
+
+impl Drop for Indices {
+    fn drop(&mut self) {
+        let urls = [
+            self.url(&format!(
+                "/{},{},{}?ignore_unavailable=true",
+                self.orders, self.agents, self.archive
+            )),
+            self.url(&format!("/_index_template/{}", self.orders)),
+        ];
+        // `Drop` runs inside the test's runtime: delete from a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                let c = Client::default();
+                for url in urls {
+                    c.send("DELETE", &url, None).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_command_loop_on_opensearch_survives_a_restart() {
+    let indices = Indices::fresh();
+    let env = indices.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    whole_command_loop(&env, true).await;
+}
+
+/// The Wazuh plugin's request examples (its README and API spec), one request each.
+fn plugin_examples() -> Vec<(Value, usize)> {
+    vec![
+        (
+            json!({"commands": [{
+                "action": {"args": {}, "name": "restart", "version": "5.0.0"},
+                "source": "Users/Services",
+                "user": "Management API",
+                "timeout": 100,
+                "target": {"id": "d5b250c4-dfa1-4d94-827f-9f99210dbe6c", "type": "agent"}
+            }]}),
+            1,
+        ),
+        (
+            json!({"commands": [{
+                "action": {"args": {"groups": ["group_a", "group_b"]}, "name": "set-group", "version": "5.0.0"},
+                "source": "Users/Services",
+                "user": "Management API",
+                "timeout": 100,
+                "target": {"id": "group_000", "type": "group"}
+            }]}),
+            2,
+        ),
+        (
+            json!({"commands": [{
+                "action": {"args": {"index": "wazuh-states-vulnerabilities", "offset": "1234"}, "name": "update", "version": "5.0.0"},
+                "source": "Content manager",
+                "timeout": 100,
+                "target": {"id": "vulnerability-detector", "type": "server"}
+            }]}),
+            1,
+        ),
+        (
+            json!({"commands": [{
+                "action": {"args": {"index": ["wazuh-states-inventory-system"]}, "name": "refresh", "version": "5.0.0"},
+                "source": "Users/Services",
+                "user": "Management API",
+                "timeout": 100,
+                "target": {"id": "wazuh-indexer", "type": "server"}
+            }]}),
+            1,
+        ),
+    ]
+}
+
+fn keys(v: &Value) -> Vec<&str> {
+    let mut k: Vec<&str> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("an object: {v}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    k.sort_unstable();
+    k
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugins_own_requests_are_answered_like_the_plugin_and_land_in_the_index() {
+    let indices = Indices::fresh();
+    let env = indices.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let svc = Service::start(&env);
+    let c = Client::default();
+    for (id, groups) in [
+        ("d5b250c4-dfa1-4d94-827f-9f99210dbe6c", json!(["default"])),
+        ("001", json!(["group_000"])),
+        ("002", json!(["group_000", "default"])),
+    ] {
+        let (status, body) = c
+            .put(
+                &svc.url(&format!("/api/v1/agents/{id}")),
+                json!({"groups": groups}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let mut ids: Vec<(String, Value)> = Vec::new();
+    for (request, orders) in plugin_examples() {
+        let (status, body) = c
+            .post(
+                &svc.url("/_plugins/_command_manager/commands"),
+                request.clone(),
+            )
+            .await;
+        assert_eq!(status, 200, "{request}: {body}");
+        assert_eq!(body["result"], "OK", "{body}");
+        assert_eq!(body["_index"], "wazuh-commands", "{body}");
+        let answered = body["orders"].as_array().expect("orders");
+        assert_eq!(answered.len(), orders, "one _id per order: {body}");
+        for o in answered {
+            let id = o["_id"].as_str().expect("_id").to_owned();
+            ids.push((id, request["commands"][0].clone()));
+        }
+    }
+
+    let (status, _) = c
+        .send(
+            "POST",
+            &indices.url(&format!("/{}/_refresh", indices.orders)),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, count) = c
+        .get(&indices.url(&format!("/{}/_count", indices.orders)))
+        .await;
+    assert_eq!(status, 200, "{count}");
+    assert_eq!(count["count"].as_u64(), Some(ids.len() as u64));
+    assert_eq!(ids.len(), 5);
+
+    for (id, command) in &ids {
+        let (status, doc) = c
+            .get(&indices.url(&format!("/{}/_doc/{id}", indices.orders)))
+            .await;
+        assert_eq!(status, 200, "{doc}");
+        let source = &doc["_source"];
+        let server = command["target"]["type"] == "server";
+        let top: &[&str] = if server {
+            &["@timestamp", "command", "delivery_timestamp"]
+        } else {
+            &["@timestamp", "agent", "command", "delivery_timestamp"]
+        };
+        assert_eq!(keys(source), top, "{source}");
+        let mut expected_command = vec![
+            "action",
+            "order_id",
+            "request_id",
+            "source",
+            "status",
+            "target",
+            "timeout",
+        ];
+        if command.get("user").is_some() {
+            expected_command.push("user");
+        }
+        expected_command.sort_unstable();
+        assert_eq!(keys(&source["command"]), expected_command, "{source}");
+        assert_eq!(source["command"]["order_id"], json!(id));
+        assert_eq!(source["command"]["status"], "pending");
+        assert_eq!(
+            source["command"]["action"], command["action"],
+            "args verbatim"
+        );
+        assert_eq!(source["command"]["source"], command["source"]);
+        assert_eq!(source["command"]["timeout"], 100);
+        if server {
+            assert_eq!(source["command"]["target"], command["target"]);
+        } else {
+            assert_eq!(keys(&source["agent"]), ["groups", "id"]);
+            assert_eq!(source["command"]["target"]["type"], "agent");
+            assert_eq!(source["command"]["target"]["id"], source["agent"]["id"]);
+        }
+    }
+    svc.stop();
+}

@@ -1,0 +1,174 @@
+//! The service on PostgreSQL: the whole command loop, and two instances sharing one database.
+//!
+//! Needs a server: `cargo xtask test` starts one; `CM_TEST_POSTGRES_URL` (or `DATABASE_URL`)
+//! points at one you run. Each test creates its own database.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::{Connection, Executor};
+use support::scenario::whole_command_loop;
+use support::{Client, Service};
+
+fn server_url() -> String {
+    ["CM_TEST_POSTGRES_URL", "DATABASE_URL"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|u| !u.is_empty()))
+        .expect(
+            "these tests need PostgreSQL: run `cargo xtask test`, or start one with \
+             `cargo xtask postgres` and set CM_TEST_POSTGRES_URL",
+        )
+}
+
+/// A URL of a new, empty database on the test server.
+async fn fresh_database() -> String {
+    let base = server_url();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    let name = format!("cm_e2e_{}_{nanos}", std::process::id());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .expect("connect to the test server");
+    conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .await
+        .expect("create database");
+    conn.close().await.expect("close");
+    let (server, _db) = base.rsplit_once('/').expect("URL with a database");
+    format!("{server}/{name}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_command_loop_on_postgres_survives_a_restart() {
+    let url = fresh_database().await;
+    whole_command_loop(
+        &[
+            ("CM_STORAGE__BACKEND", "postgres"),
+            ("CM_STORAGE__POSTGRES__URL", &url),
+        ],
+        true,
+    )
+    .await;
+}
+
+/// The sum of `cm_order_transitions_total{to="failure",via="expired"}` in a metrics page.
+fn expired_count(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("cm_order_transitions_total{")
+                && l.contains("to=\"failure\"")
+                && l.contains("via=\"expired\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_database_deliver_across_instances_and_expire_each_order_once() {
+    let url = fresh_database().await;
+    let env = [
+        ("CM_STORAGE__BACKEND", "postgres"),
+        ("CM_STORAGE__POSTGRES__URL", url.as_str()),
+        ("CM_SCHEDULER__INTERVAL_SECS", "1"),
+    ];
+    let a = Service::start(&env);
+    let b = Service::start(&env);
+    let c = Client::default();
+
+    // An agent long-polls instance A; the command is submitted to instance B.
+    for id in ["a1", "x1", "x2", "x3", "x4", "x5"] {
+        let (status, body) = c
+            .put(
+                &a.url(&format!("/api/v1/agents/{id}")),
+                json!({"groups": ["Fleet"]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let poll = {
+        let c = c.clone();
+        let url = a.url("/api/v1/agents/a1/poll?wait=20");
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = c.post(&url, json!(null)).await;
+            (answer, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let submitted = Instant::now();
+    let (status, body) = c
+        .post(
+            &b.url("/api/v1/commands"),
+            json!({"commands": [{
+                "source": "Users/Services", "target": {"type": "agent", "id": "a1"},
+                "action": {"name": "restart", "args": {}, "version": "v5"}, "timeout": 300
+            }]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let ((status, answer), waited) = poll.await.expect("poller");
+    let latency = submitted.elapsed();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["orders"][0]["command"]["order_id"], body["requests"][0]["order_ids"][0],
+        "the poll on A received the order submitted to B"
+    );
+    assert!(
+        latency < Duration::from_secs(3) && waited < Duration::from_secs(10),
+        "delivered well inside the 20 s wait (after {latency:?})"
+    );
+
+    // 50 orders nobody polls, through B; both schedulers run every second.
+    let commands: Vec<_> = ["x1", "x2", "x3", "x4", "x5"]
+        .iter()
+        .flat_map(|agent| {
+            (0..10).map(move |i| {
+                json!({
+                    "source": "Engine", "target": {"type": "agent", "id": agent},
+                    "action": {"name": format!("job-{i}"), "args": {}, "version": "v1"}, "timeout": 1
+                })
+            })
+        })
+        .collect();
+    let (status, body) = c
+        .post(&b.url("/api/v1/commands"), json!({ "commands": commands }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let requests: Vec<String> = body["requests"]
+        .as_array()
+        .expect("requests")
+        .iter()
+        .map(|r| r["request_id"].as_str().expect("id").to_owned())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut expired = 0;
+        for r in &requests {
+            let (_, p) = c.get(&a.url(&format!("/api/v1/requests/{r}"))).await;
+            expired += p["failure"].as_u64().unwrap_or(0);
+        }
+        if expired == 50 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {expired} of 50 expired");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, metrics_a) = c.get(&a.url("/metrics")).await;
+    let (_, metrics_b) = c.get(&b.url("/metrics")).await;
+    let (ea, eb) = (
+        expired_count(metrics_a.as_str().unwrap_or_default()),
+        expired_count(metrics_b.as_str().unwrap_or_default()),
+    );
+    assert_eq!(
+        ea + eb,
+        50,
+        "each overdue order is expired exactly once (A: {ea}, B: {eb})"
+    );
+    a.stop();
+    b.stop();
+}
