@@ -83,7 +83,9 @@ impl Drop for PgServer {
 /// # Errors
 /// What to install.
 pub(crate) fn check() -> Result<(), String> {
-    find_bin_dir().map(|_| ()).ok_or_else(|| INSTALL_HINT.to_owned())
+    find_bin_dir()
+        .map(|_| ())
+        .ok_or_else(|| INSTALL_HINT.to_owned())
 }
 
 /// Starts a server on 127.0.0.1: on `port`, or on a free port when `None`.
