@@ -70,6 +70,8 @@ pub(crate) struct LimitsConfig {
     pub(crate) max_commands: usize,
     /// Most orders one submit may expand into.
     pub(crate) max_orders_per_request: u64,
+    /// How far ahead of now a command's `schedule.start_at` may lie, in seconds.
+    pub(crate) max_schedule_ahead_secs: u64,
     /// Longest long-poll wait a client may ask for, in seconds.
     pub(crate) max_poll_wait_secs: u64,
     /// Most orders one poll returns.
@@ -88,6 +90,7 @@ impl Default for LimitsConfig {
         Self {
             max_commands: s.max_commands,
             max_orders_per_request: s.max_orders_per_request,
+            max_schedule_ahead_secs: s.max_schedule_ahead.as_secs(),
             max_poll_wait_secs: s.max_poll_wait.as_secs(),
             max_poll_limit: s.max_poll_limit,
             write_batch: s.write_batch,
@@ -234,6 +237,13 @@ impl Config {
         if l.max_poll_limit > 1000 {
             return Err(bad("limits.max_poll_limit", "must be at most 1000"));
         }
+        // A start beyond 10 years is no schedule anyone means, and keeps `now + horizon` in range.
+        if l.max_schedule_ahead_secs > 10 * 366 * 24 * 3600 {
+            return Err(bad(
+                "limits.max_schedule_ahead_secs",
+                "must be at most 316224000 (10 years)",
+            ));
+        }
         if l.max_poll_wait_secs > 3600 {
             return Err(bad("limits.max_poll_wait_secs", "must be at most 3600"));
         }
@@ -260,6 +270,7 @@ impl Config {
         Settings {
             max_commands: l.max_commands,
             max_orders_per_request: l.max_orders_per_request,
+            max_schedule_ahead: Duration::from_secs(l.max_schedule_ahead_secs),
             write_batch: l.write_batch,
             expansion_page: l.expansion_page,
             delivery: cm_domain::DeliveryPolicy {

@@ -1,4 +1,5 @@
-//! The service on PostgreSQL: the whole command loop, and two instances sharing one database.
+//! The service on PostgreSQL: the whole command loop, two instances sharing one database, and
+//! rollout control of a 1,000-agent fleet.
 //!
 //! Needs a server: `cargo xtask test` starts one; `CM_TEST_POSTGRES_URL` (or `DATABASE_URL`)
 //! points at one you run. Each test creates its own database.
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::{Connection, Executor};
+use support::rollout::staggered_rollout_cancel_and_retry;
 use support::scenario::whole_command_loop;
 use support::{Client, Service};
 
@@ -171,4 +173,16 @@ async fn two_instances_on_one_database_deliver_across_instances_and_expire_each_
     );
     a.stop();
     b.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staggered_rollout_to_1000_agents_on_postgres_can_be_cancelled_and_its_failures_retried()
+{
+    let url = fresh_database().await;
+    let timings = staggered_rollout_cancel_and_retry(&[
+        ("CM_STORAGE__BACKEND", "postgres"),
+        ("CM_STORAGE__POSTGRES__URL", &url),
+    ])
+    .await;
+    println!("rollout on postgres: {timings:?}");
 }

@@ -2,6 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod rollout;
 pub mod scenario;
 
 use std::io::{BufRead, BufReader};

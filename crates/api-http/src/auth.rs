@@ -28,7 +28,10 @@ use cm_ports::auth::matches_any;
 use serde::Deserialize;
 
 use crate::error::ApiError;
-use crate::{AppState, HttpSettings, POLL_ROUTE, RESULT_ROUTE};
+use crate::{
+    AppState, HttpSettings, POLL_ROUTE, REQUEST_CANCEL_ROUTE, REQUEST_ORDERS_ROUTE,
+    REQUEST_RETRY_ROUTE, RESULT_ROUTE,
+};
 
 /// Shortest manager token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
@@ -122,6 +125,9 @@ pub(crate) fn role_of(route: &str) -> Role {
     match route {
         "/healthz" | "/readyz" | "/openapi.json" => Role::Open,
         POLL_ROUTE | RESULT_ROUTE => Role::Agent,
+        // Rollout control acts on a whole fleet at once: managers only, named here so that a
+        // change of the default cannot open them.
+        REQUEST_ORDERS_ROUTE | REQUEST_CANCEL_ROUTE | REQUEST_RETRY_ROUTE => Role::Manager,
         _ => Role::Manager,
     }
 }
@@ -342,6 +348,13 @@ mod tests {
         assert_eq!(role_of(POLL_ROUTE), Role::Agent);
         assert_eq!(role_of(RESULT_ROUTE), Role::Agent);
         assert_eq!(role_of("/metrics"), Role::Manager);
+        for route in [
+            REQUEST_ORDERS_ROUTE,
+            REQUEST_CANCEL_ROUTE,
+            REQUEST_RETRY_ROUTE,
+        ] {
+            assert_eq!(role_of(route), Role::Manager, "{route}");
+        }
         assert_eq!(role_of("/api/v1/some/new/route"), Role::Manager);
     }
 }

@@ -8,15 +8,18 @@
 use std::fmt::Write as _;
 
 use cm_domain::{
-    Action, Agent, AgentId, Command, FieldError, GroupName, Report, ReportStatus, Source, Target,
-    TargetType, Timeout,
+    Action, Agent, AgentId, Command, FieldError, GroupName, Report, ReportStatus, Schedule, Source,
+    Target, TargetType, Timeout,
 };
 use serde_json::{Map, Value};
 
 /// The fields of a submit body.
 pub(crate) const SUBMIT_FIELDS: &[&str] = &["commands"];
 /// The fields of one command.
-pub(crate) const COMMAND_FIELDS: &[&str] = &["source", "user", "target", "action", "timeout"];
+pub(crate) const COMMAND_FIELDS: &[&str] =
+    &["source", "user", "target", "action", "timeout", "schedule"];
+/// The fields of a command's `schedule` (SPEC §7).
+pub(crate) const SCHEDULE_FIELDS: &[&str] = &["start_at", "rollout_secs"];
 /// The fields of a command's `target`.
 pub(crate) const TARGET_FIELDS: &[&str] = &["type", "id"];
 /// The fields of a command's `action`.
@@ -86,7 +89,14 @@ impl<'a> Obj<'a> {
 
     /// An integer; one beyond the `i64` range is saturated so the domain's range rule names it.
     fn int(&self, name: &str) -> Result<i64, FieldError> {
-        let v = self.req(name)?;
+        self.integer(name, self.req(name)?)
+    }
+
+    fn opt_int(&self, name: &str) -> Result<Option<i64>, FieldError> {
+        self.opt(name).map(|v| self.integer(name, v)).transpose()
+    }
+
+    fn integer(&self, name: &str, v: &Value) -> Result<i64, FieldError> {
         v.as_i64()
             .or_else(|| v.as_u64().map(|_| i64::MAX))
             .ok_or_else(|| FieldError::new(self.at(name), "must be an integer"))
@@ -152,7 +162,14 @@ fn command(value: &Value) -> Result<Command, FieldError> {
         Action::new(name, args, a.string("version")?)?
     };
     let timeout = Timeout::new(o.int("timeout")?)?;
-    Command::new(source, user, target, action, timeout)
+    let schedule = match o.opt("schedule") {
+        Some(_) => {
+            let s = o.object("schedule", SCHEDULE_FIELDS)?;
+            Schedule::parse(s.opt_string("start_at")?, s.opt_int("rollout_secs")?)?
+        }
+        None => Schedule::default(),
+    };
+    Ok(Command::new(source, user, target, action, timeout)?.with_schedule(schedule))
 }
 
 /// A result report, `{"status", "code", "message"?, "data"?}`.
@@ -289,6 +306,65 @@ mod tests {
         let err = commands(&json!({"commands": [c]}), 100).unwrap_err();
         assert_eq!(err.field(), "commands[0].timeout");
         assert!(err.message().contains("32767"), "{}", err.message());
+    }
+
+    #[test]
+    fn a_schedule_is_optional_and_each_of_its_fields_too() {
+        let mut c = valid();
+        c["schedule"] = json!({"start_at": "2026-11-27T10:00:00Z", "rollout_secs": 600});
+        let cmds = commands(&json!({"commands": [c]}), 100).unwrap();
+        let s = cmds[0].schedule();
+        assert_eq!(
+            s.start_at().map(|t| t.to_rfc3339()),
+            Some("2026-11-27T10:00:00+00:00".to_owned())
+        );
+        assert_eq!(s.rollout_secs(), Some(600));
+        for schedule in [
+            json!({}),
+            json!(null),
+            json!({"start_at": null, "rollout_secs": null}),
+        ] {
+            let mut c = valid();
+            c["schedule"] = schedule;
+            let cmds = commands(&json!({"commands": [c]}), 100).unwrap();
+            assert_eq!(cmds[0].schedule(), &Schedule::default());
+        }
+        let cmds = commands(&json!({"commands": [valid()]}), 100).unwrap();
+        assert_eq!(cmds[0].schedule(), &Schedule::default());
+    }
+
+    #[test]
+    fn a_bad_schedule_is_named_by_its_path() {
+        for (schedule, field) in [
+            (json!("soon"), "commands[0].schedule"),
+            (json!({"start_at": "soon"}), "commands[0].schedule.start_at"),
+            (json!({"start_at": 5}), "commands[0].schedule.start_at"),
+            (
+                json!({"rollout_secs": -1}),
+                "commands[0].schedule.rollout_secs",
+            ),
+            (
+                json!({"rollout_secs": 1.5}),
+                "commands[0].schedule.rollout_secs",
+            ),
+            (
+                json!({"rollout_secs": "10"}),
+                "commands[0].schedule.rollout_secs",
+            ),
+            (
+                json!({"rollout_secs": u64::MAX}),
+                "commands[0].schedule.rollout_secs",
+            ),
+            (
+                json!({"rollout_secs": 604_801}),
+                "commands[0].schedule.rollout_secs",
+            ),
+            (json!({"every": "day"}), "commands[0].schedule.every"),
+        ] {
+            let mut c = valid();
+            c["schedule"] = schedule.clone();
+            assert_eq!(field_of(json!({"commands": [c]})), field, "{schedule}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cm_domain::{ExpansionError, FieldError};
-use cm_ports::{CancelError, ReportError, StoreError, SubmitError};
+use cm_ports::{CancelError, ReportError, RetryError, StoreError, SubmitError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -32,6 +32,9 @@ pub(crate) enum ApiError {
     UnsupportedMediaType,
     /// 422: a command did not expand into orders.
     Unprocessable(ExpansionError),
+    /// 422: a well-formed request that has nothing to act on; names the field that selected
+    /// nothing (a retry's `status`).
+    NothingMatched(FieldError),
     /// 503: storage failed or the request ran out of time; the cause was logged when this
     /// value was made.
     Unavailable,
@@ -64,7 +67,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unprocessable(_) | Self::NothingMatched(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -105,6 +108,11 @@ impl ApiError {
                 "unprocessable",
                 e.to_string(),
                 Some(format!("commands[{}]", e.index())),
+            ),
+            Self::NothingMatched(e) => (
+                "unprocessable",
+                format!("{}: {}", e.field(), e.message()),
+                Some(e.field().to_owned()),
             ),
             Self::Unavailable => (
                 "unavailable",
@@ -200,6 +208,20 @@ impl From<CancelError> for ApiError {
             CancelError::NotFound => Self::NotFound("no such order".to_owned()),
             e @ CancelError::NotPending(_) => Self::Conflict(e.to_string()),
             CancelError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<RetryError> for ApiError {
+    fn from(e: RetryError) -> Self {
+        match e {
+            RetryError::Invalid(e) => Self::Invalid(e),
+            RetryError::NotFound => Self::NotFound("no such request".to_owned()),
+            RetryError::NothingToRetry(status) => Self::NothingMatched(FieldError::new(
+                "status",
+                format!("no order of the request ended in {status}: nothing to retry"),
+            )),
+            RetryError::Unavailable(e) => e.into(),
         }
     }
 }

@@ -127,16 +127,35 @@ impl QueryParams {
     pub(crate) fn only(self, known: &[&str]) -> Result<Params, FieldError> {
         for (i, (name, _)) in self.0.iter().enumerate() {
             if !known.contains(&name.as_str()) {
-                return Err(FieldError::new(
-                    name.clone(),
-                    format!("is not a known parameter (known: {})", known.join(", ")),
-                ));
+                let message = if known.is_empty() {
+                    "is not a known parameter (this route takes none)".to_owned()
+                } else {
+                    format!("is not a known parameter (known: {})", known.join(", "))
+                };
+                return Err(FieldError::new(name.clone(), message));
             }
             if self.0[..i].iter().any(|(earlier, _)| earlier == name) {
                 return Err(FieldError::new(name.clone(), "must be given at most once"));
             }
         }
         Ok(Params(self.0))
+    }
+}
+
+/// The query string of a route that takes no parameters: any parameter answers 400 naming it,
+/// so a misspelt or misplaced one (`?status=` on a route that ignores it) is never silently
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct NoQuery;
+
+impl<S: Send + Sync> FromRequestParts<S> for NoQuery {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        QueryParams::from_request_parts(parts, state)
+            .await?
+            .only(&[])?;
+        Ok(Self)
     }
 }
 

@@ -232,6 +232,10 @@ impl fmt::Debug for AppState {
 pub(crate) const POLL_ROUTE: &str = "/api/v1/agents/{agent_id}/poll";
 /// The path template of the result report route.
 pub(crate) const RESULT_ROUTE: &str = "/api/v1/orders/{order_id}/result";
+/// The path templates of rollout control over a whole request (SPEC §7).
+pub(crate) const REQUEST_ORDERS_ROUTE: &str = "/api/v1/requests/{request_id}/orders";
+pub(crate) const REQUEST_CANCEL_ROUTE: &str = "/api/v1/requests/{request_id}/cancel";
+pub(crate) const REQUEST_RETRY_ROUTE: &str = "/api/v1/requests/{request_id}/retry";
 
 /// Every route of SPEC §3 with its middleware, over `state`.
 pub fn router(state: AppState) -> Router {
@@ -251,8 +255,11 @@ pub fn router(state: AppState) -> Router {
         .route(RESULT_ROUTE, post(handlers::delivery::report))
         .route(
             "/api/v1/requests/{request_id}",
-            get(handlers::orders::progress),
+            get(handlers::requests::progress),
         )
+        .route(REQUEST_ORDERS_ROUTE, get(handlers::requests::orders))
+        .route(REQUEST_CANCEL_ROUTE, post(handlers::requests::cancel))
+        .route(REQUEST_RETRY_ROUTE, post(handlers::requests::retry))
         .route("/api/v1/agents", get(handlers::agents::list))
         .route(
             "/api/v1/agents/{agent_id}",

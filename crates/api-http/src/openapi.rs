@@ -22,7 +22,10 @@ use crate::handlers;
         handlers::orders::list,
         handlers::orders::one,
         handlers::orders::cancel,
-        handlers::orders::progress,
+        handlers::requests::progress,
+        handlers::requests::orders,
+        handlers::requests::cancel,
+        handlers::requests::retry,
         handlers::agents::put,
         handlers::agents::one,
         handlers::agents::list,
@@ -39,7 +42,8 @@ use crate::handlers;
     modifiers(&Security),
     tags(
         (name = "commands", description = "Submitting command requests"),
-        (name = "orders", description = "Reading and cancelling orders, following requests"),
+        (name = "orders", description = "Reading and cancelling orders"),
+        (name = "requests", description = "Following and steering whole requests: progress, their orders, cancel, retry"),
         (name = "agents", description = "The agents registry"),
         (name = "delivery", description = "Agents receiving orders and reporting results"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
@@ -170,9 +174,29 @@ pub(crate) mod schema {
         user: Option<String>,
         target: Target,
         action: ActionBody,
-        /// The window, in seconds, in which the order must be delivered.
+        /// The window, in seconds, in which the order must be delivered, counted from its
+        /// `not_before`.
         #[schema(minimum = 1, maximum = 32767)]
         timeout: u16,
+        /// When the orders may first be handed out; without it, at once.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        schedule: Option<ScheduleBody>,
+    }
+
+    /// A command's start time and rollout window (SPEC §7): order `i` of `n` is not handed
+    /// out before `start_at + rollout_secs * i / n`.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct ScheduleBody {
+        /// RFC 3339; default (and any time in the past) now; at most
+        /// `limits.max_schedule_ahead_secs` (default 30 days) ahead.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(format = DateTime, example = "2026-11-27T22:00:00Z")]
+        start_at: Option<String>,
+        /// The window the orders are spread evenly over, in seconds; default 0 (all at the
+        /// start), at most 604800 (7 days).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 0, maximum = 604_800)]
+        rollout_secs: Option<u32>,
     }
 
     #[derive(Serialize, ToSchema)]
@@ -376,6 +400,10 @@ mod tests {
         assert_eq!(properties(&doc, "CommandBody"), sorted(dto::COMMAND_FIELDS));
         assert_eq!(properties(&doc, "Target"), sorted(dto::TARGET_FIELDS));
         assert_eq!(properties(&doc, "ActionBody"), sorted(dto::ACTION_FIELDS));
+        assert_eq!(
+            properties(&doc, "ScheduleBody"),
+            sorted(dto::SCHEDULE_FIELDS)
+        );
         assert_eq!(properties(&doc, "ReportBody"), sorted(dto::REPORT_FIELDS));
         assert_eq!(properties(&doc, "AgentBody"), sorted(dto::AGENT_FIELDS));
     }

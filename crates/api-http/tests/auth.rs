@@ -92,18 +92,26 @@ async fn every_route_answers_each_kind_of_credentials_with_its_expected_status()
         StatusCode::OK
     );
     let pending = submit(&app, command("server", "s")).await[0].clone();
-    let request_id = call(
-        &app,
-        Method::GET,
-        &format!("/api/v1/orders/{delivered}"),
-        &Cred::manager(),
-        None,
-    )
-    .await
-    .json()["command"]["request_id"]
-        .as_str()
-        .expect("request id")
-        .to_owned();
+    let request_of = |order: String| {
+        let app = &app;
+        async move {
+            call(
+                app,
+                Method::GET,
+                &format!("/api/v1/orders/{order}"),
+                &Cred::manager(),
+                None,
+            )
+            .await
+            .json()["command"]["request_id"]
+                .as_str()
+                .expect("request id")
+                .to_owned()
+        }
+    };
+    let request_id = request_of(delivered.clone()).await;
+    // The pending order's request: cancelled by its row, then re-run by the retry's row.
+    let pending_request = request_of(pending.clone()).await;
 
     let credentials = [
         Cred::None,
@@ -156,6 +164,27 @@ async fn every_route_answers_each_kind_of_credentials_with_its_expected_status()
             format!("/api/v1/requests/{request_id}"),
             None,
             manager_only(200),
+        ),
+        row(
+            Method::GET,
+            "/api/v1/requests/{request_id}/orders",
+            format!("/api/v1/requests/{request_id}/orders?status=sent"),
+            None,
+            manager_only(200),
+        ),
+        row(
+            Method::POST,
+            "/api/v1/requests/{request_id}/cancel",
+            format!("/api/v1/requests/{pending_request}/cancel"),
+            None,
+            manager_only(200),
+        ),
+        row(
+            Method::POST,
+            "/api/v1/requests/{request_id}/retry",
+            format!("/api/v1/requests/{pending_request}/retry?status=failure"),
+            None,
+            manager_only(201),
         ),
         row(
             Method::GET,

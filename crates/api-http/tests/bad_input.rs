@@ -66,6 +66,12 @@ impl Case {
         self.answers(400, "malformed_json", Some("body"))
     }
 
+    /// The same request sent to `uri` instead.
+    fn at(mut self, uri: &str) -> Self {
+        self.uri = uri.to_owned();
+        self
+    }
+
     fn answers(mut self, status: u16, code: &'static str, field: Option<&str>) -> Self {
         self.status = status;
         self.code = code;
@@ -161,6 +167,8 @@ fn cases() -> Vec<Case> {
     let poll = |q: &str| Case::new(M::POST, format!("/api/v1/agents/a1/poll?{q}"));
     let a1_result = || result(unknown_uuid());
     let c0 = |f: &str| format!("commands[0].{f}");
+    let request = |tail: &str| format!("/api/v1/requests/{}{tail}", unknown_uuid());
+    let schedule = |s: Value| cmd(move |c| c["schedule"] = s);
     let many: Vec<Value> = (0..101).map(|_| command("server", "s")).collect();
     vec![
         // ---- POST /api/v1/commands: the body's syntax
@@ -306,6 +314,49 @@ fn cases() -> Vec<Case> {
         submit()
             .json(cmd(|c| c["priority"] = json!(1)))
             .invalid(&c0("priority")),
+        // ---- a command's schedule (SPEC §7)
+        submit()
+            .json(schedule(json!("tomorrow")))
+            .invalid(&c0("schedule")),
+        submit().json(schedule(json!([]))).invalid(&c0("schedule")),
+        submit()
+            .json(schedule(json!({"start_at": "tomorrow"})))
+            .invalid(&c0("schedule.start_at")),
+        submit()
+            .json(schedule(json!({"start_at": "2026-11-27"})))
+            .invalid(&c0("schedule.start_at")),
+        submit()
+            .json(schedule(json!({"start_at": "2026-11-27T10:00:00"})))
+            .invalid(&c0("schedule.start_at")),
+        submit()
+            .json(schedule(json!({"start_at": 1_764_237_600})))
+            .invalid(&c0("schedule.start_at")),
+        submit()
+            .json(schedule(json!({"start_at": "9999-12-31T23:59:59Z"})))
+            .invalid(&c0("schedule.start_at")),
+        submit()
+            .json(schedule(
+                json!({"start_at": "2999-01-01T00:00:00Z", "rollout_secs": 1}),
+            ))
+            .invalid(&c0("schedule.start_at")),
+        submit()
+            .json(schedule(json!({"rollout_secs": -1})))
+            .invalid(&c0("schedule.rollout_secs")),
+        submit()
+            .json(schedule(json!({"rollout_secs": 604_801})))
+            .invalid(&c0("schedule.rollout_secs")),
+        submit()
+            .json(schedule(json!({"rollout_secs": u64::MAX})))
+            .invalid(&c0("schedule.rollout_secs")),
+        submit()
+            .json(schedule(json!({"rollout_secs": 2.5})))
+            .invalid(&c0("schedule.rollout_secs")),
+        submit()
+            .json(schedule(json!({"rollout_secs": "10"})))
+            .invalid(&c0("schedule.rollout_secs")),
+        submit()
+            .json(schedule(json!({"rollout_secs": 10, "repeat": true})))
+            .invalid(&c0("schedule.repeat")),
         // ---- well-formed but expanding to nothing: 422, nothing written
         submit()
             .json(cmd(|c| c["target"]["id"] = json!("ghost")))
@@ -471,6 +522,62 @@ fn cases() -> Vec<Case> {
             "not_found",
             None,
         ),
+        // ---- rollout control of a request: GET …/orders, POST …/cancel, POST …/retry
+        Case::new(M::GET, "/api/v1/requests/xyz/orders").invalid("request_id"),
+        Case::new(M::GET, request("/orders?status=done")).invalid("status"),
+        Case::new(M::GET, request("/orders?size=0")).invalid("size"),
+        Case::new(M::GET, request("/orders?size=1001")).invalid("size"),
+        Case::new(M::GET, request("/orders?after=garbage")).invalid("after"),
+        Case::new(M::GET, request("/orders?agent_id=a1")).invalid("agent_id"),
+        Case::new(M::GET, request("/orders?status=failure&status=success")).invalid("status"),
+        Case::new(M::GET, request("/orders")).answers(404, "not_found", None),
+        Case::new(M::POST, request("/orders")).answers(405, "method_not_allowed", None),
+        Case::new(M::POST, "/api/v1/requests/%00/cancel").invalid("request_id"),
+        Case::new(M::POST, "/api/v1/requests/..%2F/cancel").invalid("request_id"),
+        Case::new(M::POST, request("/cancel?force=true")).invalid("force"),
+        Case::new(M::POST, request("/cancel")).answers(404, "not_found", None),
+        Case::new(M::GET, request("/cancel")).answers(405, "method_not_allowed", None),
+        Case::new(M::POST, "/api/v1/requests/nope/retry").invalid("request_id"),
+        Case::new(M::POST, request("/retry?status=done")).invalid("status"),
+        Case::new(M::POST, request("/retry?status=pending")).invalid("status"),
+        Case::new(M::POST, request("/retry?status=sent")).invalid("status"),
+        Case::new(M::POST, request("/retry?status=in_progress")).invalid("status"),
+        Case::new(M::POST, request("/retry?status=")).invalid("status"),
+        Case::new(M::POST, request("/retry?status=failure&status=failure")).invalid("status"),
+        Case::new(M::POST, request("/retry?agents=a1")).invalid("agents"),
+        Case::new(M::POST, request("/retry")).answers(404, "not_found", None),
+        Case::new(M::POST, request("/retry?status=success")).answers(404, "not_found", None),
+        Case::new(M::GET, request("/retry")).answers(405, "method_not_allowed", None),
+        // ---- routes that take no query parameter name any they are given
+        submit()
+            .json(cmd(|_| {}))
+            .answers(400, "invalid_field", Some("dry_run"))
+            .at("/api/v1/commands?dry_run=1"),
+        Case::new(M::GET, format!("/api/v1/orders/{}?pretty", unknown_uuid())).invalid("pretty"),
+        Case::new(
+            M::POST,
+            format!("/api/v1/orders/{}/cancel?reason=x", unknown_uuid()),
+        )
+        .invalid("reason"),
+        a1_result()
+            .json(report(|_| {}))
+            .invalid("status")
+            .at(&format!(
+                "/api/v1/orders/{}/result?status=success",
+                unknown_uuid()
+            )),
+        Case::new(M::GET, request("?status=failure")).invalid("status"),
+        put_agent("a9")
+            .json(r#"{"groups": []}"#)
+            .invalid("groups")
+            .at("/api/v1/agents/a9?groups=g"),
+        Case::new(M::GET, "/api/v1/agents/a1?fields=id").invalid("fields"),
+        Case::new(M::DELETE, "/api/v1/agents/a1?force=1").invalid("force"),
+        Case::new(M::POST, "/api/v1/agents/a1/key?length=8").invalid("length"),
+        Case::new(M::GET, "/healthz?verbose=1").invalid("verbose"),
+        Case::new(M::GET, "/readyz?verbose=1").invalid("verbose"),
+        Case::new(M::GET, "/metrics?name=x").invalid("name"),
+        Case::new(M::GET, "/openapi.json?format=yaml").invalid("format"),
         // ---- GET /api/v1/agents
         agents("group=a%2Fb").invalid("group"),
         agents("group=").invalid("group"),

@@ -748,6 +748,373 @@ async fn request_progress_counts_orders_per_status_and_an_unknown_request_is_404
 }
 
 // ---------------------------------------------------------------------------------------------
+// Rollout control (SPEC §7)
+
+fn scheduled(kind: &str, id: &str, schedule: Value) -> Value {
+    let mut c = command(kind, id);
+    c["schedule"] = schedule;
+    c
+}
+
+async fn request_of(app: &App, order_id: &str) -> String {
+    order(app, order_id).await["command"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn millis(doc: &Value, field: &str) -> i64 {
+    DateTime::parse_from_rfc3339(doc.as_str().unwrap_or_else(|| panic!("{field}: {doc}")))
+        .unwrap()
+        .timestamp_millis()
+}
+
+#[tokio::test]
+async fn a_scheduled_group_spreads_its_orders_over_the_rollout_window() {
+    let app = app();
+    for i in 0..4 {
+        register(&app, &format!("a{i}"), &["g"]).await;
+    }
+    let start = Utc::now() + chrono::Duration::hours(1);
+    let start_text = start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let ids = submit(
+        &app,
+        &[scheduled(
+            "group",
+            "g",
+            json!({"start_at": start_text, "rollout_secs": 40}),
+        )],
+    )
+    .await;
+    let start = millis(&json!(start_text), "start");
+    for (i, id) in ids[0].iter().enumerate() {
+        let o = order(&app, id).await;
+        let not_before = millis(&o["command"]["not_before"], "not_before");
+        assert_eq!(not_before, start + 10_000 * i as i64, "order {i}");
+        assert_eq!(
+            millis(&o["delivery_timestamp"], "delivery_timestamp"),
+            not_before + 100_000,
+            "the deadline counts from not_before"
+        );
+    }
+    // Nothing is handed out before its time.
+    for i in 0..4 {
+        let polled = poll(&app, &format!("a{i}"), "wait=0").await.json();
+        assert_eq!(polled["orders"], json!([]));
+    }
+}
+
+#[tokio::test]
+async fn a_rollout_without_a_start_begins_now_and_hands_out_the_first_order_at_once() {
+    let app = app();
+    register(&app, "a1", &["g"]).await;
+    register(&app, "a2", &["g"]).await;
+    let ids = submit(
+        &app,
+        &[scheduled("group", "g", json!({"rollout_secs": 3600}))],
+    )
+    .await;
+    let first = poll(&app, "a1", "wait=0").await.json();
+    assert_eq!(ids_of(&first["orders"]), [ids[0][0].clone()]);
+    let second = poll(&app, "a2", "wait=0").await.json();
+    assert_eq!(second["orders"], json!([]), "due in half an hour");
+}
+
+#[tokio::test]
+async fn a_start_beyond_the_horizon_is_a_400_naming_it_and_nothing_is_written() {
+    let app = app_with(Settings {
+        max_schedule_ahead: Duration::from_secs(3600),
+        ..Settings::default()
+    });
+    register(&app, "a1", &[]).await;
+    let late = (Utc::now() + chrono::Duration::hours(2)).to_rfc3339();
+    let a = post(
+        &app,
+        "/api/v1/commands",
+        &body_of(&[
+            command("agent", "a1"),
+            scheduled("agent", "a1", json!({"start_at": late})),
+        ]),
+    )
+    .await;
+    a.names_field("commands[1].schedule.start_at");
+    assert_eq!(
+        get(&app, "/api/v1/orders").await.json()["orders"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn cancelling_a_request_fails_its_pending_orders_and_answers_the_counts() {
+    let app = app();
+    for i in 0..5 {
+        register(&app, &format!("a{i}"), &["g"]).await;
+    }
+    let ids = submit(&app, &[command("group", "g")]).await;
+    let request_id = request_of(&app, &ids[0][0]).await;
+    let polled = poll(&app, "a0", "wait=0").await.json();
+    assert_eq!(polled["orders"].as_array().unwrap().len(), 1);
+    let a = post_empty(&app, &format!("/api/v1/requests/{request_id}/cancel")).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(
+        a.json(),
+        json!({"request_id": request_id, "total": 5, "pending": 0, "sent": 1,
+               "in_progress": 0, "success": 0, "failure": 4})
+    );
+    for i in 1..5 {
+        let polled = poll(&app, &format!("a{i}"), "wait=0").await.json();
+        assert_eq!(polled["orders"], json!([]), "a{i}'s order was cancelled");
+    }
+    let again = post_empty(&app, &format!("/api/v1/requests/{request_id}/cancel")).await;
+    assert_eq!(
+        again.json()["failure"],
+        json!(4),
+        "a second cancel changes nothing"
+    );
+    post_empty(
+        &app,
+        &format!(
+            "/api/v1/requests/{}/cancel",
+            RequestId::from_uuid(uuid_from(5))
+        ),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_orders_of_a_request_are_filtered_by_status_and_paged() {
+    let app = app();
+    for i in 0..7 {
+        register(&app, &format!("a{i}"), &["g"]).await;
+    }
+    let ids = submit(&app, &[command("group", "g"), command("agent", "a0")]).await;
+    let request_id = request_of(&app, &ids[0][0]).await;
+    for i in 0..3 {
+        poll(&app, &format!("a{i}"), "wait=0&limit=1").await;
+    }
+    let mut seen = Vec::new();
+    let mut uri = format!("/api/v1/requests/{request_id}/orders?size=2");
+    loop {
+        let page = get(&app, &uri).await.json();
+        assert!(page["orders"].as_array().unwrap().len() <= 2);
+        seen.extend(ids_of(&page["orders"]));
+        match page["next"].as_str() {
+            Some(next) => {
+                uri = format!("/api/v1/requests/{request_id}/orders?size=2&after={next}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen, ids[0],
+        "every order of the request, none of the other"
+    );
+    let pending = get(
+        &app,
+        &format!("/api/v1/requests/{request_id}/orders?status=pending&size=1000"),
+    )
+    .await
+    .json();
+    assert_eq!(pending["orders"].as_array().unwrap().len(), 4);
+    assert!(
+        pending["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["command"]["status"] == json!("pending"))
+    );
+    let none = get(
+        &app,
+        &format!("/api/v1/requests/{request_id}/orders?status=success"),
+    )
+    .await;
+    assert_eq!(none.status, StatusCode::OK);
+    assert_eq!(none.json(), json!({"orders": [], "next": null}));
+    get(
+        &app,
+        &format!(
+            "/api/v1/requests/{}/orders",
+            RequestId::from_uuid(uuid_from(5))
+        ),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn retrying_a_request_re_runs_only_its_failed_targets_linked_by_retry_of() {
+    let app = app();
+    for i in 0..6 {
+        register(&app, &format!("a{i}"), &["g"]).await;
+    }
+    let ids = submit(&app, &[command("group", "g")]).await;
+    let request_id = request_of(&app, &ids[0][0]).await;
+    // a0 and a3 fail, a1, a2, a4 succeed, a5 never polls.
+    for i in 0..5 {
+        let polled = poll(&app, &format!("a{i}"), "wait=0").await.json();
+        let status = if i % 3 == 0 { "failure" } else { "success" };
+        let a = post(
+            &app,
+            &format!("/api/v1/orders/{}/result", ids_of(&polled["orders"])[0]),
+            &json!({"status": status, "code": 1}),
+        )
+        .await;
+        assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    }
+    let a = post_empty(&app, &format!("/api/v1/requests/{request_id}/retry")).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    let answer = a.json();
+    let requests = answer["requests"].as_array().unwrap();
+    assert_eq!(requests.len(), 1);
+    let retry_id = requests[0]["request_id"].as_str().unwrap().to_owned();
+    assert_ne!(retry_id, request_id);
+    let retried = get(&app, &format!("/api/v1/requests/{retry_id}/orders"))
+        .await
+        .json();
+    let answered: Vec<String> = requests[0]["order_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids_of(&retried["orders"]), answered);
+    let mut agents: Vec<&str> = retried["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            assert_eq!(o["command"]["retry_of"], json!(request_id));
+            assert_eq!(o["command"]["status"], json!("pending"));
+            assert_eq!(o["command"]["action"]["name"], json!("restart"));
+            assert_eq!(o["command"]["user"], json!("admin"));
+            assert_eq!(o["command"]["timeout"], json!(100));
+            o["agent"]["id"].as_str().unwrap()
+        })
+        .collect();
+    agents.sort_unstable();
+    assert_eq!(agents, ["a0", "a3"]);
+    // The successes can be re-run too; a status nobody ended in is a 422 naming it.
+    let a = post_empty(
+        &app,
+        &format!("/api/v1/requests/{request_id}/retry?status=success"),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    assert_eq!(
+        a.json()["requests"][0]["order_ids"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    let a = post_empty(
+        &app,
+        &format!("/api/v1/requests/{retry_id}/retry?status=success"),
+    )
+    .await;
+    let error = a.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(error["code"], json!("unprocessable"));
+    assert_eq!(error["field"], json!("status"));
+    post_empty(
+        &app,
+        &format!("/api/v1/requests/{request_id}/retry?status=sent"),
+    )
+    .await
+    .names_field("status");
+    post_empty(
+        &app,
+        &format!(
+            "/api/v1/requests/{}/retry",
+            RequestId::from_uuid(uuid_from(5))
+        ),
+    )
+    .await
+    .error(StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn routes_without_query_parameters_refuse_any_by_name_but_the_wazuh_route_ignores_them() {
+    let app = app();
+    register(&app, "a1", &[]).await;
+    let ids = submit(&app, &[command("agent", "a1")]).await;
+    let id = &ids[0][0];
+    let request_id = request_of(&app, id).await;
+    for (method, uri, param) in [
+        (
+            Method::GET,
+            format!("/api/v1/orders/{id}?verbose=1"),
+            "verbose",
+        ),
+        (Method::POST, format!("/api/v1/orders/{id}/cancel?x=1"), "x"),
+        (
+            Method::GET,
+            format!("/api/v1/requests/{request_id}?status=failure"),
+            "status",
+        ),
+        (
+            Method::POST,
+            format!("/api/v1/requests/{request_id}/cancel?all"),
+            "all",
+        ),
+        (
+            Method::GET,
+            "/api/v1/agents/a1?expand=keys".to_owned(),
+            "expand",
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/agents/a1?force=1".to_owned(),
+            "force",
+        ),
+        (Method::POST, "/api/v1/agents/a1/key?x=1".to_owned(), "x"),
+        (Method::GET, "/healthz?probe=1".to_owned(), "probe"),
+        (Method::GET, "/readyz?probe=1".to_owned(), "probe"),
+        (Method::GET, "/metrics?x=1".to_owned(), "x"),
+        (Method::GET, "/openapi.json?v=3".to_owned(), "v"),
+    ] {
+        let a = send(&app, request(method.clone(), &uri, None)).await;
+        a.names_field(param);
+        assert!(
+            a.text().contains("takes none"),
+            "{method} {uri}: {}",
+            a.text()
+        );
+    }
+    for (method, uri, param) in [
+        (Method::POST, "/api/v1/commands?dry_run=true", "dry_run"),
+        (Method::PUT, "/api/v1/agents/a2?groups=g", "groups"),
+    ] {
+        let body = if method == Method::PUT {
+            json!({"groups": []})
+        } else {
+            body_of(&[command("agent", "a1")])
+        };
+        send(&app, request(method, uri, Some(&body)))
+            .await
+            .names_field(param);
+    }
+    let o = order(&app, id).await;
+    assert_eq!(
+        o["command"]["status"],
+        json!("pending"),
+        "nothing was cancelled"
+    );
+    assert_eq!(
+        get(&app, "/api/v1/agents/a1").await.status,
+        StatusCode::OK,
+        "nothing was deleted"
+    );
+    let a = post(
+        &app,
+        "/_plugins/_command_manager/commands?pretty=true",
+        &body_of(&[command("agent", "a1")]),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+}
+
+// ---------------------------------------------------------------------------------------------
 // Agents
 
 #[tokio::test]
@@ -1337,6 +1704,9 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
         ("/api/v1/orders/{order_id}/cancel", &["post"]),
         ("/api/v1/orders/{order_id}/result", &["post"]),
         ("/api/v1/requests/{request_id}", &["get"]),
+        ("/api/v1/requests/{request_id}/orders", &["get"]),
+        ("/api/v1/requests/{request_id}/cancel", &["post"]),
+        ("/api/v1/requests/{request_id}/retry", &["post"]),
         ("/api/v1/agents", &["get"]),
         ("/api/v1/agents/{agent_id}", &["put", "get", "delete"]),
         ("/api/v1/agents/{agent_id}/key", &["post"]),
@@ -1353,7 +1723,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 15);
+    assert_eq!(paths.len(), 18);
     let mut operation_ids: Vec<&str> = paths
         .values()
         .flat_map(|item| item.as_object().unwrap().values())
@@ -1363,7 +1733,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
     operation_ids.sort_unstable();
     operation_ids.dedup();
     assert_eq!(operation_ids.len(), count, "operation ids are unique");
-    assert_eq!(count, 17);
+    assert_eq!(count, 20);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "ErrorBody",
@@ -1371,6 +1741,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
         "Order",
         "ReportBody",
         "AgentBody",
+        "ScheduleBody",
     ] {
         assert!(schemas.contains_key(name), "schema {name} is missing");
     }

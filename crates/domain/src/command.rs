@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::error::FieldError;
 use crate::ids::{AgentId, GroupName};
+use crate::schedule::Schedule;
 
 /// Longest value of a free-text keyword field (the Wazuh mapping's `ignore_above`).
 pub const MAX_KEYWORD_LEN: usize = 1024;
@@ -244,6 +245,7 @@ pub struct Command {
     target: Target,
     action: Action,
     timeout: Timeout,
+    schedule: Schedule,
 }
 
 impl Command {
@@ -265,7 +267,16 @@ impl Command {
             target,
             action,
             timeout,
+            schedule: Schedule::default(),
         })
+    }
+
+    /// The command with a start time and rollout window (SPEC §7); without one its orders
+    /// may be handed out at once.
+    #[must_use]
+    pub const fn with_schedule(mut self, schedule: Schedule) -> Self {
+        self.schedule = schedule;
+        self
     }
 
     #[must_use]
@@ -291,6 +302,11 @@ impl Command {
     #[must_use]
     pub const fn timeout(&self) -> Timeout {
         self.timeout
+    }
+
+    #[must_use]
+    pub const fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 }
 

@@ -7,9 +7,13 @@ use crate::command::{Command, Target, TargetType};
 use crate::error::ExpansionError;
 use crate::ids::{GroupName, IdSource, RequestId};
 use crate::order::{NewOrder, Order};
+use crate::schedule::Rollout;
 
 /// Builds the orders of one command. Members of a group are fed page by page, so a group of
 /// any size expands without being held in memory at once.
+///
+/// The command's [`crate::Schedule`] decides each order's `not_before`: order `slot` of
+/// [`Self::spread_over`]'s `n` starts at [`Rollout::not_before`]`(slot, n)`.
 #[derive(Debug, Clone)]
 pub struct Expander<'a> {
     command: &'a Command,
@@ -17,6 +21,8 @@ pub struct Expander<'a> {
     request_id: RequestId,
     now: DateTime<Utc>,
     retry_of: Option<RequestId>,
+    rollout: Rollout,
+    orders: u64,
 }
 
 impl<'a> Expander<'a> {
@@ -35,7 +41,17 @@ impl<'a> Expander<'a> {
             request_id,
             now,
             retry_of: None,
+            rollout: command.schedule().rollout(now),
+            orders: 1,
         }
+    }
+
+    /// How many orders the command expands to (a group's member count): the rollout window is
+    /// shared evenly among them. Default 1.
+    #[must_use]
+    pub const fn spread_over(mut self, orders: u64) -> Self {
+        self.orders = orders;
+        self
     }
 
     /// Marks the orders as a re-run of an earlier request.
@@ -55,22 +71,35 @@ impl<'a> Expander<'a> {
         self.index
     }
 
-    /// The order of `agent` (an agent target, or one member of a group target). Its target
-    /// becomes `{type: agent, id}` and it carries the agent's id and groups.
+    /// The order of `agent` (an agent target): the first slot of the rollout.
     #[must_use]
     pub fn agent_order(&self, agent: &Agent, ids: &mut dyn IdSource) -> Order {
+        self.agent_order_at(0, agent, ids)
+    }
+
+    /// The order of `agent` in rollout slot `slot` (0-based position among the command's
+    /// orders; the members of a group in expansion order). Its target becomes
+    /// `{type: agent, id}` and it carries the agent's id and groups.
+    #[must_use]
+    pub fn agent_order_at(&self, slot: u64, agent: &Agent, ids: &mut dyn IdSource) -> Order {
         let order_id = ids.order_id(&self.request_id, agent.id().as_str());
-        self.order(Target::agent(agent.id()), Some(agent), order_id)
+        self.order(Target::agent(agent.id()), Some(agent), order_id, slot)
     }
 
     /// The single order of a server target.
     #[must_use]
     pub fn server_order(&self, ids: &mut dyn IdSource) -> Order {
         let order_id = ids.order_id(&self.request_id, self.command.target().id());
-        self.order(self.command.target().clone(), None, order_id)
+        self.order(self.command.target().clone(), None, order_id, 0)
     }
 
-    fn order(&self, target: Target, agent: Option<&Agent>, order_id: crate::OrderId) -> Order {
+    fn order(
+        &self,
+        target: Target,
+        agent: Option<&Agent>,
+        order_id: crate::OrderId,
+        slot: u64,
+    ) -> Order {
         let c = self.command;
         Order::new(NewOrder {
             order_id,
@@ -82,7 +111,8 @@ impl<'a> Expander<'a> {
             action: c.action(),
             timeout: c.timeout(),
             now: self.now,
-            not_before: None,
+            // `Order::new` keeps it only when it lies after `now`.
+            not_before: Some(self.rollout.not_before(slot, self.orders)),
             retry_of: self.retry_of,
         })
     }
@@ -130,10 +160,11 @@ pub fn expand(
         TargetType::Group => {
             let group = GroupName::parse(command.target().id(), "target.id")
                 .map_err(|_| ex.nothing_to_expand())?;
-            agents
-                .iter()
-                .filter(|a| a.is_member_of(&group))
-                .map(|a| ex.agent_order(a, ids))
+            let members: Vec<&Agent> = agents.iter().filter(|a| a.is_member_of(&group)).collect();
+            let ex = ex.clone().spread_over(members.len() as u64);
+            (0u64..)
+                .zip(members)
+                .map(|(slot, a)| ex.agent_order_at(slot, a, ids))
                 .collect()
         }
     };
@@ -310,5 +341,75 @@ mod tests {
         .unwrap();
         let ids_of = |v: &[Order]| v.iter().map(|o| *o.order_id()).collect::<Vec<_>>();
         assert_eq!(ids_of(&a), ids_of(&b));
+    }
+
+    #[test]
+    fn a_scheduled_group_spreads_its_orders_over_the_window_and_counts_deadlines_from_them() {
+        let start = now() + chrono::Duration::seconds(60);
+        let schedule = crate::Schedule::parse(Some("2026-11-27T10:01:00Z"), Some(10)).unwrap();
+        let fleet: Vec<Agent> = (0..4).map(|i| agent(&format!("a{i}"), &["Test"])).collect();
+        let orders = expand(
+            &command(TargetType::Group, "Test").with_schedule(schedule),
+            0,
+            &fleet,
+            &mut ids(),
+            now(),
+        )
+        .unwrap();
+        let starts: Vec<_> = orders.iter().map(|o| o.not_before().unwrap()).collect();
+        let ms = chrono::Duration::milliseconds;
+        assert_eq!(
+            starts,
+            [start, start + ms(2500), start + ms(5000), start + ms(7500)]
+        );
+        for o in &orders {
+            assert_eq!(o.created_at(), now());
+            assert_eq!(o.available_from(), o.not_before().unwrap());
+            assert_eq!(
+                o.delivery_deadline(),
+                o.not_before().unwrap() + chrono::Duration::seconds(100)
+            );
+        }
+    }
+
+    #[test]
+    fn an_unscheduled_command_is_deliverable_at_once() {
+        let orders = expand(
+            &command(TargetType::Group, "Test"),
+            0,
+            &fleet(),
+            &mut ids(),
+            now(),
+        )
+        .unwrap();
+        assert!(orders.iter().all(|o| o.not_before().is_none()));
+        assert!(orders.iter().all(|o| o.available_from() == now()));
+    }
+
+    #[test]
+    fn a_rollout_from_now_leaves_the_first_order_without_not_before() {
+        let schedule = crate::Schedule::parse(None, Some(10)).unwrap();
+        let orders = expand(
+            &command(TargetType::Group, "Test").with_schedule(schedule),
+            0,
+            &fleet(),
+            &mut ids(),
+            now(),
+        )
+        .unwrap();
+        assert_eq!(orders[0].not_before(), None, "due at once");
+        assert_eq!(
+            orders[1].not_before(),
+            Some(now() + chrono::Duration::seconds(5))
+        );
+    }
+
+    #[test]
+    fn a_retry_carries_the_request_it_retries() {
+        let cmd = command(TargetType::Agent, "a1");
+        let earlier = RequestId::from_uuid(uuid::Uuid::from_u128(7));
+        let ex = Expander::new(&cmd, 0, ids().request_id(0), now()).retry_of(earlier);
+        let order = ex.agent_order(&agent("a1", &["Test"]), &mut ids());
+        assert_eq!(order.retry_of(), Some(&earlier));
     }
 }

@@ -1,5 +1,6 @@
-//! The pure rules of the command manager (SPEC §2): validated commands, expansion into orders,
-//! the order state machine, expiry and redelivery as functions of `now`.
+//! The pure rules of the command manager (SPEC §2, §7): validated commands, expansion into
+//! orders, the order state machine, expiry and redelivery as functions of `now`, and the spread
+//! of a rollout.
 //!
 //! Nothing here does I/O, reads a clock or draws randomness: time comes in as `now`, ids come in
 //! through [`IdSource`]. Every function is total and unit-tested.
@@ -11,6 +12,7 @@ mod expansion;
 mod ids;
 mod order;
 mod policy;
+mod schedule;
 pub mod time;
 
 pub use agent::Agent;
@@ -28,3 +30,4 @@ pub use order::{
     Report, ReportOutcome, ReportStatus, SERVICE_RESULT_CODE, Status,
 };
 pub use policy::DeliveryPolicy;
+pub use schedule::{Rollout, Schedule};

@@ -20,7 +20,7 @@ pub use clock::{Clock, FreshIds, SystemClock};
 pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
 pub use service::{
     CancelError, CommandManager, Idempotency, MAX_PAGE_SIZE, MaintenanceRun, Ports, Registered,
-    ReportError, Settings, SubmitError, SubmitRequest, SubmittedRequest, metric,
+    ReportError, RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest, metric,
 };
 pub use store::{
     AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,

@@ -14,7 +14,7 @@ use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::AppState;
 use crate::dto;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonBody, Param, QueryParams};
+use crate::extract::{JsonBody, NoQuery, Param, QueryParams};
 use crate::openapi::schema;
 
 /// One page of agents.
@@ -66,7 +66,7 @@ fn uncached(status: StatusCode, body: impl Serialize) -> Response {
     responses(
         (status = 201, description = "Registered; the answer holds the agent's key, shown only this once", body = RegisteredAgent),
         (status = 200, description = "Groups replaced; the key is unchanged and not shown", body = schema::Agent),
-        (status = 400, description = "Malformed JSON or a field out of its rule", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a field out of its rule, or a query parameter", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
@@ -75,6 +75,7 @@ fn uncached(status: StatusCode, body: impl Serialize) -> Response {
 pub(crate) async fn put(
     State(state): State<AppState>,
     Param(id): Param<AgentId>,
+    _: NoQuery,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let agent = dto::agent(id, &body)?;
@@ -101,7 +102,7 @@ pub(crate) async fn put(
     params(("agent_id" = String, Path, description = "The agent's id")),
     responses(
         (status = 200, description = "The new key, shown only this once", body = IssuedKey),
-        (status = 400, description = "`agent_id` out of its rule", body = ErrorBody),
+        (status = 400, description = "`agent_id` out of its rule, or a query parameter was given", body = ErrorBody),
         (status = 404, description = "Not registered", body = ErrorBody),
         (status = 503, description = "Storage unavailable; the previous key still works", body = ErrorBody),
     )
@@ -109,6 +110,7 @@ pub(crate) async fn put(
 pub(crate) async fn rotate_key(
     State(state): State<AppState>,
     Param(id): Param<AgentId>,
+    _: NoQuery,
 ) -> Result<Response, ApiError> {
     let key = state
         .manager()
@@ -133,7 +135,7 @@ pub(crate) async fn rotate_key(
     params(("agent_id" = String, Path, description = "The agent's id")),
     responses(
         (status = 200, description = "The agent", body = schema::Agent),
-        (status = 400, description = "`agent_id` out of its rule", body = ErrorBody),
+        (status = 400, description = "`agent_id` out of its rule, or a query parameter was given", body = ErrorBody),
         (status = 404, description = "Not registered", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
@@ -141,6 +143,7 @@ pub(crate) async fn rotate_key(
 pub(crate) async fn one(
     State(state): State<AppState>,
     Param(id): Param<AgentId>,
+    _: NoQuery,
 ) -> Result<Json<Agent>, ApiError> {
     state
         .manager()
@@ -200,7 +203,7 @@ pub(crate) async fn list(
     params(("agent_id" = String, Path, description = "The agent's id")),
     responses(
         (status = 204, description = "Removed"),
-        (status = 400, description = "`agent_id` out of its rule", body = ErrorBody),
+        (status = 400, description = "`agent_id` out of its rule, or a query parameter was given", body = ErrorBody),
         (status = 404, description = "Not registered", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
@@ -208,6 +211,7 @@ pub(crate) async fn list(
 pub(crate) async fn delete(
     State(state): State<AppState>,
     Param(id): Param<AgentId>,
+    _: NoQuery,
 ) -> Result<StatusCode, ApiError> {
     if state.manager().delete_agent(&id).await? {
         Ok(StatusCode::NO_CONTENT)

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::dto;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::JsonBody;
+use crate::extract::{JsonBody, NoQuery};
 use crate::openapi::schema;
 
 /// The header that makes a submit safe to retry.
@@ -23,16 +23,16 @@ pub(crate) const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 pub(crate) struct SubmittedBody {
     /// Shared by every order expanded from the command.
     #[schema(value_type = String, format = "uuid")]
-    request_id: RequestId,
+    pub(crate) request_id: RequestId,
     /// One per order, in expansion order.
     #[schema(value_type = Vec<String>)]
-    order_ids: Vec<OrderId>,
+    pub(crate) order_ids: Vec<OrderId>,
 }
 
 /// The answer of `POST /api/v1/commands`: one entry per command, in request order.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SubmitResponse {
-    requests: Vec<SubmittedBody>,
+    pub(crate) requests: Vec<SubmittedBody>,
 }
 
 /// One order written, in the Wazuh plugin's answer.
@@ -65,7 +65,7 @@ pub(crate) struct WazuhSubmitResponse {
     request_body(content = schema::SubmitBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Every order was written", body = SubmitResponse),
-        (status = 400, description = "Malformed JSON or a field out of its rule", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a field out of its rule (a `schedule.start_at` too far ahead, say), or a query parameter", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
         (status = 422, description = "A command expands to no order (unknown agent, empty group) or too many; nothing was written", body = ErrorBody),
@@ -74,6 +74,7 @@ pub(crate) struct WazuhSubmitResponse {
 )]
 pub(crate) async fn submit(
     State(state): State<AppState>,
+    _: NoQuery,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {

@@ -12,7 +12,7 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::dto;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonBody, Param, QueryParams};
+use crate::extract::{JsonBody, NoQuery, Param, QueryParams};
 use crate::openapi::schema;
 
 /// How long a poll waits when it does not say (bounded by the service's `max_poll_wait`).
@@ -97,7 +97,7 @@ pub(crate) async fn poll(
     request_body(content = schema::ReportBody, content_type = "application/json"),
     responses(
         (status = 200, description = "The order with its result", body = schema::Order),
-        (status = 400, description = "Malformed JSON or a field out of its rule", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a field out of its rule, or a query parameter", body = ErrorBody),
         (status = 403, description = "The order belongs to another agent", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
         (status = 409, description = "The order was not delivered, or already ended with another result", body = ErrorBody),
@@ -110,6 +110,7 @@ pub(crate) async fn report(
     State(state): State<AppState>,
     caller: Caller,
     Param(id): Param<OrderId>,
+    _: NoQuery,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Order>, ApiError> {
     let report = dto::report(&body)?;

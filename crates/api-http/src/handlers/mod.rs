@@ -6,6 +6,7 @@ pub(crate) mod commands;
 pub(crate) mod delivery;
 pub(crate) mod ops;
 pub(crate) mod orders;
+pub(crate) mod requests;
 
 /// The default and the largest `size` of a listing page.
 pub(crate) const DEFAULT_PAGE_SIZE: u64 = 100;

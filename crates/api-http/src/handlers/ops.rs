@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
+use crate::extract::NoQuery;
 use crate::openapi;
 
 /// A liveness or readiness answer.
@@ -25,9 +26,12 @@ pub(crate) struct Health {
     path = "/healthz",
     operation_id = "healthz",
     tag = "operations",
-    responses((status = 200, description = "Alive", body = Health))
+    responses(
+        (status = 200, description = "Alive", body = Health),
+        (status = 400, description = "A query parameter was given", body = ErrorBody),
+    )
 )]
-pub(crate) async fn healthz() -> Json<Health> {
+pub(crate) async fn healthz(_: NoQuery) -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
@@ -39,10 +43,14 @@ pub(crate) async fn healthz() -> Json<Health> {
     tag = "operations",
     responses(
         (status = 200, description = "Ready", body = Health),
+        (status = 400, description = "A query parameter was given", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
 )]
-pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
+pub(crate) async fn readyz(
+    State(state): State<AppState>,
+    _: NoQuery,
+) -> Result<Json<Health>, ApiError> {
     state.manager().ready().await?;
     Ok(Json(Health { status: "ready" }))
 }
@@ -55,10 +63,14 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Health>
     tag = "operations",
     responses(
         (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 400, description = "A query parameter was given", body = ErrorBody),
         (status = 404, description = "Metrics are not enabled", body = ErrorBody),
     )
 )]
-pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn metrics(
+    State(state): State<AppState>,
+    _: NoQuery,
+) -> Result<Response, ApiError> {
     let handle = state
         .metrics()
         .ok_or_else(|| ApiError::NotFound("metrics are not enabled".to_owned()))?;
@@ -75,9 +87,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     path = "/openapi.json",
     operation_id = "openapi",
     tag = "operations",
-    responses((status = 200, description = "The OpenAPI document of this API", content_type = "application/json"))
+    responses(
+        (status = 200, description = "The OpenAPI document of this API", content_type = "application/json"),
+        (status = 400, description = "A query parameter was given", body = ErrorBody),
+    )
 )]
-pub(crate) async fn openapi() -> Response {
+pub(crate) async fn openapi(_: NoQuery) -> Response {
     ([(CONTENT_TYPE, "application/json")], openapi::document()).into_response()
 }
 

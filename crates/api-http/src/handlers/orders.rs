@@ -1,4 +1,4 @@
-//! Reading the orders stream, cancelling orders and following requests.
+//! Reading the orders stream and cancelling orders.
 
 use axum::Json;
 use axum::extract::State;
@@ -11,30 +11,17 @@ use utoipa::ToSchema;
 use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{Param, QueryParams};
+use crate::extract::{NoQuery, Param, QueryParams};
 use crate::openapi::schema;
 
 /// One page of orders.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct OrderPage {
     #[schema(value_type = Vec<schema::Order>)]
-    orders: Vec<Order>,
+    pub(crate) orders: Vec<Order>,
     /// Pass as `after` to read the next page; `null` on the last page.
     #[schema(required = true)]
-    next: Option<String>,
-}
-
-/// How many orders of one request are in each status.
-#[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct Progress {
-    #[schema(value_type = String, format = "uuid")]
-    request_id: RequestId,
-    total: u64,
-    pending: u64,
-    sent: u64,
-    in_progress: u64,
-    success: u64,
-    failure: u64,
+    pub(crate) next: Option<String>,
 }
 
 const LIST_PARAMS: &[&str] = &[
@@ -130,7 +117,7 @@ pub(crate) async fn list(
     params(("order_id" = String, Path, format = "uuid", description = "The order's id")),
     responses(
         (status = 200, description = "The order", body = schema::Order),
-        (status = 400, description = "`order_id` is not a UUID", body = ErrorBody),
+        (status = 400, description = "`order_id` is not a UUID, or a query parameter was given", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
@@ -138,6 +125,7 @@ pub(crate) async fn list(
 pub(crate) async fn one(
     State(state): State<AppState>,
     Param(id): Param<OrderId>,
+    _: NoQuery,
 ) -> Result<Json<Order>, ApiError> {
     state
         .manager()
@@ -156,7 +144,7 @@ pub(crate) async fn one(
     params(("order_id" = String, Path, format = "uuid", description = "The order's id")),
     responses(
         (status = 200, description = "The cancelled order", body = schema::Order),
-        (status = 400, description = "`order_id` is not a UUID", body = ErrorBody),
+        (status = 400, description = "`order_id` is not a UUID, or a query parameter was given", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
         (status = 409, description = "The order is not pending", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
@@ -165,40 +153,7 @@ pub(crate) async fn one(
 pub(crate) async fn cancel(
     State(state): State<AppState>,
     Param(id): Param<OrderId>,
+    _: NoQuery,
 ) -> Result<Json<Order>, ApiError> {
     Ok(Json(state.manager().cancel(&id).await?))
-}
-
-/// How many orders of one request are in each status.
-#[utoipa::path(
-    get,
-    path = "/api/v1/requests/{request_id}",
-    operation_id = "get_request_progress",
-    tag = "orders",
-    params(("request_id" = String, Path, format = "uuid", description = "The request's id")),
-    responses(
-        (status = 200, description = "Per-status counts", body = Progress),
-        (status = 400, description = "`request_id` is not a UUID", body = ErrorBody),
-        (status = 404, description = "No order has this request id", body = ErrorBody),
-        (status = 503, description = "Storage unavailable", body = ErrorBody),
-    )
-)]
-pub(crate) async fn progress(
-    State(state): State<AppState>,
-    Param(id): Param<RequestId>,
-) -> Result<Json<Progress>, ApiError> {
-    let counts = state
-        .manager()
-        .progress(&id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no request {id}")))?;
-    Ok(Json(Progress {
-        request_id: id,
-        total: counts.total(),
-        pending: counts.pending,
-        sent: counts.sent,
-        in_progress: counts.in_progress,
-        success: counts.success,
-        failure: counts.failure,
-    }))
 }

@@ -5,6 +5,7 @@ mod agents;
 mod delivery;
 mod maintenance;
 mod orders;
+mod requests;
 mod submit;
 #[cfg(test)]
 mod tests;
@@ -18,6 +19,7 @@ pub use self::agents::Registered;
 pub use self::delivery::ReportError;
 pub use self::maintenance::MaintenanceRun;
 pub use self::orders::{CancelError, MAX_PAGE_SIZE};
+pub use self::requests::RetryError;
 pub use self::submit::{Idempotency, SubmitError, SubmitRequest, SubmittedRequest};
 use crate::clock::Clock;
 use crate::notify::Notifier;
@@ -30,6 +32,8 @@ pub struct Settings {
     pub max_commands: usize,
     /// Most orders one submit may expand into, over all its commands.
     pub max_orders_per_request: u64,
+    /// How far ahead of now a command's `schedule.start_at` may lie (SPEC §7).
+    pub max_schedule_ahead: Duration,
     /// Orders written to storage per insert call while expanding.
     pub write_batch: usize,
     /// Agents read from the registry per page while expanding a group.
@@ -52,6 +56,7 @@ impl Default for Settings {
         Self {
             max_commands: 100,
             max_orders_per_request: 200_000,
+            max_schedule_ahead: Duration::from_secs(30 * 24 * 3600),
             write_batch: 2_000,
             expansion_page: 1_000,
             delivery: DeliveryPolicy::default(),

@@ -47,14 +47,17 @@ pub enum SubmitError {
 /// How one command will expand, decided before anything is written.
 enum Plan {
     Agent(Agent),
-    Group(GroupName),
+    /// A group and how many members it had when planned: the rollout is spread over them.
+    Group(GroupName, u64),
     Server,
 }
 
 impl CommandManager {
     /// Expands every command of `request` and writes the orders. All or nothing to the caller:
-    /// every target is checked before the first write, and if storage fails midway the orders
-    /// already written are removed again (unless an idempotency key makes the retry the cure).
+    /// every schedule and target is checked before the first write, and if storage fails midway
+    /// the orders already written are removed again (unless an idempotency key makes the retry
+    /// the cure). A command's schedule spreads its orders' `not_before` over its rollout window
+    /// (SPEC §7).
     ///
     /// # Errors
     /// [`SubmitError`].
@@ -71,6 +74,15 @@ impl CommandManager {
             )
             .into());
         }
+        let now = self.ports.clock.now();
+        let horizon = chrono::Duration::from_std(self.settings.max_schedule_ahead)
+            .unwrap_or(chrono::Duration::MAX);
+        for (index, command) in request.commands.iter().enumerate() {
+            command
+                .schedule()
+                .validate(now, horizon)
+                .map_err(|e| e.under(&format!("commands[{index}]")))?;
+        }
         let plans = self.plan(&request.commands).await?;
 
         let mut fresh = FreshIds;
@@ -83,13 +95,7 @@ impl CommandManager {
             Some(k) => k,
             None => &mut fresh,
         };
-        let mut writer = Writer {
-            manager: self,
-            buffer: Vec::with_capacity(self.settings.write_batch),
-            woken: Vec::new(),
-            written: Vec::new(),
-        };
-        let now = self.ports.clock.now();
+        let mut writer = Writer::new(self);
         let mut out = Vec::with_capacity(n);
         for (index, (command, plan)) in request.commands.iter().zip(plans).enumerate() {
             let request_id = ids.request_id(index);
@@ -102,14 +108,18 @@ impl CommandManager {
                         .await
                 }
                 Plan::Server => writer.push(ex.server_order(ids), &mut order_ids).await,
-                Plan::Group(group) => {
+                Plan::Group(group, members) => {
+                    let ex = ex.spread_over(members);
                     self.expand_group(&ex, &group, ids, &mut writer, &mut order_ids)
                         .await
                 }
             };
             writer.written.push(request_id);
             if let Err(e) = result {
-                return Err(writer.abandon(e, request.idempotency.is_some()).await);
+                return Err(writer
+                    .abandon(e, request.idempotency.is_some())
+                    .await
+                    .into());
             }
             out.push(SubmittedRequest {
                 request_id,
@@ -117,14 +127,12 @@ impl CommandManager {
             });
         }
         if let Err(e) = writer.flush().await {
-            return Err(writer.abandon(e, request.idempotency.is_some()).await);
+            return Err(writer
+                .abandon(e, request.idempotency.is_some())
+                .await
+                .into());
         }
-        // An agent targeted by several commands is woken once.
-        writer.woken.sort_unstable();
-        writer.woken.dedup();
-        if let Err(e) = self.ports.notifier.notify(&writer.woken).await {
-            tracing::warn!(error = %e, "could not notify other instances; their polls find the orders at the next re-check");
-        }
+        writer.notify().await;
         Ok(out)
     }
 
@@ -159,7 +167,7 @@ impl CommandManager {
                         }
                         .into());
                     }
-                    (Plan::Group(group), count)
+                    (Plan::Group(group, count), count)
                 }
             };
             total += count;
@@ -190,10 +198,14 @@ impl CommandManager {
             size: self.settings.expansion_page.max(1),
             after: None,
         };
+        let mut slot = 0u64;
         loop {
             let members = self.ports.agents.list(&page).await?;
             for agent in &members.items {
-                writer.push(ex.agent_order(agent, ids), order_ids).await?;
+                writer
+                    .push(ex.agent_order_at(slot, agent, ids), order_ids)
+                    .await?;
+                slot += 1;
             }
             match members.next {
                 Some(next) => page.after = Some(next),
@@ -204,16 +216,29 @@ impl CommandManager {
 }
 
 /// Buffers expanded orders and writes them in batches.
-struct Writer<'a> {
+pub(super) struct Writer<'a> {
     manager: &'a CommandManager,
     buffer: Vec<Order>,
     woken: Vec<AgentId>,
     /// Requests that have (or may have) orders in storage.
-    written: Vec<RequestId>,
+    pub(super) written: Vec<RequestId>,
 }
 
-impl Writer<'_> {
-    async fn push(&mut self, order: Order, ids: &mut Vec<OrderId>) -> Result<(), StoreError> {
+impl<'a> Writer<'a> {
+    pub(super) fn new(manager: &'a CommandManager) -> Self {
+        Self {
+            manager,
+            buffer: Vec::with_capacity(manager.settings.write_batch),
+            woken: Vec::new(),
+            written: Vec::new(),
+        }
+    }
+
+    pub(super) async fn push(
+        &mut self,
+        order: Order,
+        ids: &mut Vec<OrderId>,
+    ) -> Result<(), StoreError> {
         ids.push(*order.order_id());
         if let Some(agent) = order.agent_id() {
             self.woken.push(agent.clone());
@@ -225,7 +250,7 @@ impl Writer<'_> {
         Ok(())
     }
 
-    async fn flush(&mut self) -> Result<(), StoreError> {
+    pub(super) async fn flush(&mut self) -> Result<(), StoreError> {
         if self.buffer.is_empty() {
             return Ok(());
         }
@@ -238,7 +263,8 @@ impl Writer<'_> {
     /// Storage failed midway. Without an idempotency key the caller cannot finish this request
     /// by retrying it, so the orders already written are removed; with one, they stay for the
     /// retry to complete (removing them could remove orders an earlier attempt acknowledged).
-    async fn abandon(self, error: StoreError, keyed: bool) -> SubmitError {
+    /// Returns `error`, to answer with.
+    pub(super) async fn abandon(self, error: StoreError, keyed: bool) -> StoreError {
         tracing::warn!(%error, "submit failed while writing orders");
         if !keyed {
             for request in &self.written {
@@ -247,6 +273,15 @@ impl Writer<'_> {
                 }
             }
         }
-        SubmitError::Unavailable(error)
+        error
+    }
+
+    /// Wakes the agents of the orders written (each once, however many orders it got).
+    pub(super) async fn notify(mut self) {
+        self.woken.sort_unstable();
+        self.woken.dedup();
+        if let Err(e) = self.manager.ports.notifier.notify(&self.woken).await {
+            tracing::warn!(error = %e, "could not notify other instances; their polls find the orders at the next re-check");
+        }
     }
 }

@@ -1287,3 +1287,205 @@ pub async fn request_progress_follows_delivery_and_reports(b: Backend) {
         .expect("known");
     assert_eq!((counts.pending, counts.success), (1, 1));
 }
+
+// ---- rollout control (SPEC §7) -----------------------------------------------------------------
+
+/// The use cases over this backend with a clock that moves only when told to.
+fn service_at(b: &Backend, clock: &Arc<super::ManualClock>) -> crate::CommandManager {
+    crate::CommandManager::new(
+        crate::Ports {
+            orders: Arc::clone(&b.orders),
+            agents: Arc::clone(&b.agents),
+            notifier: Arc::clone(&b.notifier),
+            clock: Arc::clone(clock) as Arc<dyn Clock>,
+        },
+        Settings::default(),
+    )
+}
+
+pub async fn a_rollout_hands_out_orders_slot_by_slot_and_a_request_cancel_stops_the_rest(
+    b: Backend,
+) {
+    let fleet: Vec<_> = (0..10)
+        .map(|i| agent(&format!("r{i}"), &["Rollout"]))
+        .collect();
+    b.agents.upsert_many(&fleet).await.expect("upsert");
+    let clock = Arc::new(super::ManualClock::new(at(0)));
+    let service = service_at(&b, &clock);
+    // Start at +60 s, spread over 100 s: agent r<i> is due at +60 + 10·i s.
+    let schedule =
+        cm_domain::Schedule::parse(Some("2026-01-01T00:01:00Z"), Some(100)).expect("schedule");
+    let submitted = service
+        .submit(SubmitRequest {
+            commands: vec![command(TargetType::Group, "Rollout").with_schedule(schedule)],
+            idempotency: None,
+        })
+        .await
+        .expect("submit");
+    let request = submitted[0].request_id;
+    let poll = |i: usize| {
+        let service = service.clone();
+        async move {
+            service
+                .poll(&agent_id(&format!("r{i}")), 10, Duration::ZERO)
+                .await
+                .expect("poll")
+        }
+    };
+    for (i, o) in all_matching(
+        &b,
+        &OrderFilter {
+            request_id: Some(request),
+            ..OrderFilter::default()
+        },
+        100,
+    )
+    .await
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(o.not_before(), Some(at(60 + 10 * i as i64)), "slot {i}");
+        assert_eq!(o.delivery_deadline(), at(60 + 10 * i as i64 + 300));
+    }
+    // Just before the start nobody gets anything.
+    clock.set(at(59));
+    for i in 0..10 {
+        assert!(poll(i).await.is_empty(), "r{i} before the start");
+    }
+    // At +95 s the first four slots are due, the fifth (+100 s) is not.
+    clock.set(at(95));
+    for i in 0..10 {
+        let got = poll(i).await;
+        assert_eq!(got.len(), usize::from(i < 4), "r{i} at +95 s");
+        if let Some(o) = got.first() {
+            assert_eq!(o.request_id(), &request);
+            assert_eq!(o.sent_at(), Some(at(95)));
+        }
+    }
+    let counts = service
+        .cancel_request(&request)
+        .await
+        .expect("cancel")
+        .expect("a known request");
+    assert_eq!(
+        (counts.total(), counts.pending, counts.sent, counts.failure),
+        (10, 0, 4, 6)
+    );
+    // After the window (and before the delivered ones are due for redelivery at +215 s), the
+    // cancelled orders are never handed out.
+    clock.set(at(200));
+    for i in 0..10 {
+        assert!(poll(i).await.is_empty(), "r{i} after the cancel");
+    }
+    let cancelled = service
+        .request_orders(&request, Some(Status::Failure), 4, None)
+        .await
+        .expect("orders")
+        .expect("known");
+    assert_eq!(cancelled.items.len(), 4);
+    assert!(cancelled.next.is_some());
+    for o in &cancelled.items {
+        assert_eq!(o.result().expect("result").message(), CANCELLED);
+    }
+    let again = service
+        .cancel_request(&request)
+        .await
+        .expect("cancel")
+        .expect("known");
+    assert_eq!(again, counts, "a second cancel changes nothing");
+    assert_eq!(
+        service
+            .cancel_request(&RequestId::from_uuid(Uuid::now_v7()))
+            .await
+            .expect("cancel"),
+        None
+    );
+}
+
+pub async fn a_retry_re_runs_only_the_targets_that_ended_in_the_status_linked_to_the_request(
+    b: Backend,
+) {
+    let fleet: Vec<_> = (0..12)
+        .map(|i| agent(&format!("f{i:02}"), &["Retry"]))
+        .collect();
+    b.agents.upsert_many(&fleet).await.expect("upsert");
+    let service = b.service(Settings::default());
+    let submitted = service
+        .submit(SubmitRequest {
+            commands: vec![command(TargetType::Group, "Retry")],
+            idempotency: None,
+        })
+        .await
+        .expect("submit");
+    let request = submitted[0].request_id;
+    // Every third agent fails, the others succeed; f11 never polls.
+    let mut failed = Vec::new();
+    for i in 0..11 {
+        let id = agent_id(&format!("f{i:02}"));
+        let got = service.poll(&id, 10, Duration::ZERO).await.expect("poll");
+        assert_eq!(got.len(), 1, "{id}");
+        let (status, code) = if i % 3 == 0 {
+            failed.push(id.clone());
+            (ReportStatus::Failure, 2)
+        } else {
+            (ReportStatus::Success, 0)
+        };
+        let report = Report::new(status, code, "done", "").expect("report");
+        service
+            .report(got[0].order_id(), &report, Some(&id))
+            .await
+            .expect("report");
+    }
+    let retry = service
+        .retry_request(&request, Status::Failure)
+        .await
+        .expect("retry");
+    assert_ne!(retry.request_id, request);
+    assert_eq!(retry.order_ids.len(), failed.len());
+    let filter = OrderFilter {
+        request_id: Some(retry.request_id),
+        ..OrderFilter::default()
+    };
+    let stored = all_matching(&b, &filter, 2).await;
+    assert_eq!(ids(&stored).len(), failed.len());
+    let mut agents: Vec<_> = stored
+        .iter()
+        .map(|o| o.agent_id().expect("agent").clone())
+        .collect();
+    agents.sort();
+    assert_eq!(agents, failed, "only the targets whose order failed");
+    for o in &stored {
+        assert_eq!(o.retry_of(), Some(&request), "linked to the old request");
+        assert_eq!(o.status(), Status::Pending);
+        assert_eq!(get(&b, o.order_id()).await, *o, "retry_of survives storage");
+    }
+    let counts = b
+        .orders
+        .progress(&retry.request_id)
+        .await
+        .expect("progress");
+    assert_eq!(counts.pending, failed.len() as u64);
+    // The old request is unchanged; its failed agents get the new orders at once.
+    let old = b.orders.progress(&request).await.expect("progress");
+    assert_eq!((old.success, old.failure, old.pending), (7, 4, 1));
+    let got = service
+        .poll(&failed[0], 10, Duration::ZERO)
+        .await
+        .expect("poll");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].retry_of(), Some(&request));
+    // Nothing succeeded-then-pending to re-run: a retry of `sent` is refused, of an unknown
+    // request is not found.
+    assert!(matches!(
+        service
+            .retry_request(&RequestId::from_uuid(Uuid::now_v7()), Status::Failure)
+            .await,
+        Err(crate::RetryError::NotFound)
+    ));
+    assert!(matches!(
+        service
+            .retry_request(&retry.request_id, Status::Success)
+            .await,
+        Err(crate::RetryError::NothingToRetry(Status::Success))
+    ));
+}

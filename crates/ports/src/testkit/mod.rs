@@ -268,6 +268,8 @@ macro_rules! conformance_suite {
             long_poll_returns_a_scheduled_order_when_it_becomes_due,
             retried_submit_with_the_same_idempotency_key_creates_nothing,
             request_progress_follows_delivery_and_reports,
+            a_rollout_hands_out_orders_slot_by_slot_and_a_request_cancel_stops_the_rest,
+            a_retry_re_runs_only_the_targets_that_ended_in_the_status_linked_to_the_request,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

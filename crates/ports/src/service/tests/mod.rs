@@ -5,6 +5,7 @@ mod agents;
 mod delivery;
 mod maintenance;
 mod orders;
+mod requests;
 mod submit;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -185,6 +186,27 @@ fn every_use_case_future_can_be_spawned_on_a_multi_threaded_runtime() {
     {
         let m = m.clone();
         spawnable(async move { m.progress(&RequestId::from_uuid(Uuid::nil())).await });
+    }
+    {
+        let m = m.clone();
+        spawnable(async move { m.cancel_request(&RequestId::from_uuid(Uuid::nil())).await });
+    }
+    {
+        let m = m.clone();
+        spawnable(async move {
+            m.retry_request(
+                &RequestId::from_uuid(Uuid::nil()),
+                cm_domain::Status::Failure,
+            )
+            .await
+        });
+    }
+    {
+        let m = m.clone();
+        spawnable(async move {
+            m.request_orders(&RequestId::from_uuid(Uuid::nil()), None, 10, None)
+                .await
+        });
     }
     {
         let m = m.clone();

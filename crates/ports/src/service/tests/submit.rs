@@ -3,7 +3,7 @@
 use cm_domain::{Agent, ExpansionError, IdempotencyKey, Order, RequestId, TargetType};
 use mockall::predicate::eq;
 
-use super::{Calls, Doubles, agent, command, group};
+use super::{Calls, Doubles, agent, at, command, group};
 use crate::store::{AgentPageRequest, Page, StoreError};
 use crate::{Idempotency, Settings, SubmitError, SubmitRequest};
 
@@ -493,4 +493,101 @@ async fn the_same_idempotency_key_and_body_give_the_same_ids() {
             .unwrap()
     };
     assert_eq!(run().await, run().await);
+}
+
+// ---- schedules (SPEC §7) ---------------------------------------------------------------------
+
+fn scheduled(
+    kind: TargetType,
+    id: &str,
+    start_at: Option<&str>,
+    rollout: i64,
+) -> cm_domain::Command {
+    command(kind, id).with_schedule(cm_domain::Schedule::parse(start_at, Some(rollout)).unwrap())
+}
+
+#[tokio::test]
+async fn a_scheduled_group_spreads_not_before_evenly_over_the_window_across_pages() {
+    let mut d = Doubles::new();
+    group_of(&mut d, "big", 2500);
+    let batches = record_inserts(&mut d);
+    quiet_notifier(&mut d);
+    let settings = Settings {
+        expansion_page: 1000,
+        write_batch: 700,
+        ..Settings::default()
+    };
+    // t0 is 2026-01-01T00:00:00Z; start one minute later, spread over 25 s.
+    let command = scheduled(TargetType::Group, "big", Some("2026-01-01T00:01:00Z"), 25);
+    d.manager(settings)
+        .submit(request(vec![command]))
+        .await
+        .unwrap();
+    let written: Vec<Order> = batches.all().concat();
+    assert_eq!(written.len(), 2500);
+    let starts: Vec<_> = written.iter().map(|o| o.not_before().unwrap()).collect();
+    assert_eq!(starts[0], at(60), "the first at the start");
+    assert_eq!(
+        starts[2499],
+        at(60) + chrono::Duration::milliseconds(24_990),
+        "the last before the end of the window"
+    );
+    assert_eq!(starts[1000], at(70), "slots continue across pages");
+    assert!(
+        starts.windows(2).all(|w| w[0] <= w[1]),
+        "in expansion order"
+    );
+    for o in &written {
+        assert_eq!(
+            o.delivery_deadline(),
+            o.not_before().unwrap() + chrono::Duration::seconds(100),
+            "the deadline counts from not_before"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_agent_command_starts_at_its_start_and_a_past_start_is_now() {
+    let mut d = Doubles::new();
+    known_agent(&mut d, "a1");
+    let batches = record_inserts(&mut d);
+    quiet_notifier(&mut d);
+    let commands = vec![
+        scheduled(TargetType::Agent, "a1", Some("2026-01-01T02:00:00Z"), 600),
+        scheduled(TargetType::Agent, "a1", Some("2025-06-01T00:00:00Z"), 600),
+    ];
+    d.manager(Settings::default())
+        .submit(request(commands))
+        .await
+        .unwrap();
+    let written: Vec<Order> = batches.all().concat();
+    assert_eq!(written[0].not_before(), Some(at(7200)));
+    assert_eq!(written[1].not_before(), None, "due at once");
+    assert_eq!(written[1].available_from(), at(0));
+}
+
+#[tokio::test]
+async fn a_start_beyond_the_horizon_is_invalid_naming_its_command_and_nothing_is_read() {
+    let mut d = Doubles::new();
+    d.agents.expect_get().never();
+    d.agents.expect_count().never();
+    nothing_written(&mut d);
+    let settings = Settings {
+        max_schedule_ahead: std::time::Duration::from_secs(3600),
+        ..Settings::default()
+    };
+    let commands = vec![
+        scheduled(TargetType::Agent, "a1", Some("2026-01-01T01:00:00Z"), 0),
+        scheduled(TargetType::Agent, "a1", Some("2026-01-01T01:00:00.001Z"), 0),
+    ];
+    let err = d
+        .manager(settings)
+        .submit(request(commands))
+        .await
+        .unwrap_err();
+    let SubmitError::Invalid(e) = err else {
+        panic!("expected Invalid, got {err:?}");
+    };
+    assert_eq!(e.field(), "commands[1].schedule.start_at");
+    assert!(e.message().contains("3600"), "{}", e.message());
 }
