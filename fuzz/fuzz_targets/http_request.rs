@@ -30,6 +30,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/agents/"),
     ("POST", "/api/v1/agents/{}/poll"),
     ("POST", "/api/v1/agents/{}/key"),
+    ("POST", "/api/v1/requests/{}/cancel"),
+    ("POST", "/api/v1/requests/{}/retry"),
+    ("GET", "/api/v1/requests/{}/orders"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
 ];
 
 #[derive(Debug, Arbitrary)]
