@@ -17,7 +17,8 @@ cargo xtask <command>
 commands:
   test        run every test, starting and stopping the backends they need
               [--heavy] [-- <arguments for cargo test>]
-  postgres    run a throwaway PostgreSQL in the foreground [--port P]; prints its URL
+  postgres    run a throwaway PostgreSQL in the foreground [--port P] [--data DIR]; prints
+              `postgres ready <URL>`; with --data its cluster is kept in DIR and reused
   opensearch  run a throwaway single-node OpenSearch in the foreground [--port P] [--data DIR];
               prints `opensearch ready <URL>`
   fuzz        fuzz request parsing and domain validation [--secs N] [--target T]

@@ -1,7 +1,9 @@
 //! A throwaway PostgreSQL server for tests: `initdb` into a temporary directory, `postgres`
 //! listening on 127.0.0.1 only, durability switched off for speed. [`PgServer`] stops the
 //! server and removes the directory when dropped; a small watchdog process does the same if
-//! this process dies without dropping it (Ctrl-C, a killed test run).
+//! this process dies without dropping it (Ctrl-C, a killed test run). [`start_with`] can keep
+//! the cluster in a directory of the caller's instead, to stop and start a server on the same
+//! data (the outage tests do).
 //!
 //! PostgreSQL refuses to run as root. When we are root, the directory is handed to the
 //! `postgres` system user (created by Debian's `postgresql` package) and the server binaries
@@ -93,13 +95,32 @@ pub(crate) fn check() -> Result<(), String> {
 /// # Errors
 /// A message saying what is missing or what failed (with the server's log).
 pub(crate) fn start(port: Option<u16>) -> Result<PgServer, String> {
+    start_with(port, None)
+}
+
+/// As [`start`], with the cluster in `data` when given: initialised there when `data` holds
+/// none yet, reused as it is otherwise, and kept when the server stops (only the temporary
+/// directory of the socket and log is removed). When we are root, [`SERVER_USER`] must be
+/// able to reach `data` (every parent directory searchable).
+///
+/// # Errors
+/// As [`start`]; also when `data` cannot be created or handed to [`SERVER_USER`].
+pub(crate) fn start_with(port: Option<u16>, data: Option<&Path>) -> Result<PgServer, String> {
     let bin = find_bin_dir().ok_or_else(|| INSTALL_HINT.to_owned())?;
     let as_root = is_root();
+    let data = match data {
+        Some(d) => {
+            fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            // Absolute: the server binaries run in the temporary directory.
+            Some(fs::canonicalize(d).map_err(|e| format!("{}: {e}", d.display()))?)
+        }
+        None => None,
+    };
     let dir = make_temp_dir()?;
     // From here on, dropping `server` cleans up.
     let mut server = PgServer {
         url: String::new(),
-        data: dir.join("data"),
+        data: data.clone().unwrap_or_else(|| dir.join("data")),
         dir,
         bin,
         server: None,
@@ -119,7 +140,22 @@ pub(crate) fn start(port: Option<u16>) -> Result<PgServer, String> {
             ));
         }
     }
-    initdb(&server, as_root)?;
+    if as_root && let Some(data) = &data {
+        let status = Command::new("chown")
+            .arg(format!("{SERVER_USER}:"))
+            .arg(data)
+            .status()
+            .map_err(|e| format!("cannot run chown: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "cannot hand {} to user {SERVER_USER}",
+                data.display()
+            ));
+        }
+    }
+    if !server.data.join("PG_VERSION").is_file() {
+        initdb(&server, as_root)?;
+    }
     let attempts = if port.is_some() { 1 } else { 3 };
     let mut last_error = String::new();
     for _ in 0..attempts {
@@ -360,10 +396,12 @@ fi
     cmd.spawn()
 }
 
-/// `cargo xtask postgres [--port P]`: runs a server in the foreground until Ctrl-C or the end
-/// of standard input.
+/// `cargo xtask postgres [--port P] [--data DIR]`: runs a server in the foreground until
+/// Ctrl-C or the end of standard input; with `--data`, on the cluster in DIR (initialised on
+/// first use, kept and reused: stop and start it again on the same data).
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut port = None;
+    let mut data = None;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match arg.as_str() {
@@ -375,10 +413,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
                         .map_err(|_| format!("--port {value:?} is not a port number"))?,
                 );
             }
+            "--data" => {
+                let value = it.next().ok_or("--data needs a directory")?;
+                data = Some(PathBuf::from(value));
+            }
             other => return Err(format!("postgres: unknown argument {other:?}")),
         }
     }
-    let server = start(port)?;
+    let server = start_with(port, data.as_deref())?;
     println!("postgres ready {}", server.url());
     eprintln!(
         "export CM_TEST_POSTGRES_URL={} ; stop with Ctrl-C or end of input (Ctrl-D)",
@@ -416,5 +458,43 @@ mod tests {
             std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err(),
             "the server is stopped"
         );
+    }
+
+    fn psql(server: &PgServer, sql: &str) -> String {
+        let out = Command::new(server.bin.join("psql"))
+            .args(["--no-psqlrc", "-At", "-d", server.url(), "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    #[test]
+    fn a_server_on_a_data_directory_starts_again_on_the_same_data() {
+        // Searchable by the server user (a plain temporary directory may not be).
+        let parent = make_temp_dir().expect("temporary directory");
+        let data = parent.join("cluster");
+        let port = free_port().expect("a free port");
+        let first = start_with(Some(port), Some(&data)).unwrap_or_else(|e| panic!("{e}"));
+        psql(
+            &first,
+            "CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)",
+        );
+        drop(first);
+        assert!(data.join("PG_VERSION").is_file(), "the cluster is kept");
+        let second = start_with(Some(port), Some(&data)).unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            second.url().contains(&format!(":{port}/")),
+            "{}",
+            second.url()
+        );
+        assert_eq!(psql(&second, "SELECT n FROM kept"), "42");
+        drop(second);
+        let _ = fs::remove_dir_all(&parent);
     }
 }

@@ -5,6 +5,12 @@
 //! `cargo test --workspace`, and stops both. `CM_TEST_POSTGRES_URL` (or `DATABASE_URL`) and
 //! `OPENSEARCH_URL` point the tests at servers you already run instead. Nothing is installed:
 //! what is missing is named, with the command that installs it.
+//!
+//! `--heavy` also builds and runs the heavy tests (`tests/heavy/`: backend outages, many
+//! instances), which only exist with the root package's `heavy` feature: the run becomes
+//! `cargo test --workspace --features command-manager/heavy`, with `CM_TEST_HEAVY=1`. The
+//! outage tests start servers of their own through this binary, whose path every test gets in
+//! `CM_XTASK_BIN`.
 
 use std::process::Command;
 use std::time::Instant;
@@ -12,6 +18,9 @@ use std::time::Instant;
 use crate::{opensearch, postgres};
 
 const USAGE: &str = "cargo xtask test [--heavy] [-- <arguments for cargo test>]";
+
+/// The feature that builds the heavy tests.
+const HEAVY_FEATURE: &str = "command-manager/heavy";
 
 /// The variables that point tests at existing servers.
 const POSTGRES_VARS: [&str; 2] = ["CM_TEST_POSTGRES_URL", "DATABASE_URL"];
@@ -71,8 +80,15 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         }
     };
 
+    let features: &[&str] = if heavy {
+        &["--features", HEAVY_FEATURE]
+    } else {
+        &[]
+    };
     let mut build = cargo();
-    build.args(["test", "--workspace", "--no-run"]);
+    build
+        .args(["test", "--workspace", "--no-run"])
+        .args(features);
     run_status(&mut build, "compiling the tests")?;
 
     let os = match (existing_os, os_boot) {
@@ -92,8 +108,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 
     let mut test = cargo();
     test.args(["test", "--workspace"])
+        .args(features)
         .env("CM_TEST_POSTGRES_URL", pg.url())
         .env(OPENSEARCH_VAR, os.url());
+    if let Ok(me) = std::env::current_exe() {
+        test.env("CM_XTASK_BIN", me);
+    }
     if heavy {
         test.env("CM_TEST_HEAVY", "1");
     }

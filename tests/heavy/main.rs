@@ -1,0 +1,19 @@
+//! The heavy tests: backend outages (`outage`) and several service instances on one backend
+//! (`instances`), against real PostgreSQL and OpenSearch servers.
+//!
+//! Built only with the `heavy` feature: `cargo xtask test --heavy` runs them after starting the
+//! shared servers (and exports `CM_TEST_POSTGRES_URL`, `OPENSEARCH_URL`, and `CM_XTASK_BIN`,
+//! with which the outage tests start servers of their own). The tests take turns (one at a
+//! time): each loads the two cores on its own, and its timing checks should not measure the
+//! others.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod http;
+mod instances;
+mod outage;
+mod servers;
+
+/// Held for the whole of each test: one heavy test at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
