@@ -257,16 +257,10 @@ async fn the_plugins_own_requests_are_answered_like_the_plugin_and_land_in_the_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_staggered_rollout_to_1000_agents_on_opensearch_can_be_cancelled_and_its_failures_retried()
  {
+    // The default poll interval (1 s): 1,000 waiting polls cost one search per interval for
+    // other instances' orders (the backend's watch), not one each.
     let indices = Indices::fresh();
-    let mut env = indices.env();
-    // One instance: its own orders reach its polls through local wake-ups, and a scheduled one
-    // through the poll's sleep until `next_due`. The poll interval is only the re-check for
-    // orders written by other instances; at its default (1 s) 1,000 waiting polls re-claim
-    // 1,000 times a second, which a test node sharing two cores cannot serve in time.
-    env.push((
-        "CM_STORAGE__OPENSEARCH__POLL_INTERVAL_MS",
-        "30000".to_owned(),
-    ));
+    let env = indices.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let timings = staggered_rollout_cancel_and_retry(&env).await;
     println!("rollout on opensearch: {timings:?}");

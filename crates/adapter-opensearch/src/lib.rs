@@ -14,8 +14,12 @@
 //! * Visibility: searches see writes only after a refresh (every 5 s with Wazuh's template).
 //!   This instance remembers the orders it wrote since its last refresh and reads them in
 //!   realtime in claims (see `visibility`); claims refresh the index when the last refresh
-//!   is older than the poll interval (other instances' orders show up within it); listings
-//!   refresh after this instance wrote; maintenance batches refresh before each search.
+//!   is older than the poll interval; listings refresh after this instance wrote; maintenance
+//!   batches refresh before each search.
+//! * Across instances: no notification channel; one task per backend (see `watch`) refreshes
+//!   and searches once per poll interval for the deliverable orders of every agent with a
+//!   poll waiting on this instance, and wakes those polls: other instances' orders arrive
+//!   within about one interval, at a cost that does not grow with the number of waiting polls.
 //!
 //! No `opensearch` type crosses the port: errors become [`StoreError`] in one place
 //! (`impl From<OsError> for StoreError`).
@@ -28,9 +32,10 @@ mod notify;
 mod orders;
 mod settings;
 mod visibility;
+mod watch;
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use cm_domain::{Order, OrderId};
@@ -44,6 +49,7 @@ use crate::mapping::Fields;
 pub use crate::notify::OpenSearchNotifier;
 pub use crate::settings::OpenSearchSettings;
 use crate::visibility::{Fresh, RECENT_CAP, Visibility};
+use crate::watch::Watch;
 
 /// Largest `size` of one search (OpenSearch's default `index.max_result_window`).
 const MAX_WINDOW: usize = 10_000;
@@ -69,6 +75,9 @@ struct Inner {
     poll_interval: Duration,
     visibility: Visibility,
     hub: WakeHub,
+    /// The cross-instance watch, while a notifier of this backend is alive (the notifiers own
+    /// it; the task holds the backend).
+    watch: Mutex<Weak<Watch>>,
 }
 
 impl fmt::Debug for OpenSearchBackend {
@@ -114,6 +123,7 @@ impl OpenSearchBackend {
                 poll_interval: settings.poll_interval(),
                 visibility: Visibility::new(),
                 hub: WakeHub::new(),
+                watch: Mutex::new(Weak::new()),
             }),
         })
     }
@@ -134,17 +144,51 @@ impl OpenSearchBackend {
         Ok(ensured.created)
     }
 
-    /// The notifier of this instance: wakes its long-polls on `notify`, and has every waiting
-    /// poll re-check each `poll_interval_ms`. Notifiers of one backend (and its clones) share
-    /// their waiting polls.
+    /// The notifier of this instance: wakes its long-polls on `notify`, and those waiting for
+    /// orders written through other instances within about `poll_interval_ms`. Starts the
+    /// backend's watch (one task, whatever the number of notifiers and waiting polls: see
+    /// `watch`) on the current Tokio runtime, unless it runs already; called outside of a
+    /// runtime, waiting polls re-check every `poll_interval_ms` by themselves instead.
+    /// Notifiers of one backend (and its clones) share their waiting polls and the watch,
+    /// which stops when the last of them is dropped.
     #[must_use]
     pub fn notifier(&self) -> OpenSearchNotifier {
-        OpenSearchNotifier::new(self.inner.hub.clone(), self.inner.poll_interval)
+        let watch = {
+            let mut slot = self
+                .inner
+                .watch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match slot.upgrade().filter(|w| w.is_running()) {
+                Some(running) => Some(running),
+                None => {
+                    let started = Watch::start(self.clone(), self.inner.poll_interval);
+                    if started.is_none() {
+                        tracing::warn!(
+                            "no tokio runtime: waiting polls will re-check opensearch every poll \
+                             interval by themselves"
+                        );
+                    }
+                    *slot = started.as_ref().map_or_else(Weak::new, Arc::downgrade);
+                    started
+                }
+            }
+        };
+        OpenSearchNotifier::new(self.inner.hub.clone(), self.inner.poll_interval, watch)
     }
 
-    /// Nothing to release (HTTP connections close when the last clone is dropped); kept so the
-    /// binary closes every backend alike.
+    /// Stops the cross-instance watch (its notifiers' polls then re-check by themselves);
+    /// HTTP connections close when the last clone is dropped.
     pub async fn close(&self) {
+        let watch = self
+            .inner
+            .watch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade();
+        if let Some(watch) = watch {
+            watch.stop().await;
+        }
         tracing::debug!(orders_index = %self.inner.orders, "opensearch storage closed");
     }
 

@@ -37,8 +37,38 @@ fn range(field: &str, op: &str, t: DateTime<Utc>) -> Value {
 }
 
 /// Query order: `@timestamp`, then `order_id` (the order of [`OrderCursor`]).
-fn stream_order() -> Value {
+pub(crate) fn stream_order() -> Value {
     json!([{"@timestamp": "asc"}, {"command.order_id": "asc"}])
+}
+
+/// Orders the index says are deliverable at `now` (the domain's `Order::is_deliverable`): pending,
+/// available (`not_before`, or else `@timestamp`, reached) and not past `delivery_timestamp`;
+/// or sent and due for redelivery.
+pub(crate) fn deliverable_at(now: DateTime<Utc>) -> Value {
+    let available = json!({"bool": {
+        "should": [
+            range("command.not_before", "lte", now),
+            {"bool": {
+                "must_not": [{"exists": {"field": "command.not_before"}}],
+                "filter": [range("@timestamp", "lte", now)]
+            }}
+        ],
+        "minimum_should_match": 1
+    }});
+    json!({"bool": {
+        "should": [
+            {"bool": {"filter": [
+                term("command.status", Status::Pending.as_str()),
+                range("delivery_timestamp", "gt", now),
+                available
+            ]}},
+            {"bool": {"filter": [
+                term("command.status", Status::Sent.as_str()),
+                range("command.redeliver_at", "lte", now)
+            ]}}
+        ],
+        "minimum_should_match": 1
+    }})
 }
 
 /// Why an order cannot be indexed under Wazuh's mapping, if it cannot: `command.action.args`
@@ -120,16 +150,6 @@ impl OpenSearchBackend {
         size: usize,
         skip: &[String],
     ) -> Result<Vec<(String, i64, i64)>, StoreError> {
-        let available = json!({"bool": {
-            "should": [
-                range("command.not_before", "lte", now),
-                {"bool": {
-                    "must_not": [{"exists": {"field": "command.not_before"}}],
-                    "filter": [range("@timestamp", "lte", now)]
-                }}
-            ],
-            "minimum_should_match": 1
-        }});
         let body = json!({
             "size": size,
             "_source": false,
@@ -137,20 +157,8 @@ impl OpenSearchBackend {
             "track_total_hits": false,
             "sort": stream_order(),
             "query": {"bool": {
-                "filter": [self.agent_term(agent)],
-                "must_not": [{"ids": {"values": skip}}],
-                "should": [
-                    {"bool": {"filter": [
-                        term("command.status", Status::Pending.as_str()),
-                        range("delivery_timestamp", "gt", now),
-                        available
-                    ]}},
-                    {"bool": {"filter": [
-                        term("command.status", Status::Sent.as_str()),
-                        range("command.redeliver_at", "lte", now)
-                    ]}}
-                ],
-                "minimum_should_match": 1
+                "filter": [self.agent_term(agent), deliverable_at(now)],
+                "must_not": [{"ids": {"values": skip}}]
             }}
         });
         self.search(&body)

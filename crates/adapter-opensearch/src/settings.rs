@@ -22,8 +22,10 @@ pub struct OpenSearchSettings {
     pub agents_index: String,
     /// Where retention moves finished orders when archiving is on.
     pub archive_index: String,
-    /// How often a waiting long-poll re-checks the index, in milliseconds: the delay within
-    /// which an order created through another service instance reaches a waiting agent.
+    /// How often this instance looks in the index for orders its waiting long-polls may claim
+    /// (one refresh and one search per interval for all of them), in milliseconds: the delay
+    /// within which an order created through another service instance reaches a waiting agent.
+    /// Also the most a claim's view of the index may lag behind other instances' writes.
     pub poll_interval_ms: u64,
     /// Longest one request to OpenSearch may take, in seconds.
     pub request_timeout_secs: u64,

@@ -399,6 +399,218 @@ async fn another_instance_delivers_an_order_within_about_a_poll_interval() {
     assert_eq!(stored.status(), cm_domain::Status::Sent);
 }
 
+/// Searches the node ran on `index` so far (its primaries' query phases; one per search on
+/// the template's single shard).
+async fn searches(raw: &Raw, index: &str) -> u64 {
+    let stats = raw.get(&format!("/{index}/_stats/search")).await;
+    stats["_all"]["primaries"]["search"]["query_total"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no query_total in {stats}"))
+}
+
+/// One waiting agent's long-polls, again and again until the test ends, the way an agent
+/// polls: every order it receives is sent on `got` with its arrival time.
+fn keep_polling(
+    polls: &mut tokio::task::JoinSet<()>,
+    service: &cm_ports::CommandManager,
+    agent: String,
+    got: tokio::sync::mpsc::UnboundedSender<(String, Vec<cm_domain::OrderId>, Instant)>,
+) {
+    let service = service.clone();
+    polls.spawn(async move {
+        loop {
+            let orders = service
+                .poll(&agent_id(&agent), 10, Duration::from_secs(60))
+                .await
+                .expect("poll");
+            if !orders.is_empty() {
+                let ids = orders.iter().map(|o| *o.order_id()).collect();
+                let _ = got.send((agent.clone(), ids, Instant::now()));
+            }
+        }
+    });
+}
+
+/// Cross-instance delivery costs each instance one search per poll interval, whatever the
+/// number of waiting polls: 1,000 polls waiting on one instance, with no orders, cause a few
+/// searches per interval (every poll re-claiming each interval would be ~2,000), and orders
+/// submitted through another instance still reach their polls within about one interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_waiting_polls_cost_a_few_searches_per_interval_and_still_get_remote_orders() {
+    const POLLS: usize = 1000;
+    const WINDOW: Duration = Duration::from_secs(5);
+    let (first, settings, _cleanup) = open_fresh().await;
+    let second = OpenSearchBackend::open(&settings)
+        .await
+        .expect("second instance");
+    let raw = Raw::new();
+    let name = |i: usize| format!("w{i:04}");
+    let fleet: Vec<_> = (0..POLLS).map(|i| agent(&name(i), &["Waiting"])).collect();
+    first.upsert_many(&fleet).await.expect("upsert");
+    let submitter = ports(&first).service(Settings::default());
+    let poller = ports(&second).service(Settings::default());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut polls = tokio::task::JoinSet::new();
+    for i in 0..POLLS {
+        keep_polling(&mut polls, &poller, name(i), tx.clone());
+    }
+
+    // The polls' first claims are a burst; wait until it is over (at most 30 s: polls that
+    // re-check by themselves never settle, and the window below shows it).
+    let settle = Instant::now();
+    let mut before = searches(&raw, &settings.orders_index).await;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = searches(&raw, &settings.orders_index).await;
+        let burst = now - before;
+        before = now;
+        if burst <= 5 || settle.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+    }
+    let started = Instant::now();
+    tokio::time::sleep(WINDOW).await;
+    let searched = searches(&raw, &settings.orders_index).await - before;
+    let took = started.elapsed();
+    let intervals = took.as_secs_f64() / settings.poll_interval().as_secs_f64();
+    println!(
+        "cross-instance watch: {POLLS} waiting polls cost {searched} searches in {took:.2?} \
+         ({:.1} per poll interval; settled after {:.2?})",
+        searched as f64 / intervals,
+        started - settle
+    );
+    assert!(
+        (searched as f64) <= 3.0 * intervals + 10.0,
+        "{searched} searches in {intervals:.1} intervals with {POLLS} waiting polls"
+    );
+
+    // Orders from the other instance, submitted at different moments of the watch's tick.
+    let mut lags = Vec::new();
+    for k in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300 + 170 * k as u64)).await;
+        let target = name(k * 97);
+        let sent = Instant::now();
+        let submitted = submitter
+            .submit(SubmitRequest {
+                commands: vec![restart(TargetType::Agent, &target)],
+                idempotency: None,
+            })
+            .await
+            .expect("submit");
+        let (who, ids, arrived) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("delivered before the poll's wait ended")
+            .expect("a delivery");
+        assert_eq!((who, ids), (target, submitted[0].order_ids.clone()));
+        lags.push(arrived - sent);
+    }
+    println!("cross-instance watch: deliveries to polls of another instance took {lags:.2?}");
+    for lag in &lags {
+        assert!(
+            *lag < settings.poll_interval() * 3,
+            "within about one poll interval ({lags:?})"
+        );
+    }
+    polls.shutdown().await;
+}
+
+/// The watch reads the agents of every waiting poll in one search per interval, even 12,000 of
+/// them (more than one `terms` clause holds), and finds what a time window could miss: an
+/// order whose `@timestamp` is long past when it becomes visible (a slow bulk on another
+/// instance), and a scheduled order of another instance once it is due, not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_finds_late_and_scheduled_orders_of_another_instance_for_12000_waiting_agents() {
+    const WAITING: usize = 12_000;
+    let (first, settings, _cleanup) = open_fresh().await;
+    let second = OpenSearchBackend::open(&settings)
+        .await
+        .expect("second instance");
+    let raw = Raw::new();
+    let notifier = second.notifier();
+    assert!(notifier.is_watching());
+    let name = |i: usize| format!("idle-{i:05}");
+    let mut subs: Vec<_> = (0..WAITING)
+        .map(|i| notifier.subscribe(&agent_id(&name(i))))
+        .collect();
+    let interval = settings.poll_interval();
+    tokio::time::sleep(interval * 2).await;
+    let before = searches(&raw, &settings.orders_index).await;
+
+    // Written now, but stamped ten minutes ago, as a bulk that took that long would be.
+    let now = Utc::now();
+    let late = OrderSpec::agent(&name(WAITING - 1))
+        .created(now - chrono::Duration::minutes(10))
+        .timeout(3600)
+        .build();
+    let due_at = now + chrono::Duration::milliseconds(2500);
+    let scheduled = OrderSpec::agent(&name(WAITING - 2))
+        .created(now)
+        .timeout(3600)
+        .not_before(due_at)
+        .build();
+    let started = Instant::now();
+    first
+        .insert(&[late, scheduled])
+        .await
+        .expect("insert through the first instance");
+    tokio::time::timeout(interval * 3, subs[WAITING - 1].notified())
+        .await
+        .expect("the late order wakes its agent within about one interval");
+    let late_took = started.elapsed();
+    tokio::time::timeout(Duration::from_secs(10), subs[WAITING - 2].notified())
+        .await
+        .expect("the scheduled order wakes its agent once due");
+    let woken = Utc::now();
+    let scheduled_took = started.elapsed();
+    let searched = searches(&raw, &settings.orders_index).await - before;
+    println!(
+        "cross-instance watch, {WAITING} waiting agents: late order found in {late_took:.2?}, \
+         scheduled order (due after 2.5 s) in {scheduled_took:.2?}; {searched} searches"
+    );
+    assert!(woken >= due_at, "not before it is due");
+    assert!(
+        woken < due_at + chrono::Duration::from_std(interval * 3).expect("interval"),
+        "within about one interval of being due ({scheduled_took:?})"
+    );
+    let intervals = scheduled_took.as_secs_f64() / interval.as_secs_f64();
+    assert!(
+        (searched as f64) <= intervals + 3.0,
+        "{searched} searches in {intervals:.1} intervals"
+    );
+    // Each order wakes its agent once; nobody else is woken.
+    tokio::time::sleep(interval * 2).await;
+    for (i, sub) in subs.iter_mut().enumerate() {
+        assert!(
+            tokio::time::timeout(Duration::ZERO, sub.notified())
+                .await
+                .is_err(),
+            "{} woken",
+            name(i)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watch_is_shared_by_notifiers_and_stops_on_close() {
+    let (b, settings, _cleanup) = open_fresh().await;
+    let one = b.notifier();
+    let two = b.notifier();
+    assert!(one.is_watching() && two.is_watching());
+    assert_eq!(
+        one.recheck_interval(),
+        Some(Duration::from_secs(30)),
+        "a safety net while the watch runs"
+    );
+    b.close().await;
+    assert!(!one.is_watching() && !two.is_watching());
+    assert_eq!(
+        one.recheck_interval(),
+        Some(settings.poll_interval()),
+        "polls re-check by themselves without the watch"
+    );
+    assert!(b.notifier().is_watching(), "a new notifier starts it again");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn args_the_wazuh_mapping_cannot_index_are_refused_not_retried() {
     let (b, s, _cleanup) = open_fresh().await;

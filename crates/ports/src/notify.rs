@@ -82,6 +82,19 @@ impl WakeHub {
         }
     }
 
+    /// The agents that have at least one waiting subscription, in no particular order. For
+    /// notifiers that must look in storage on behalf of the waiting polls (one look for all of
+    /// them, instead of one per poll) and then [`Self::wake`] the agents they found orders for.
+    #[must_use]
+    pub fn waiting_agents(&self) -> Vec<AgentId> {
+        self.senders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// How many agents have at least one waiting subscription.
     #[must_use]
     pub fn agents_waiting(&self) -> usize {
@@ -203,6 +216,20 @@ mod tests {
         assert_eq!(hub.agents_waiting(), 1);
         drop(b);
         assert_eq!(hub.agents_waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn waiting_agents_are_those_with_a_subscription() {
+        let hub = WakeHub::new();
+        assert!(hub.waiting_agents().is_empty());
+        let a = hub.subscribe(&agent("a1"));
+        let _b = hub.subscribe(&agent("a2"));
+        let _c = hub.subscribe(&agent("a2"));
+        let mut waiting = hub.waiting_agents();
+        waiting.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert_eq!(waiting, vec![agent("a1"), agent("a2")]);
+        drop(a);
+        assert_eq!(hub.waiting_agents(), vec![agent("a2")]);
     }
 
     #[tokio::test]
