@@ -192,23 +192,35 @@ impl CommandManager {
         writer: &mut Writer<'_>,
         order_ids: &mut Vec<OrderId>,
     ) -> Result<(), StoreError> {
-        let mut page = AgentPageRequest {
+        let page = AgentPageRequest {
             group: Some(group.clone()),
             // A page of 0 would end the group at once: it would expand to no order at all.
             size: self.settings.expansion_page.max(1),
             after: None,
         };
         let mut slot = 0u64;
+        let mut members = self.ports.agents.list(&page).await?;
         loop {
-            let members = self.ports.agents.list(&page).await?;
             for agent in &members.items {
-                writer
-                    .push(ex.agent_order_at(slot, agent, ids), order_ids)
-                    .await?;
+                writer.stage(ex.agent_order_at(slot, agent, ids), order_ids);
                 slot += 1;
             }
-            match members.next {
-                Some(next) => page.after = Some(next),
+            // Write the full batches of this page while the next page is read: the two round
+            // trips overlap instead of following each other.
+            let next = members.next.take().map(|after| AgentPageRequest {
+                after: Some(after),
+                ..page.clone()
+            });
+            let read_next = async {
+                match &next {
+                    Some(next) => self.ports.agents.list(next).await.map(Some),
+                    None => Ok(None),
+                }
+            };
+            let (written, read) = tokio::join!(writer.flush_full_batches(), read_next);
+            written?;
+            match read? {
+                Some(following) => members = following,
                 None => return Ok(()),
             }
         }
@@ -239,13 +251,26 @@ impl<'a> Writer<'a> {
         order: Order,
         ids: &mut Vec<OrderId>,
     ) -> Result<(), StoreError> {
+        self.stage(order, ids);
+        self.flush_full_batches().await
+    }
+
+    /// Buffers `order` without writing anything yet.
+    pub(super) fn stage(&mut self, order: Order, ids: &mut Vec<OrderId>) {
         ids.push(*order.order_id());
         if let Some(agent) = order.agent_id() {
             self.woken.push(agent.clone());
         }
         self.buffer.push(order);
-        if self.buffer.len() >= self.manager.settings.write_batch {
-            self.flush().await?;
+    }
+
+    /// Writes every full batch of `write_batch` orders in the buffer; the rest waits.
+    pub(super) async fn flush_full_batches(&mut self) -> Result<(), StoreError> {
+        let batch = self.manager.settings.write_batch.max(1);
+        while self.buffer.len() >= batch {
+            let created = self.manager.ports.orders.insert(&self.buffer[..batch]).await?;
+            metrics::counter!(metric::ORDERS_CREATED).increment(created);
+            self.buffer.drain(..batch);
         }
         Ok(())
     }
