@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::{opensearch, postgres};
+use crate::{opensearch, postgres, process};
 
 const USAGE: &str = "cargo xtask bench [--backend memory|sqlite|postgres|opensearch|all] [--quick]";
 
@@ -61,8 +61,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
 
     println!("xtask: building the release binaries");
-    run_status(
-        cargo(&root).args([
+    process::run_status(
+        process::cargo().args([
             "build",
             "--release",
             "-p",
@@ -79,12 +79,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     );
     let criterion = target.join("criterion");
     let _ = fs::remove_dir_all(&criterion);
-    let mut bench = cargo(&root);
+    let mut bench = process::cargo();
     bench.args(["bench", "-p", "cm-domain", "--bench", "domain", "--"]);
     if quick {
         bench.args(["--warm-up-time", "1", "--measurement-time", "2"]);
     }
-    let criterion_ran = run_status(&mut bench, "the criterion benchmarks")
+    let criterion_ran = process::run_status(&mut bench, "the criterion benchmarks")
         .map_err(|e| eprintln!("xtask: {e}; the page will say they did not run"))
         .is_ok();
 
@@ -121,7 +121,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         render.arg("--criterion").arg(&criterion);
     }
     render.args(&results);
-    run_status(&mut render, "rendering BENCHMARKS.md")?;
+    process::run_status(&mut render, "rendering BENCHMARKS.md")?;
     println!(
         "xtask: wrote {} in {:.1} min",
         page.display(),
@@ -173,7 +173,7 @@ fn measure(
         }
         _ => {}
     }
-    run_status(&mut cmd, &format!("the {backend} benchmarks"))?;
+    process::run_status(&mut cmd, &format!("the {backend} benchmarks"))?;
     if out.is_file() {
         Ok(())
     } else {
@@ -228,23 +228,6 @@ fn target_dir(root: &Path) -> PathBuf {
             }
         }
         _ => root.join("target"),
-    }
-}
-
-fn cargo(root: &Path) -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    cmd.current_dir(root);
-    cmd
-}
-
-fn run_status(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what} failed ({status})"))
     }
 }
 

@@ -6,6 +6,7 @@ mod bench;
 mod fuzz;
 mod opensearch;
 mod postgres;
+mod process;
 mod test;
 
 use std::path::{Path, PathBuf};

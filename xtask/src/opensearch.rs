@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::process;
 
 /// How long the node may take to print its ready line.
 const READY_TIMEOUT: Duration = Duration::from_secs(180);
@@ -243,15 +245,6 @@ fn ensure_cds_archive(dir: &Path) -> bool {
     ok && archive.is_file()
 }
 
-fn make_temp_dir() -> Result<PathBuf, String> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!("cm-opensearch-{}-{nanos}", std::process::id()));
-    fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    Ok(dir)
-}
-
 /// Builds the launcher when needed and starts a node on 127.0.0.1: on `port` (a free one when
 /// `None`), with its data in `data` (kept) or in a fresh temporary directory (removed when the
 /// server is dropped).
@@ -270,7 +263,7 @@ pub(crate) fn start(port: Option<u16>, data: Option<PathBuf>) -> Result<OpenSear
             fs::create_dir_all(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
             (d, false)
         }
-        None => (make_temp_dir()?, true),
+        None => (process::temp_dir("opensearch")?, true),
     };
     // From here on, dropping `server` cleans up.
     let mut server = OpenSearchServer {
@@ -314,7 +307,7 @@ pub(crate) fn start(port: Option<u16>, data: Option<PathBuf>) -> Result<OpenSear
     let pid = node.id();
     server.node = Some(node);
     if owns_dir {
-        server.watchdog = spawn_watchdog(pid, &server.dir).ok();
+        server.watchdog = process::spawn_watchdog("opensearch", pid, &server.dir, None, 300).ok();
     }
 
     // Read stdout on a thread (and keep draining it, so the node never blocks on a full pipe).
@@ -360,54 +353,10 @@ pub(crate) fn start(port: Option<u16>, data: Option<PathBuf>) -> Result<OpenSear
     }
 }
 
-/// A shell in its own process group that outlives us: once this process is gone, it waits for
-/// the node (which exits when its standard input closes), kills it if it lingers, and removes
-/// the data directory.
-fn spawn_watchdog(node_pid: u32, dir: &Path) -> std::io::Result<Child> {
-    const SCRIPT: &str = r#"
-while kill -0 "$1" 2>/dev/null; do sleep 1; done
-if [ -d "$3" ]; then
-  i=0
-  while kill -0 "$2" 2>/dev/null && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
-  kill -KILL "$2" 2>/dev/null
-  rm -rf "$3"
-fi
-"#;
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", SCRIPT, "cm-opensearch-watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(node_pid.to_string())
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.spawn()
-}
-
 /// `cargo xtask opensearch [--port P] [--data DIR]`: runs a node in the foreground until
 /// Ctrl-C or the end of standard input.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let mut port = None;
-    let mut data = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--port" => {
-                let value = it.next().ok_or("--port needs a value")?;
-                port = Some(
-                    value
-                        .parse::<u16>()
-                        .map_err(|_| format!("--port {value:?} is not a port number"))?,
-                );
-            }
-            "--data" => {
-                let value = it.next().ok_or("--data needs a directory")?;
-                data = Some(PathBuf::from(value));
-            }
-            other => return Err(format!("opensearch: unknown argument {other:?}")),
-        }
-    }
+    let (port, data) = process::server_args("opensearch", args)?;
     let started = Instant::now();
     let server = start(port, data)?;
     println!("{READY_PREFIX}{}", server.url());
@@ -416,8 +365,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         started.elapsed(),
         server.url()
     );
-    let mut sink = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    process::wait_for_end_of_input();
     drop(server);
     Ok(())
 }

@@ -16,7 +16,9 @@ use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::process;
 
 /// The unprivileged user that runs the server when we are root.
 const SERVER_USER: &str = "postgres";
@@ -116,7 +118,7 @@ pub(crate) fn start_with(port: Option<u16>, data: Option<&Path>) -> Result<PgSer
         }
         None => None,
     };
-    let dir = make_temp_dir()?;
+    let dir = process::temp_dir("postgres")?;
     // From here on, dropping `server` cleans up.
     let mut server = PgServer {
         url: String::new(),
@@ -213,15 +215,6 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-fn make_temp_dir() -> Result<PathBuf, String> {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!("cm-postgres-{}-{nanos}", std::process::id()));
-    fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    Ok(dir)
 }
 
 fn free_port() -> Result<u16, String> {
@@ -325,7 +318,7 @@ fn spawn_server(s: &mut PgServer, port: u16, as_root: bool) -> Result<(), String
         .map_err(|e| format!("cannot start postgres: {e}"))?;
     let pid = child.id();
     s.server = Some(child);
-    s.watchdog = spawn_watchdog(pid, &s.dir).ok();
+    s.watchdog = process::spawn_watchdog("postgres", pid, &s.dir, Some("INT"), 200).ok();
 
     let started = Instant::now();
     loop {
@@ -371,65 +364,18 @@ fn is_ready(s: &PgServer, port: u16) -> bool {
     status_ready && std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
-/// A shell in its own process group that outlives us: when this process is gone without
-/// having stopped the server (killed, Ctrl-C), it stops the server and removes the directory.
-fn spawn_watchdog(server_pid: u32, dir: &Path) -> std::io::Result<Child> {
-    const SCRIPT: &str = r#"
-while kill -0 "$1" 2>/dev/null; do sleep 1; done
-if [ -d "$3" ]; then
-  kill -INT "$2" 2>/dev/null
-  i=0
-  while kill -0 "$2" 2>/dev/null && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
-  kill -KILL "$2" 2>/dev/null
-  rm -rf "$3"
-fi
-"#;
-    let mut cmd = Command::new("sh");
-    cmd.args(["-c", SCRIPT, "cm-postgres-watchdog"])
-        .arg(std::process::id().to_string())
-        .arg(server_pid.to_string())
-        .arg(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    cmd.spawn()
-}
-
 /// `cargo xtask postgres [--port P] [--data DIR]`: runs a server in the foreground until
 /// Ctrl-C or the end of standard input; with `--data`, on the cluster in DIR (initialised on
 /// first use, kept and reused: stop and start it again on the same data).
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let mut port = None;
-    let mut data = None;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--port" => {
-                let value = it.next().ok_or("--port needs a value")?;
-                port = Some(
-                    value
-                        .parse::<u16>()
-                        .map_err(|_| format!("--port {value:?} is not a port number"))?,
-                );
-            }
-            "--data" => {
-                let value = it.next().ok_or("--data needs a directory")?;
-                data = Some(PathBuf::from(value));
-            }
-            other => return Err(format!("postgres: unknown argument {other:?}")),
-        }
-    }
+    let (port, data) = process::server_args("postgres", args)?;
     let server = start_with(port, data.as_deref())?;
     println!("postgres ready {}", server.url());
     eprintln!(
         "export CM_TEST_POSTGRES_URL={} ; stop with Ctrl-C or end of input (Ctrl-D)",
         server.url()
     );
-    // Wait for the end of standard input; Ctrl-C ends this process, and the watchdog then
-    // stops the server.
-    let mut sink = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+    process::wait_for_end_of_input();
     drop(server);
     Ok(())
 }
@@ -477,7 +423,7 @@ mod tests {
     #[test]
     fn a_server_on_a_data_directory_starts_again_on_the_same_data() {
         // Searchable by the server user (a plain temporary directory may not be).
-        let parent = make_temp_dir().expect("temporary directory");
+        let parent = process::temp_dir("postgres").expect("temporary directory");
         let data = parent.join("cluster");
         let port = free_port().expect("a free port");
         let first = start_with(Some(port), Some(&data)).unwrap_or_else(|e| panic!("{e}"));

@@ -12,10 +12,9 @@
 //! outage tests start servers of their own through this binary, whose path every test gets in
 //! `CM_XTASK_BIN`.
 
-use std::process::Command;
 use std::time::Instant;
 
-use crate::{opensearch, postgres};
+use crate::{opensearch, postgres, process};
 
 const USAGE: &str = "cargo xtask test [--heavy] [-- <arguments for cargo test>]";
 
@@ -85,11 +84,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     } else {
         &[]
     };
-    let mut build = cargo();
+    let mut build = process::cargo();
     build
         .args(["test", "--workspace", "--no-run"])
         .args(features);
-    run_status(&mut build, "compiling the tests")?;
+    process::run_status(&mut build, "compiling the tests")?;
 
     let os = match (existing_os, os_boot) {
         (Some(url), _) => {
@@ -106,7 +105,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         (None, None) => unreachable!("a node is started whenever none is given"),
     };
 
-    let mut test = cargo();
+    let mut test = process::cargo();
     test.args(["test", "--workspace"])
         .args(features)
         .env("CM_TEST_POSTGRES_URL", pg.url())
@@ -120,7 +119,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     if !passthrough.is_empty() {
         test.arg("--").args(&passthrough);
     }
-    let outcome = run_status(&mut test, "the tests");
+    let outcome = process::run_status(&mut test, "the tests");
     drop(os);
     drop(pg);
     outcome?;
@@ -156,23 +155,6 @@ impl<S: HasUrl> Backend<S> {
             Self::Started(s) => s.url(),
             Self::Existing(url) => url,
         }
-    }
-}
-
-fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
-    cmd.current_dir(crate::project_root());
-    cmd
-}
-
-fn run_status(cmd: &mut Command, what: &str) -> Result<(), String> {
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run {what}: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("{what} failed ({status})"))
     }
 }
 
