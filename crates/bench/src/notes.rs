@@ -121,14 +121,12 @@ pub(crate) fn misses(cols: &[&BackendRun]) -> Vec<String> {
 
 /// What the held polls' memory is made of (profiled), and the cheap fix found.
 const OPEN_POLLS_MEMORY: &str = "Profiled with `valgrind --tool=massif` (memory backend, 500 \
-    held polls): about 53 KB of heap per held poll, of which hyper's read buffer (grown to \
-    16 KB), about 8 KB of hyper connection state, about 10 KB for a copy of axum's route table \
-    and 4 KB of cloned route services per connection (`axum::serve(listener, router)` calls \
-    `Router::with_state(())` for every accepted connection), the rest the boxed futures of the \
-    middleware stack and the task. Serving `router.into_make_service()` instead (one line in \
-    `cm_api_http::serve`) shares one route table: in an experiment on this machine it brought \
-    10,000 held polls on the memory backend from 439 MB to 239 MB, under the target. The \
-    PostgreSQL and OpenSearch backends hold somewhat more per poll.";
+    held polls) before the service shared one route table across connections: about 53 KB of \
+    heap per held poll, of which hyper's read buffer (grown to 16 KB), about 8 KB of hyper \
+    connection state, about 14 KB for a per-connection copy of axum's route table (gone since \
+    `cm_api_http::serve` serves `into_make_service()`), the rest the boxed futures of the \
+    middleware stack and the task. The PostgreSQL and OpenSearch backends hold somewhat more per \
+    poll (their claim and re-check state).";
 
 /// What limits the fan-out of one backend against its raw write.
 fn fanout_limit(backend: &str) -> &'static str {
@@ -141,19 +139,19 @@ fn fanout_limit(backend: &str) -> &'static str {
         "sqlite" => {
             "The service writes the fan-out in batches of `limits.write_batch` (2,000) orders, \
              each its own durable transaction (a WAL `fsync` each: five where the raw write has \
-             one), and reads the group from the registry page by page between them, one step \
-             after the other."
+             one), reading the next page of the group while it writes; it also builds every \
+             order and serialises it twice (into the table and into the 201 with its 10,000 \
+             ids), which the raw write of ready-made documents does not."
         }
         "postgres" => {
-            "PostgreSQL's statement log of one 10,000-agent fan-out (`log_min_duration_statement \
-             = 0`) shows 5 write transactions (`limits.write_batch` = 2,000 orders, as two \
-             1,000-row `INSERT … SELECT FROM UNNEST`), 60–80 ms each with binding (while \
-             logging every statement), and 10 \
-             reads of 1,000 group members, 3–20 ms each, strictly one after the other: the \
-             expansion never reads the next page while a batch is written, and each batch \
-             commits on its own; the raw write is one transaction (or one `COPY`). Raising \
-             `limits.write_batch` and `limits.expansion_page` to 10,000 made no clear \
-             difference on this machine."
+            "A 10,000-agent fan-out is 5 write transactions (`limits.write_batch` = 2,000 \
+             orders, as two 1,000-row `INSERT … SELECT FROM UNNEST` each, 60–80 ms with \
+             binding in PostgreSQL's statement log) and 10 reads of 1,000 group members (3–20 \
+             ms each), the next page read while a batch is written; the raw write is one \
+             transaction (or one `COPY`) of ready-made documents, while the service also builds \
+             every order, serialises it for `jsonb` and for the 201, and binds 14 column arrays. \
+             The service and PostgreSQL share the two cores. Raising `limits.write_batch` and \
+             `limits.expansion_page` to 10,000 made no clear difference on this machine."
         }
         "opensearch" => {
             "The service writes through `_bulk` in batches of `limits.write_batch` (2,000) \
