@@ -28,7 +28,10 @@ async fn an_embedding_service_drives_the_whole_loop_through_the_use_cases() {
 
     let a1 = AgentId::parse("a1", "agent_id").unwrap();
     let test = GroupName::parse("Test", "group").unwrap();
-    let registered = manager.put_agent(&Agent::new(a1.clone(), vec![test])).await.unwrap();
+    let registered = manager
+        .put_agent(&Agent::new(a1.clone(), vec![test]))
+        .await
+        .unwrap();
     assert!(registered.key.is_some(), "a new agent gets its key once");
 
     let restart = Command::new(
@@ -40,7 +43,10 @@ async fn an_embedding_service_drives_the_whole_loop_through_the_use_cases() {
     )
     .unwrap();
     let submitted = manager
-        .submit(SubmitRequest { commands: vec![restart], idempotency: None })
+        .submit(SubmitRequest {
+            commands: vec![restart],
+            idempotency: None,
+        })
         .await
         .unwrap();
     assert_eq!(submitted[0].order_ids.len(), 1);
@@ -48,7 +54,10 @@ async fn an_embedding_service_drives_the_whole_loop_through_the_use_cases() {
     let orders = manager.poll(&a1, 10, Duration::from_secs(1)).await.unwrap();
     assert_eq!(orders.len(), 1);
     let report = Report::new(ReportStatus::Success, 0, "restarted", "").unwrap();
-    let done = manager.report(orders[0].order_id(), &report, Some(&a1)).await.unwrap();
+    let done = manager
+        .report(orders[0].order_id(), &report, Some(&a1))
+        .await
+        .unwrap();
     assert_eq!(done.status(), Status::Success);
 
     // The same use cases behind the HTTP API, mounted in the embedder's own axum server.

@@ -265,3 +265,55 @@ async fn a_staggered_rollout_to_1000_agents_on_opensearch_can_be_cancelled_and_i
     let timings = staggered_rollout_cancel_and_retry(&env).await;
     println!("rollout on opensearch: {timings:?}");
 }
+
+/// Registering an agent does not refresh the agents index; a group submit (and a listing)
+/// refreshes it before it reads the members. So agents registered through one instance are
+/// found by a group submit through another right after, even when that instance refreshed the
+/// index a moment before the registrations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_submit_through_another_instance_finds_agents_registered_just_before() {
+    let indices = Indices::fresh();
+    let env = indices.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (a, b) = (Service::start(&env), Service::start(&env));
+    let c = Client::default();
+    for round in 0..3 {
+        let group = format!("Remote{round}");
+        let members = b.url(&format!("/api/v1/agents?group={group}&size=100"));
+        let (status, body) = c.get(&members).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["agents"], json!([]), "nobody yet");
+        for i in 0..50 {
+            let (status, body) = c
+                .put(
+                    &a.url(&format!("/api/v1/agents/r{round}-{i:02}")),
+                    json!({"groups": [group]}),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+        let (status, body) = c
+            .post(
+                &b.url("/api/v1/commands"),
+                json!({"commands": [{
+                    "source": "Users/Services",
+                    "user": "e2e",
+                    "target": {"type": "group", "id": group},
+                    "action": {"name": "restart", "args": {}, "version": "v5"},
+                    "timeout": 300
+                }]}),
+            )
+            .await;
+        assert_eq!(status, 201, "round {round}: {body}");
+        assert_eq!(
+            body["requests"][0]["order_ids"].as_array().map(Vec::len),
+            Some(50),
+            "round {round}: every member registered through the other instance: {body}"
+        );
+        let (status, body) = c.get(&members).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["agents"].as_array().map(Vec::len), Some(50), "{body}");
+    }
+    a.stop();
+    b.stop();
+}

@@ -1,17 +1,27 @@
 //! [`AgentRegistry`] over the agents index (`wazuh-agents`): documents
 //! `{"agent": {"id", "groups", …Wazuh's other fields}, "command_manager": {"key_hash"}}` with the
 //! agent id as `_id`. Our writes touch `agent.id`, `agent.groups` and `command_manager` only
-//! (partial `_update`s), so whatever else Wazuh keeps there survives; they refresh the index,
-//! so a submit right after a registration sees the new member.
+//! (partial `_update`s), so whatever else Wazuh keeps there survives.
+//!
+//! **Visibility.** Writes do not refresh the index (a refresh per registration made registering
+//! a fleet one agent at a time take minutes). The reads that search instead refresh it first:
+//! `count` and the first page of `list` (where a group expansion and a listing start) always,
+//! unless a refresh started after they were called, so they see every agent write that
+//! finished before, through this instance or any other (a refresh with nothing to do costs a
+//! fraction of a millisecond); later pages when this instance wrote agents since the last
+//! refresh, or it is older than the poll interval. `get` and `key_hash` are realtime reads.
 
 use async_trait::async_trait;
 use cm_domain::{Agent, AgentId, GroupName, KeyHash};
 use cm_ports::{AgentPageRequest, AgentRegistry, Page, StoreError, Upserted};
 use opensearch::http::Method;
+use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::bulk::{Applied, ItemOutcome, Meta, Need, Op, Ops};
 use crate::error::{OsError, corrupt, kind};
-use crate::{BulkOp, ItemOutcome, MAX_WINDOW, OpenSearchBackend};
+use crate::visibility::Fresh;
+use crate::{MAX_WINDOW, OpenSearchBackend};
 
 /// `agent.groups` as Wazuh may write it: a list, one string, or nothing.
 fn groups_of(value: &Value, id: &str) -> Result<Vec<GroupName>, StoreError> {
@@ -42,13 +52,35 @@ fn agent_of(source: &Value, doc_id: &str) -> Result<Agent, StoreError> {
     ))
 }
 
-/// The partial document of an upsert: only the fields this service owns in Wazuh's layout.
-fn upsert_body(agent: &Agent) -> Value {
-    let groups: Vec<&str> = agent.groups().iter().map(GroupName::as_str).collect();
-    json!({
-        "doc": {"agent": {"id": agent.id().as_str(), "groups": groups}},
-        "doc_as_upsert": true
-    })
+/// The partial document of an upsert: only the fields this service owns in Wazuh's layout,
+/// `{"doc": {"agent": {"id", "groups"}}, "doc_as_upsert": true}`.
+#[derive(Serialize)]
+struct UpsertBody<'a> {
+    doc: UpsertDoc<'a>,
+    doc_as_upsert: bool,
+}
+
+#[derive(Serialize)]
+struct UpsertDoc<'a> {
+    agent: UpsertAgent<'a>,
+}
+
+#[derive(Serialize)]
+struct UpsertAgent<'a> {
+    id: &'a AgentId,
+    groups: &'a [GroupName],
+}
+
+fn upsert_body(agent: &Agent) -> UpsertBody<'_> {
+    UpsertBody {
+        doc: UpsertDoc {
+            agent: UpsertAgent {
+                id: agent.id(),
+                groups: agent.groups(),
+            },
+        },
+        doc_as_upsert: true,
+    }
 }
 
 impl OpenSearchBackend {
@@ -63,6 +95,11 @@ impl OpenSearchBackend {
 
     fn agent_path(&self, id: &AgentId) -> String {
         format!("/{}/_doc/{}", self.inner.agents, id.as_str())
+    }
+
+    /// Records a finished agent write (whatever its outcome): the next listing refreshes.
+    fn wrote_agents(&self) {
+        self.inner.agents_visibility.wrote();
     }
 
     /// The `_source` of an agent's document (only `includes`), when it exists.
@@ -92,15 +129,18 @@ impl OpenSearchBackend {
 impl AgentRegistry for OpenSearchBackend {
     #[tracing::instrument(skip(self, agent), fields(agent = %agent.id()))]
     async fn upsert(&self, agent: &Agent) -> Result<Upserted, StoreError> {
-        let body = self
+        let body = serde_json::to_value(upsert_body(agent)).map_err(corrupt)?;
+        let answer = self
             .http()
             .ok(
                 Method::Post,
                 &format!("/{}/_update/{}", self.inner.agents, agent.id().as_str()),
-                &[("refresh", "true"), ("retry_on_conflict", "5")],
-                Some(&upsert_body(agent)),
+                &[("retry_on_conflict", "5")],
+                Some(&body),
             )
-            .await?;
+            .await;
+        self.wrote_agents();
+        let body = answer?;
         Ok(if body["result"] == "created" {
             Upserted::Created
         } else {
@@ -113,22 +153,20 @@ impl AgentRegistry for OpenSearchBackend {
         if agents.is_empty() {
             return Ok(0);
         }
-        let ops: Vec<BulkOp> = agents
-            .iter()
-            .map(|a| BulkOp {
-                action: json!({"update": {
-                    "_index": self.inner.agents,
-                    "_id": a.id().as_str(),
-                    "retry_on_conflict": 5
-                }}),
-                source: Some(upsert_body(a)),
-            })
-            .collect();
-        let outcomes = self.bulk(&ops, true).await?;
+        let mut ops = Ops::with_capacity(agents.len(), 160);
+        for a in agents {
+            let meta = Meta::new(&self.inner.agents, a.id()).retry_on_conflict(5);
+            ops.push(Op::Update, &meta, Some(&upsert_body(a)))?;
+        }
+        let outcomes = self.bulk(&ops, Need::Results).await;
+        self.wrote_agents();
+        let outcomes = outcomes?;
         let mut created = 0;
         for (a, outcome) in agents.iter().zip(&outcomes) {
             match outcome {
-                ItemOutcome::Done { result } if result == "created" => created += 1,
+                ItemOutcome::Done {
+                    result: Some(Applied::Created),
+                } => created += 1,
                 ItemOutcome::Done { .. } => {}
                 other => {
                     return Err(StoreError::Unavailable(format!(
@@ -144,6 +182,7 @@ impl AgentRegistry for OpenSearchBackend {
 
     #[tracing::instrument(skip(self, hash), fields(agent = %id))]
     async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError> {
+        // No search reads the key hash (`key_hash` is a realtime GET): nothing to refresh for.
         let answer = self
             .http()
             .call(
@@ -187,13 +226,10 @@ impl AgentRegistry for OpenSearchBackend {
     async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {
         let answer = self
             .http()
-            .call(
-                Method::Delete,
-                &self.agent_path(id),
-                &[("refresh", "true")],
-                None,
-            )
-            .await?;
+            .call(Method::Delete, &self.agent_path(id), &[], None)
+            .await;
+        self.wrote_agents();
+        let answer = answer?;
         match answer.status {
             200 => Ok(true),
             404 if answer.body["result"] == "not_found" => Ok(false),
@@ -209,6 +245,14 @@ impl AgentRegistry for OpenSearchBackend {
                 next: None,
             });
         }
+        // A listing (or a group expansion) starts from what every instance registered before
+        // it; its later pages need only this instance's writes meanwhile.
+        self.make_agents_fresh(if page.after.is_none() {
+            Fresh::Always
+        } else {
+            Fresh::IfDirtyOrOlder(self.inner.poll_interval)
+        })
+        .await?;
         let id_field = &self.inner.fields.agent_id;
         let mut body = json!({
             "size": page.size.min(MAX_WINDOW),
@@ -242,6 +286,9 @@ impl AgentRegistry for OpenSearchBackend {
 
     #[tracing::instrument(skip(self))]
     async fn count(&self, group: Option<GroupName>) -> Result<u64, StoreError> {
+        // Every agent registered before, through any instance (a group submit counts its
+        // members right after their registration).
+        self.make_agents_fresh(Fresh::Always).await?;
         let answer = self
             .http()
             .ok(

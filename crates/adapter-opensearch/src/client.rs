@@ -10,6 +10,7 @@ use opensearch::cert::CertificateValidation;
 use opensearch::http::Method;
 use opensearch::http::Url;
 use opensearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use opensearch::http::request::Body;
 use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use serde_json::Value;
 
@@ -108,25 +109,29 @@ impl Http {
         self.call(method, path, query, body).await?.into_ok()
     }
 
-    /// `POST /_bulk` with `lines` (action and source lines, each one JSON value).
-    pub(crate) async fn bulk(
+    /// Sends one request and returns its status and raw body, whatever its status.
+    pub(crate) async fn send_raw<B: Body>(
         &self,
-        lines: &[Value],
+        method: Method,
+        path: &str,
         query: &[(&str, &str)],
-    ) -> Result<Answer, OsError> {
-        let mut body = String::with_capacity(lines.len() * 256);
-        for line in lines {
-            body.push_str(&line.to_string());
-            body.push('\n');
-        }
-        self.send(
-            Method::Post,
-            "/_bulk",
-            query,
-            Some(body),
-            "application/x-ndjson",
-        )
-        .await
+        body: Option<B>,
+        content_type: &'static str,
+    ) -> Result<(u16, Vec<u8>), OsError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        let query = (!query.is_empty()).then_some(query);
+        let response = self
+            .client
+            .send(method, path, headers, query, body, None)
+            .await
+            .map_err(|e| OsError::Transport(e.to_string()))?;
+        let status = response.status_code().as_u16();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| OsError::Transport(e.to_string()))?;
+        Ok((status, bytes.into()))
     }
 
     async fn send(
@@ -137,23 +142,13 @@ impl Http {
         body: Option<String>,
         content_type: &'static str,
     ) -> Result<Answer, OsError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        let query = (!query.is_empty()).then_some(query);
-        let response = self
-            .client
-            .send(method, path, headers, query, body, None)
-            .await
-            .map_err(|e| OsError::Transport(e.to_string()))?;
-        let status = response.status_code().as_u16();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| OsError::Transport(e.to_string()))?;
-        let body = if text.trim().is_empty() {
+        let (status, bytes) = self
+            .send_raw(method, path, query, body, content_type)
+            .await?;
+        let body = if bytes.trim_ascii().is_empty() {
             Value::Null
         } else {
-            serde_json::from_str(&text).map_err(|e| {
+            serde_json::from_slice(&bytes).map_err(|e| {
                 OsError::Decode(format!(
                     "{method:?} {path} answered {status} with non-JSON: {e}"
                 ))

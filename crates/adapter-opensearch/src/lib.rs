@@ -15,7 +15,11 @@
 //!   This instance remembers the orders it wrote since its last refresh and reads them in
 //!   realtime in claims (see `visibility`); claims refresh the index when the last refresh
 //!   is older than the poll interval; listings refresh after this instance wrote; maintenance
-//!   batches refresh before each search.
+//!   batches refresh before each search. Agent writes do not refresh the agents index; counts
+//!   of agents and the first page of an agent listing (where a group expansion starts) refresh
+//!   it first, so they see every registration that finished before, through any instance.
+//! * Writes of many documents: `_bulk` bodies serialised straight from the domain types (see
+//!   `bulk`).
 //! * Across instances: no notification channel; one task per backend (see `watch`) refreshes
 //!   and searches once per poll interval for the deliverable orders of every agent with a
 //!   poll waiting on this instance, and wakes those polls: other instances' orders arrive
@@ -25,6 +29,7 @@
 //! (`impl From<OsError> for StoreError`).
 
 mod agents;
+mod bulk;
 mod client;
 mod error;
 mod mapping;
@@ -44,7 +49,7 @@ use opensearch::http::Method;
 use serde_json::{Value, json};
 
 use crate::client::Http;
-use crate::error::{OsError, corrupt, error_of, is_retryable};
+use crate::error::{corrupt, error_of};
 use crate::mapping::Fields;
 pub use crate::notify::OpenSearchNotifier;
 pub use crate::settings::OpenSearchSettings;
@@ -53,11 +58,6 @@ use crate::watch::Watch;
 
 /// Largest `size` of one search (OpenSearch's default `index.max_result_window`).
 const MAX_WINDOW: usize = 10_000;
-/// Attempts of a bulk item that failed with 429 / 5xx, and the first back-off (doubling).
-const BULK_ATTEMPTS: usize = 4;
-const BULK_BACKOFF: Duration = Duration::from_millis(100);
-/// Most orders (or agents) per bulk request.
-const BULK_CHUNK: usize = 2_000;
 
 /// The orders stream and agents registry in one OpenSearch cluster. Cheap to clone: clones
 /// share one client and one refresh bookkeeping.
@@ -73,7 +73,11 @@ struct Inner {
     archive: String,
     fields: Fields,
     poll_interval: Duration,
+    /// What searches of the orders index may not see yet.
     visibility: Visibility,
+    /// The same bookkeeping for the agents index (which remembers no orders): agent writes do
+    /// not refresh; counts and first pages of listings do (see `agents`).
+    agents_visibility: Visibility,
     hub: WakeHub,
     /// The cross-instance watch, while a notifier of this backend is alive (the notifiers own
     /// it; the task holds the backend).
@@ -122,6 +126,7 @@ impl OpenSearchBackend {
                 fields: ensured.fields,
                 poll_interval: settings.poll_interval(),
                 visibility: Visibility::new(),
+                agents_visibility: Visibility::new(),
                 hub: WakeHub::new(),
                 watch: Mutex::new(Weak::new()),
             }),
@@ -205,7 +210,22 @@ impl OpenSearchBackend {
     /// Refreshes the orders index when `fresh` asks for it (one refresh at a time; those who
     /// waited for it usually need none of their own).
     async fn make_fresh(&self, fresh: Fresh) -> Result<(), StoreError> {
-        let v = self.visibility();
+        self.refresh_if(self.visibility(), &self.inner.orders, fresh)
+            .await
+    }
+
+    /// Refreshes the agents index when `fresh` asks for it.
+    async fn make_agents_fresh(&self, fresh: Fresh) -> Result<(), StoreError> {
+        self.refresh_if(&self.inner.agents_visibility, &self.inner.agents, fresh)
+            .await
+    }
+
+    async fn refresh_if(
+        &self,
+        v: &Visibility,
+        index: &str,
+        fresh: Fresh,
+    ) -> Result<(), StoreError> {
         let ask = v.ask(fresh);
         if !v.needs(&ask) {
             return Ok(());
@@ -216,12 +236,7 @@ impl OpenSearchBackend {
         }
         let (covers, started) = v.refresh_starts();
         self.http()
-            .ok(
-                Method::Post,
-                &format!("/{}/_refresh", self.inner.orders),
-                &[],
-                None,
-            )
+            .ok(Method::Post, &format!("/{index}/_refresh"), &[], None)
             .await?;
         v.refreshed(covers, started);
         Ok(())
@@ -237,75 +252,6 @@ impl OpenSearchBackend {
         {
             tracing::warn!(error = %e, "refresh after many writes failed");
         }
-    }
-
-    /// Sends bulk operations, retrying items that failed with 429 / 5xx (with back-off);
-    /// returns each operation's final outcome, in order.
-    async fn bulk(&self, ops: &[BulkOp], refresh: bool) -> Result<Vec<ItemOutcome>, StoreError> {
-        let mut outcomes: Vec<Option<ItemOutcome>> = vec![None; ops.len()];
-        for (chunk_start, chunk) in ops.chunks(BULK_CHUNK).enumerate() {
-            let base = chunk_start * BULK_CHUNK;
-            let mut todo: Vec<usize> = (0..chunk.len()).collect();
-            let mut delay = BULK_BACKOFF;
-            for attempt in 1..=BULK_ATTEMPTS {
-                let mut lines = Vec::with_capacity(todo.len() * 2);
-                for &i in &todo {
-                    lines.push(chunk[i].action.clone());
-                    if let Some(source) = &chunk[i].source {
-                        lines.push(source.clone());
-                    }
-                }
-                let query: &[(&str, &str)] = if refresh { &[("refresh", "true")] } else { &[] };
-                let answer = self.http().bulk(&lines, query).await?;
-                let mut again = Vec::new();
-                if answer.status == 429 && attempt < BULK_ATTEMPTS {
-                    again.clone_from(&todo);
-                } else {
-                    let body = answer.into_ok()?;
-                    let items = body["items"].as_array().ok_or_else(|| {
-                        OsError::Decode(format!("bulk answer without items: {body}"))
-                    })?;
-                    if items.len() != todo.len() {
-                        return Err(OsError::Decode(format!(
-                            "bulk answered {} items for {} operations",
-                            items.len(),
-                            todo.len()
-                        ))
-                        .into());
-                    }
-                    for (&i, item) in todo.iter().zip(items) {
-                        let outcome = ItemOutcome::read(item);
-                        if attempt < BULK_ATTEMPTS
-                            && matches!(outcome, ItemOutcome::Failed { status, .. } if is_retryable(status))
-                        {
-                            again.push(i);
-                        }
-                        outcomes[base + i] = Some(outcome);
-                    }
-                }
-                if again.is_empty() {
-                    break;
-                }
-                tracing::debug!(
-                    retrying = again.len(),
-                    attempt,
-                    "bulk items refused, retrying"
-                );
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                todo = again;
-            }
-        }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or(ItemOutcome::Failed {
-                    status: 429,
-                    kind: "rejected".to_owned(),
-                    reason: "the cluster kept refusing the bulk request".to_owned(),
-                })
-            })
-            .collect())
     }
 
     /// Realtime reads of orders by id (missing ones left out).
@@ -359,69 +305,6 @@ fn search_hits(mut answer: Value) -> Result<Vec<Value>, StoreError> {
     match answer["hits"]["hits"].take() {
         Value::Array(hits) => Ok(hits),
         _ => Err(corrupt(format!("search answer without hits: {answer}"))),
-    }
-}
-
-/// One operation of a bulk request: the action line and, except for deletes, the document.
-#[derive(Debug, Clone)]
-struct BulkOp {
-    action: Value,
-    source: Option<Value>,
-}
-
-/// The outcome of one bulk item.
-#[derive(Debug, Clone)]
-enum ItemOutcome {
-    Done {
-        result: String,
-    },
-    Failed {
-        status: u16,
-        kind: String,
-        reason: String,
-    },
-}
-
-impl ItemOutcome {
-    /// From `{"<op>": {"status", "result"?, "error"?}}`.
-    fn read(item: &Value) -> Self {
-        let inner = item
-            .as_object()
-            .and_then(|m| m.values().next())
-            .cloned()
-            .unwrap_or(Value::Null);
-        let status = inner["status"]
-            .as_u64()
-            .and_then(|s| u16::try_from(s).ok())
-            .unwrap_or(500);
-        if (200..300).contains(&status) && inner.get("error").is_none() {
-            Self::Done {
-                result: inner["result"].as_str().unwrap_or_default().to_owned(),
-            }
-        } else {
-            let (kind, reason) = error_of(&inner);
-            Self::Failed {
-                status,
-                kind,
-                reason,
-            }
-        }
-    }
-
-    fn is_conflict(&self) -> bool {
-        matches!(self, Self::Failed { status, kind, .. }
-            if *status == 409 || kind == crate::error::kind::VERSION_CONFLICT)
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Self::Done { result } => result.clone(),
-            Self::Failed {
-                status,
-                kind,
-                reason,
-            } => format!("{status} {kind}: {reason}"),
-        }
     }
 }
 

@@ -12,13 +12,17 @@ use cm_ports::{
 use opensearch::http::Method;
 use serde_json::{Value, json};
 
+use crate::bulk::{Applied, ItemOutcome, Meta, Need, Op, Ops};
 use crate::error::{OsError, corrupt, kind};
 use crate::visibility::Fresh;
-use crate::{BulkOp, Change, ItemOutcome, MAX_WINDOW, OpenSearchBackend, Versioned, doc_id};
+use crate::{Change, MAX_WINDOW, OpenSearchBackend, Versioned, doc_id};
 
 /// Most search-and-write rounds of one claim (each round that loses a race to another poller
 /// goes again).
 const MAX_CLAIM_ROUNDS: usize = 32;
+
+/// About how many bytes one order takes in a bulk body (its action line and document).
+const ORDER_BYTES: usize = 640;
 
 fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -111,19 +115,13 @@ impl OpenSearchBackend {
         if changes.is_empty() {
             return Ok(Written::default());
         }
-        let ops: Vec<BulkOp> = changes
-            .iter()
-            .map(|c| BulkOp {
-                action: json!({"index": {
-                    "_index": self.inner.orders,
-                    "_id": c.id,
-                    "if_seq_no": c.seq_no,
-                    "if_primary_term": c.primary_term
-                }}),
-                source: Some(serde_json::to_value(&c.next).unwrap_or(Value::Null)),
-            })
-            .collect();
-        let result = self.bulk(&ops, false).await;
+        let mut ops = Ops::with_capacity(changes.len(), ORDER_BYTES);
+        for c in &changes {
+            let meta =
+                Meta::new(&self.inner.orders, c.id.as_str()).if_version(c.seq_no, c.primary_term);
+            ops.push(Op::Index, &meta, Some(&c.next))?;
+        }
+        let result = self.bulk(&ops, Need::Failures).await;
         let mut written = Written::default();
         if let Ok(outcomes) = &result {
             for (Change { next, .. }, outcome) in changes.into_iter().zip(outcomes) {
@@ -240,17 +238,12 @@ impl OpenSearchBackend {
     /// Moves finished orders to the archive: index each there (the latest version wins), then
     /// delete it from the stream if it is still the version archived.
     async fn archive(&self, candidates: &[Versioned]) -> Result<usize, StoreError> {
-        let copies: Vec<BulkOp> = candidates
-            .iter()
-            .map(|v| BulkOp {
-                action: json!({"index": {
-                    "_index": self.inner.archive,
-                    "_id": v.id
-                }}),
-                source: Some(serde_json::to_value(&v.order).unwrap_or(Value::Null)),
-            })
-            .collect();
-        let outcomes = self.bulk(&copies, false).await?;
+        let mut copies = Ops::with_capacity(candidates.len(), ORDER_BYTES);
+        for v in candidates {
+            let meta = Meta::new(&self.inner.archive, v.id.as_str());
+            copies.push(Op::Index, &meta, Some(&v.order))?;
+        }
+        let outcomes = self.bulk(&copies, Need::Failures).await?;
         let mut failed = Vec::new();
         let mut archived = Vec::new();
         for (v, outcome) in candidates.iter().zip(&outcomes) {
@@ -276,25 +269,21 @@ impl OpenSearchBackend {
         if versions.is_empty() {
             return Ok(0);
         }
-        let ops: Vec<BulkOp> = versions
-            .iter()
-            .map(|v| BulkOp {
-                action: json!({"delete": {
-                    "_index": self.inner.orders,
-                    "_id": v.id,
-                    "if_seq_no": v.seq_no,
-                    "if_primary_term": v.primary_term
-                }}),
-                source: None,
-            })
-            .collect();
-        let outcomes = self.bulk(&ops, false).await;
+        let mut ops = Ops::with_capacity(versions.len(), 128);
+        for v in versions {
+            let meta =
+                Meta::new(&self.inner.orders, v.id.as_str()).if_version(v.seq_no, v.primary_term);
+            ops.push(Op::Delete, &meta, None::<&()>)?;
+        }
+        let outcomes = self.bulk(&ops, Need::Results).await;
         self.wrote(std::iter::empty()).await;
         let mut deleted = 0;
         let mut failed = Vec::new();
         for (v, outcome) in versions.iter().zip(outcomes?) {
             match &outcome {
-                ItemOutcome::Done { result } if result == "deleted" => deleted += 1,
+                ItemOutcome::Done {
+                    result: Some(Applied::Deleted),
+                } => deleted += 1,
                 // Gone or changed meanwhile (another instance's retention got there first).
                 ItemOutcome::Done { .. }
                 | ItemOutcome::Failed {
@@ -373,14 +362,17 @@ impl OrderStore for OpenSearchBackend {
         if let Some(why) = orders.iter().find_map(unindexable) {
             return Err(StoreError::Corrupt(why));
         }
-        let ops: Vec<BulkOp> = orders
-            .iter()
-            .map(|o| BulkOp {
-                action: json!({"create": {"_index": self.inner.orders, "_id": doc_id(o.order_id())}}),
-                source: Some(serde_json::to_value(o).unwrap_or(Value::Null)),
-            })
-            .collect();
-        let result = self.bulk(&ops, false).await;
+        // Each order goes straight into the NDJSON body: its id (serialised as `doc_id` writes
+        // it) and its serde form.
+        let mut ops = Ops::with_capacity(orders.len(), ORDER_BYTES);
+        for o in orders {
+            ops.push(
+                Op::Create,
+                &Meta::new(&self.inner.orders, o.order_id()),
+                Some(o),
+            )?;
+        }
+        let result = self.bulk(&ops, Need::Failures).await;
         let mut created = Vec::new();
         let mut failed = Vec::new();
         if let Ok(outcomes) = &result {

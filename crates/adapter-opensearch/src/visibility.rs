@@ -6,6 +6,9 @@
 //! those with a realtime `_mget` besides their search, and the searches exclude them. A refresh
 //! forgets every write it covers. Writes are numbered: a refresh covers every write numbered at
 //! most the count read when it started.
+//!
+//! The agents index has a `Visibility` of its own, which numbers agent writes but remembers no
+//! orders: its counts and listings refresh it instead (see `agents`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

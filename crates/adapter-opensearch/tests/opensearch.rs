@@ -307,6 +307,92 @@ async fn upsert_keeps_every_other_field_of_a_wazuh_agent_document() {
     );
 }
 
+/// Registering agents one at a time (what `PUT /api/v1/agents/{id}` does) refreshes nothing:
+/// 1,000 sequential upserts, and a group submit right after still finds every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_agents_registered_one_by_one_are_all_found_by_the_next_group_submit() {
+    let (b, _s, _cleanup) = open_fresh().await;
+    let started = Instant::now();
+    for i in 0..1_000 {
+        b.upsert(&agent(&format!("one-{i:04}"), &["OneByOne"]))
+            .await
+            .expect("upsert");
+    }
+    let took = started.elapsed();
+    println!(
+        "registration: 1,000 sequential upserts in {took:.2?} ({:.2?} each)",
+        took / 1_000
+    );
+    let submitted = ports(&b)
+        .service(Settings::default())
+        .submit(SubmitRequest {
+            commands: vec![restart(TargetType::Group, "OneByOne")],
+            idempotency: None,
+        })
+        .await
+        .expect("submit");
+    assert_eq!(submitted[0].order_ids.len(), 1_000);
+}
+
+/// Agents registered (or moved, or deleted) through one instance are seen at once by a group
+/// submit and a listing through another, even one that refreshed the agents index a moment
+/// before the registrations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_submit_through_another_instance_finds_agents_registered_just_before() {
+    let (a, settings, _cleanup) = open_fresh().await;
+    let b = OpenSearchBackend::open(&settings)
+        .await
+        .expect("second instance");
+    let on_b = ports(&b).service(Settings::default());
+    let submit = async |group: &str| {
+        on_b.submit(SubmitRequest {
+            commands: vec![restart(TargetType::Group, group)],
+            idempotency: None,
+        })
+        .await
+        .map(|s| s[0].order_ids.len())
+    };
+    for round in 0..3 {
+        let group = format!("Remote{round}");
+        // Instance B has just looked at the group (and so refreshed the agents index).
+        assert_eq!(
+            b.count(Some(cm_ports::testkit::group(&group)))
+                .await
+                .expect("count"),
+            0
+        );
+        for i in 0..40 {
+            a.upsert(&agent(&format!("r{round}-{i:02}"), &[&group]))
+                .await
+                .expect("upsert");
+        }
+        let bulk: Vec<_> = (40..60)
+            .map(|i| agent(&format!("r{round}-{i:02}"), &[&group]))
+            .collect();
+        a.upsert_many(&bulk).await.expect("upsert_many");
+        assert_eq!(submit(&group).await.expect("submit"), 60, "round {round}");
+        let page = b
+            .list(&cm_ports::AgentPageRequest {
+                group: Some(cm_ports::testkit::group(&group)),
+                size: 100,
+                after: None,
+            })
+            .await
+            .expect("list");
+        assert_eq!(page.items.len(), 60, "round {round}");
+        // Moved out of the group, and deleted, through A: B no longer counts them.
+        a.upsert(&agent(&format!("r{round}-00"), &["Elsewhere"]))
+            .await
+            .expect("move");
+        assert!(
+            a.delete(&agent_id(&format!("r{round}-01")))
+                .await
+                .expect("delete")
+        );
+        assert_eq!(submit(&group).await.expect("submit"), 58, "round {round}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_10000_agent_group_expands_into_10000_orders_in_one_submit() {
     let (b, _s, _cleanup) = open_fresh().await;
