@@ -24,8 +24,6 @@ pub(crate) use self::sqlite::SqliteRaw;
 
 /// The orders index of the OpenSearch backend (the service's default, `wazuh-commands`).
 pub(crate) const OPENSEARCH_ORDERS_INDEX: &str = "wazuh-commands";
-/// The agents index of the OpenSearch backend (the service's default, `wazuh-agents`).
-pub(crate) const OPENSEARCH_AGENTS_INDEX: &str = "wazuh-agents";
 
 /// One timed raw operation.
 #[derive(Debug, Clone)]
@@ -88,28 +86,6 @@ impl Raw {
             bail!("the raw write stored {} of {n} documents", timed.rows);
         }
         Ok(timed)
-    }
-
-    /// Registers `agents` (id, groups) straight into the backend's registry when the API's
-    /// one-at-a-time registration is too slow to be practical (OpenSearch refreshes the agents
-    /// index on every `PUT`); `None` when agents go through the API.
-    pub(crate) async fn register_agents(
-        &self,
-        agents: &[(String, Vec<String>)],
-    ) -> Option<Result<String>> {
-        match self {
-            Self::OpenSearch(r) => Some(
-                r.register_agents(OPENSEARCH_AGENTS_INDEX, agents)
-                    .await
-                    .map(|()| {
-                        format!(
-                            "`_bulk` `index` of `{{\"agent\": {{\"id\", \"groups\"}}}}` documents \
-                             into `{OPENSEARCH_AGENTS_INDEX}`, as the Wazuh server writes it"
-                        )
-                    }),
-            ),
-            _ => None,
-        }
     }
 
     /// The stored orders of one request, counted by the backend itself (after a refresh where

@@ -126,48 +126,6 @@ impl OpenSearchRaw {
         })
     }
 
-    /// Writes the agents registry directly, as the Wazuh server does: `_bulk` `index` of
-    /// `{"agent": {"id", "groups"}}` documents (the agent id as `_id`) into `agents_index`, then a
-    /// refresh so that group expansion sees them.
-    pub(crate) async fn register_agents(
-        &self,
-        agents_index: &str,
-        agents: &[(String, Vec<String>)],
-    ) -> Result<()> {
-        for chunk in agents.chunks(CHUNK) {
-            let mut body = String::with_capacity(chunk.len() * 150);
-            for (id, groups) in chunk {
-                body.push_str(&json!({"index": {"_index": agents_index, "_id": id}}).to_string());
-                body.push('\n');
-                body.push_str(&json!({"agent": {"id": id, "groups": groups}}).to_string());
-                body.push('\n');
-            }
-            let resp = self
-                .call(
-                    Method::Post,
-                    "/_bulk",
-                    &[],
-                    Some(body),
-                    "application/x-ndjson",
-                )
-                .await?;
-            if resp["errors"] != false {
-                bail!(
-                    "_bulk of agents: {}",
-                    &resp.to_string()[..500.min(resp.to_string().len())]
-                );
-            }
-        }
-        self.json(
-            Method::Post,
-            &format!("/{agents_index}/_refresh"),
-            &[],
-            None,
-        )
-        .await
-        .map(drop)
-    }
-
     async fn refresh(&self) -> Result<()> {
         self.json(
             Method::Post,

@@ -202,9 +202,8 @@ fn record<T>(
 const REGISTER_CONCURRENCY: usize = 32;
 
 /// Registers the fleet (`fan-NNNNNN`, each in the groups `firstN` of every size it falls
-/// within), the throughput agents and the delivery agents: through the API, or straight into the
-/// registry where the backend offers a bulk path the API lacks. Not a measurement; timed for the
-/// record.
+/// within), the throughput agents and the delivery agents through the API, as operators do. Not
+/// a measurement; timed for the record.
 async fn register_fleet(bench: &Bench, api: &Api) -> Result<Registration> {
     let sizes = &bench.sizes;
     let mut group_sizes: Vec<u64> = sizes
@@ -235,13 +234,6 @@ async fn register_fleet(bench: &Bench, api: &Api) -> Result<Registration> {
     );
     let started = Instant::now();
     let total = agents.len() as u64;
-    if let Some(direct) = bench.raw.register_agents(&agents).await {
-        return Ok(Registration {
-            agents: total,
-            method: direct?,
-            secs: started.elapsed().as_secs_f64(),
-        });
-    }
     let mut results = futures::stream::iter(agents)
         .map(|(id, groups)| async move {
             let groups: Vec<&str> = groups.iter().map(String::as_str).collect();
