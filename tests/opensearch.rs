@@ -317,3 +317,49 @@ async fn a_group_submit_through_another_instance_finds_agents_registered_just_be
     a.stop();
     b.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_the_wazuh_mapping_cannot_index_get_a_400_naming_the_field_and_nothing_is_written()
+ {
+    let indices = Indices::fresh();
+    let env = indices.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let svc = Service::start(&env);
+    let c = Client::default();
+    for id in ["a1", "a2"] {
+        let (status, body) = c
+            .put(
+                &svc.url(&format!("/api/v1/agents/{id}")),
+                json!({"groups": ["G"]}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let command = |target: Value, args: Value| {
+        json!({
+            "source": "Users/Services", "target": target,
+            "action": {"name": "refresh", "args": args, "version": "v5"}, "timeout": 100
+        })
+    };
+    // The second command's arguments are an array of strings: SPEC allows an array, Wazuh's
+    // `object` mapping cannot index one of plain values.
+    let (status, body) = c
+        .post(
+            &svc.url("/api/v1/commands"),
+            json!({"commands": [
+                command(json!({"type": "group", "id": "G"}), json!({"index": ["a", "b"]})),
+                command(json!({"type": "agent", "id": "a1"}), json!(["wazuh-states-inventory"])),
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["field"], "commands[1].action.args", "{body}");
+    let (status, body) = c.get(&svc.url("/api/v1/orders")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["orders"],
+        json!([]),
+        "the whole request was refused: nothing written"
+    );
+    svc.stop();
+}

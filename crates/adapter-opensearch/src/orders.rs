@@ -78,7 +78,7 @@ pub(crate) fn deliverable_at(now: DateTime<Utc>) -> Value {
 /// Why an order cannot be indexed under Wazuh's mapping, if it cannot: `command.action.args`
 /// is mapped `object`, so an array of args must hold only objects (OpenSearch refuses an array
 /// of strings or numbers there).
-fn unindexable(order: &Order) -> Option<String> {
+fn unindexable(order: &Order) -> Option<StoreError> {
     fn only_objects(v: &Value) -> bool {
         match v {
             Value::Array(items) => items.iter().all(only_objects),
@@ -87,13 +87,13 @@ fn unindexable(order: &Order) -> Option<String> {
         }
     }
     let args = order.action().args();
-    (args.is_array() && !only_objects(args)).then(|| {
-        format!(
-            "order {}: action.args is an array holding non-object values, which the Wazuh \
-             mapping of command.action.args (object) cannot index; send an object (e.g. \
-             {{\"items\": [...]}}) or an array of objects",
-            order.order_id()
-        )
+    (args.is_array() && !only_objects(args)).then(|| StoreError::Rejected {
+        request_id: *order.request_id(),
+        field: "action.args".to_owned(),
+        message: "is an array holding non-object values, which the Wazuh mapping of \
+                  command.action.args (object) cannot index; send an object (e.g. \
+                  {\"items\": [...]}) or an array of objects"
+            .to_owned(),
     })
 }
 
@@ -359,8 +359,8 @@ fn min_value(agg: &Value) -> Option<DateTime<Utc>> {
 impl OrderStore for OpenSearchBackend {
     #[tracing::instrument(skip(self, orders), fields(orders = orders.len()))]
     async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
-        if let Some(why) = orders.iter().find_map(unindexable) {
-            return Err(StoreError::Corrupt(why));
+        if let Some(refused) = orders.iter().find_map(unindexable) {
+            return Err(refused);
         }
         // Each order goes straight into the NDJSON body: its id (serialised as `doc_id` writes
         // it) and its serde form.
@@ -401,7 +401,14 @@ impl OrderStore for OpenSearchBackend {
                     if *status == 400 || k == kind::MAPPER_PARSING)
             });
             return Err(if refused {
-                StoreError::Corrupt(message)
+                // The mapping refuses what the caller sent (e.g. an argument whose type clashes
+                // with the one dynamic mapping already chose): its input, not storage, is at
+                // fault.
+                StoreError::Rejected {
+                    request_id: *o.request_id(),
+                    field: "action.args".to_owned(),
+                    message: format!("does not fit the index mapping: {}", outcome.describe()),
+                }
             } else {
                 StoreError::Unavailable(message)
             });

@@ -705,7 +705,12 @@ async fn args_the_wazuh_mapping_cannot_index_are_refused_not_retried() {
         .build();
     let started = Instant::now();
     match b.insert(std::slice::from_ref(&scalars)).await {
-        Err(StoreError::Corrupt(message)) => assert!(message.contains("action.args"), "{message}"),
+        Err(StoreError::Rejected {
+            request_id, field, ..
+        }) => {
+            assert_eq!(field, "action.args");
+            assert_eq!(&request_id, scalars.request_id());
+        }
         other => panic!("refused expected, got {other:?}"),
     }
     assert_eq!(
@@ -741,7 +746,8 @@ async fn args_the_wazuh_mapping_cannot_index_are_refused_not_retried() {
         .action("update", json!({"offset": "not a number"}))
         .build();
     match b.insert(std::slice::from_ref(&text)).await {
-        Err(StoreError::Corrupt(message)) => {
+        Err(StoreError::Rejected { field, message, .. }) => {
+            assert_eq!(field, "action.args");
             assert!(message.contains("mapper_parsing_exception"), "{message}");
         }
         other => panic!("refused expected, got {other:?}"),

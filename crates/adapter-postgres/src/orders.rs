@@ -549,8 +549,7 @@ impl OrderStore for PostgresBackend {
             .execute(&self.pool)
             .await
             .map(drop)
-            .map_err(|e| match convert_sqlx_err(e) {
-                StoreError::Corrupt(m) | StoreError::Unavailable(m) => StoreError::Unavailable(m),
-            })
+            // Whatever made `SELECT 1` fail, the backend is not usable now.
+            .map_err(|e| StoreError::Unavailable(convert_sqlx_err(e).to_string()))
     }
 }

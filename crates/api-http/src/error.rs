@@ -188,7 +188,13 @@ impl From<FieldError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::unavailable(&e)
+        match e {
+            // The input does not fit the backend's schema: the caller's fault, not storage's.
+            StoreError::Rejected { field, message, .. } => {
+                Self::Invalid(FieldError::new(field, message))
+            }
+            other => Self::unavailable(&other),
+        }
     }
 }
 

@@ -24,6 +24,15 @@ pub enum StoreError {
     /// an unexpected schema).
     #[error("storage returned unusable data: {0}")]
     Corrupt(String),
+    /// The backend cannot store an order of `request_id` as it is, whatever the retries: its
+    /// `field` (a path inside the command, e.g. `action.args`) does not fit the backend's schema.
+    /// The caller's input is at fault, not the backend.
+    #[error("storage refuses {field} of an order of request {request_id}: {message}")]
+    Rejected {
+        request_id: RequestId,
+        field: String,
+        message: String,
+    },
 }
 
 /// Why a compare-and-set replacement of an order did not happen.

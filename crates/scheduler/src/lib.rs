@@ -236,7 +236,7 @@ impl Scheduler {
                         elapsed_ms,
                         "maintenance job failed; the next tick retries"
                     ),
-                    StoreError::Corrupt(_) => tracing::error!(
+                    StoreError::Corrupt(_) | StoreError::Rejected { .. } => tracing::error!(
                         job = name,
                         %error,
                         elapsed_ms,

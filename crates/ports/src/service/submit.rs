@@ -44,6 +44,26 @@ pub enum SubmitError {
     Unavailable(#[from] StoreError),
 }
 
+/// The answer to a failed write: storage refusing a field of an order is the caller's input at
+/// fault (400 naming `commands[i].<field>`, `written` holds the request ids by command index);
+/// anything else is storage trouble.
+fn refusal(error: StoreError, written: &[RequestId]) -> SubmitError {
+    match error {
+        StoreError::Rejected {
+            request_id,
+            field,
+            message,
+        } => {
+            let path = written.iter().position(|r| *r == request_id).map_or_else(
+                || "commands".to_owned(),
+                |i| format!("commands[{i}].{field}"),
+            );
+            SubmitError::Invalid(FieldError::new(path, message))
+        }
+        other => SubmitError::Unavailable(other),
+    }
+}
+
 /// How one command will expand, decided before anything is written.
 enum Plan {
     Agent(Agent),
@@ -116,10 +136,9 @@ impl CommandManager {
             };
             writer.written.push(request_id);
             if let Err(e) = result {
-                return Err(writer
-                    .abandon(e, request.idempotency.is_some())
-                    .await
-                    .into());
+                let written = writer.written.clone();
+                let e = writer.abandon(e, request.idempotency.is_some()).await;
+                return Err(refusal(e, &written));
             }
             out.push(SubmittedRequest {
                 request_id,
@@ -127,10 +146,9 @@ impl CommandManager {
             });
         }
         if let Err(e) = writer.flush().await {
-            return Err(writer
-                .abandon(e, request.idempotency.is_some())
-                .await
-                .into());
+            let written = writer.written.clone();
+            let e = writer.abandon(e, request.idempotency.is_some()).await;
+            return Err(refusal(e, &written));
         }
         writer.notify().await;
         Ok(out)
@@ -268,7 +286,12 @@ impl<'a> Writer<'a> {
     pub(super) async fn flush_full_batches(&mut self) -> Result<(), StoreError> {
         let batch = self.manager.settings.write_batch.max(1);
         while self.buffer.len() >= batch {
-            let created = self.manager.ports.orders.insert(&self.buffer[..batch]).await?;
+            let created = self
+                .manager
+                .ports
+                .orders
+                .insert(&self.buffer[..batch])
+                .await?;
             metrics::counter!(metric::ORDERS_CREATED).increment(created);
             self.buffer.drain(..batch);
         }

@@ -330,6 +330,42 @@ async fn a_storage_failure_on_the_second_batch_removes_every_request_of_the_subm
 }
 
 #[tokio::test]
+async fn storage_refusing_a_field_is_invalid_input_naming_its_command_and_nothing_stays() {
+    let mut d = Doubles::new();
+    known_agent(&mut d, "a1");
+    known_agent(&mut d, "a2");
+    // The backend refuses the second command's order (e.g. arguments its schema cannot hold).
+    d.orders.expect_insert().times(1).returning(|orders| {
+        Err(StoreError::Rejected {
+            request_id: *orders[1].request_id(),
+            field: "action.args".to_owned(),
+            message: "does not fit".to_owned(),
+        })
+    });
+    let removed: Calls<RequestId> = Calls::new();
+    let seen = removed.clone();
+    d.orders.expect_delete_request().returning(move |r| {
+        seen.push(*r);
+        Ok(0)
+    });
+    d.notifier.expect_notify().never();
+    let commands = vec![
+        command(TargetType::Agent, "a1"),
+        command(TargetType::Agent, "a2"),
+    ];
+    let err = d
+        .manager(Settings::default())
+        .submit(request(commands))
+        .await
+        .unwrap_err();
+    let SubmitError::Invalid(e) = err else {
+        panic!("a refused field is the caller's input at fault, got {err:?}");
+    };
+    assert_eq!(e.field(), "commands[1].action.args");
+    assert_eq!(removed.all().len(), 2, "both requests' orders are removed");
+}
+
+#[tokio::test]
 async fn with_an_idempotency_key_a_storage_failure_leaves_the_orders_for_the_retry() {
     let mut d = Doubles::new();
     group_of(&mut d, "big", 2500);
