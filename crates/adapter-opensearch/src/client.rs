@@ -1,6 +1,7 @@
 //! The HTTP conversation with OpenSearch: JSON in, JSON out, over the `opensearch` crate's
 //! transport (connection pool, TLS, basic authentication, timeouts).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use cm_ports::StoreError;
@@ -13,6 +14,7 @@ use opensearch::http::headers::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use opensearch::http::request::Body;
 use opensearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use serde_json::Value;
+use tokio::sync::Semaphore;
 
 use crate::error::OsError;
 use crate::settings::{OpenSearchSettings, redact_url};
@@ -43,6 +45,8 @@ impl Answer {
 #[derive(Clone)]
 pub(crate) struct Http {
     client: OpenSearch,
+    /// One permit per request in flight: the connection pool never grows past it.
+    in_flight: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Http {
@@ -82,6 +86,7 @@ impl Http {
         })?;
         Ok(Self {
             client: OpenSearch::new(transport),
+            in_flight: Arc::new(Semaphore::new(settings.max_connections.max(1) as usize)),
         })
     }
 
@@ -121,6 +126,11 @@ impl Http {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
         let query = (!query.is_empty()).then_some(query);
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| OsError::Transport("the client is closed".to_owned()))?;
         let response = self
             .client
             .send(method, path, headers, query, body, None)

@@ -29,6 +29,10 @@ pub struct OpenSearchSettings {
     pub poll_interval_ms: u64,
     /// Longest one request to OpenSearch may take, in seconds.
     pub request_timeout_secs: u64,
+    /// Most requests in flight to the cluster at once (and so most connections held open);
+    /// more wait for a free one. Bounds the service's memory and the load it puts on the
+    /// cluster when thousands of polls claim at once.
+    pub max_connections: u32,
 }
 
 impl Default for OpenSearchSettings {
@@ -43,6 +47,7 @@ impl Default for OpenSearchSettings {
             archive_index: "wazuh-commands-archive".to_owned(),
             poll_interval_ms: 1000,
             request_timeout_secs: 30,
+            max_connections: 32,
         }
     }
 }
@@ -59,6 +64,7 @@ impl fmt::Debug for OpenSearchSettings {
             .field("archive_index", &self.archive_index)
             .field("poll_interval_ms", &self.poll_interval_ms)
             .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -112,6 +118,9 @@ impl OpenSearchSettings {
                 "{}: must be at least 1",
                 key("request_timeout_secs")
             ));
+        }
+        if self.max_connections == 0 {
+            return Err(format!("{}: must be at least 1", key("max_connections")));
         }
         if self.password.is_some() && self.username.is_none() {
             return Err(format!("{}: a password needs a username", key("username")));
