@@ -202,6 +202,11 @@ impl CommandManager {
         Ok(plans)
     }
 
+    /// Reads the group page by page and writes its orders in batches of `write_batch`, as a
+    /// pipeline: while one full batch is written, the pages that fill the next one are read and
+    /// expanded, so the registry's round trips and the order building hide behind the writes
+    /// (one write at a time, in order). The last, partial batch stays in `writer` for
+    /// [`Writer::flush`].
     async fn expand_group(
         &self,
         ex: &Expander<'_>,
@@ -216,33 +221,48 @@ impl CommandManager {
             size: self.settings.expansion_page.max(1),
             after: None,
         };
+        let batch = self.settings.write_batch.max(1);
+        let mut next = Some(page.clone());
         let mut slot = 0u64;
-        let mut members = self.ports.agents.list(&page).await?;
+        let mut writing: Vec<Order> = Vec::new();
         loop {
-            for agent in &members.items {
-                writer.stage(ex.agent_order_at(slot, agent, ids), order_ids);
-                slot += 1;
-            }
-            // Write the full batches of this page while the next page is read: the two round
-            // trips overlap instead of following each other.
-            let next = members.next.take().map(|after| AgentPageRequest {
-                after: Some(after),
-                ..page.clone()
-            });
-            let read_next = async {
-                match &next {
-                    Some(next) => self.ports.agents.list(next).await.map(Some),
-                    None => Ok(None),
+            let write = insert_batch(self, &writing);
+            let fill = async {
+                while writer.buffer.len() < batch {
+                    let Some(request) = next.take() else { break };
+                    let members = self.ports.agents.list(&request).await?;
+                    for agent in &members.items {
+                        writer.stage(ex.agent_order_at(slot, agent, ids), order_ids);
+                        slot += 1;
+                    }
+                    next = members.next.map(|after| AgentPageRequest {
+                        after: Some(after),
+                        ..page.clone()
+                    });
                 }
+                Ok::<_, StoreError>(())
             };
-            let (written, read) = tokio::join!(writer.flush_full_batches(), read_next);
+            let (written, filled) = tokio::join!(write, fill);
             written?;
-            match read? {
-                Some(following) => members = following,
-                None => return Ok(()),
+            filled?;
+            if writer.buffer.len() < batch {
+                // The group has ended (`fill` stops early only then): the rest is the caller's.
+                return Ok(());
             }
+            writing.clear();
+            writing.extend(writer.buffer.drain(..batch));
         }
     }
+}
+
+/// Writes `orders` (nothing when empty) and counts what was created.
+async fn insert_batch(manager: &CommandManager, orders: &[Order]) -> Result<(), StoreError> {
+    if orders.is_empty() {
+        return Ok(());
+    }
+    let created = manager.ports.orders.insert(orders).await?;
+    metrics::counter!(metric::ORDERS_CREATED).increment(created);
+    Ok(())
 }
 
 /// Buffers expanded orders and writes them in batches.
@@ -286,24 +306,14 @@ impl<'a> Writer<'a> {
     pub(super) async fn flush_full_batches(&mut self) -> Result<(), StoreError> {
         let batch = self.manager.settings.write_batch.max(1);
         while self.buffer.len() >= batch {
-            let created = self
-                .manager
-                .ports
-                .orders
-                .insert(&self.buffer[..batch])
-                .await?;
-            metrics::counter!(metric::ORDERS_CREATED).increment(created);
+            insert_batch(self.manager, &self.buffer[..batch]).await?;
             self.buffer.drain(..batch);
         }
         Ok(())
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), StoreError> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let created = self.manager.ports.orders.insert(&self.buffer).await?;
-        metrics::counter!(metric::ORDERS_CREATED).increment(created);
+        insert_batch(self.manager, &self.buffer).await?;
         self.buffer.clear();
         Ok(())
     }
