@@ -28,14 +28,26 @@ use crate::rows::{Columns, order_of, orders_of};
 /// Orders written per `INSERT` statement.
 const INSERT_CHUNK: usize = 1_000;
 
-const INSERT: &str = "
-INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, action, status,
-                    created_at, deadline, available_at, redeliver_at, result_deadline,
+/// The `INSERT` of a batch of orders, one array per column, followed by `$tail`.
+macro_rules! insert_unnest {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, action,
+                    status, created_at, deadline, available_at, redeliver_at, result_deadline,
                     finished_at, doc)
 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
-                     $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], $14::jsonb[])
-ON CONFLICT (order_id) DO NOTHING";
+                     $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], $14::jsonb[])",
+            $tail
+        )
+    };
+}
+
+/// A batch of new orders; fails on the first order whose id exists.
+const INSERT: &str = insert_unnest!("");
+
+/// [`INSERT`], leaving out the orders that exist already (by id).
+const INSERT_SKIPPING_EXISTING: &str = insert_unnest!(" ON CONFLICT (order_id) DO NOTHING");
 
 /// The agent's orders that `Order::is_deliverable` accepts at `$2`: pending from `not_before`
 /// until (excluding) the deadline, or sent with a redelivery due. Server orders have no
@@ -145,6 +157,11 @@ SET request_id = EXCLUDED.request_id, agent_id = EXCLUDED.agent_id, status = EXC
     created_at = EXCLUDED.created_at, finished_at = EXCLUDED.finished_at, doc = EXCLUDED.doc,
     archived_at = now()";
 
+/// Whether `err` is a write refused because a row with its key exists already.
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
 fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
@@ -177,6 +194,38 @@ async fn write_back(
 }
 
 impl PostgresBackend {
+    /// Writes `orders` with `insert` ([`INSERT`] or [`INSERT_SKIPPING_EXISTING`]) in one
+    /// transaction, [`INSERT_CHUNK`] rows a statement: the batch becomes visible (and durable)
+    /// all at once. Returns how many rows were created.
+    async fn insert_batch(&self, orders: &[Order], insert: &'static str) -> sqlx::Result<u64> {
+        let mut tx = self.pool.begin().await?;
+        let mut created = 0;
+        for chunk in orders.chunks(INSERT_CHUNK) {
+            let c = Columns::of(chunk);
+            debug_assert_eq!(c.len(), chunk.len());
+            let done = sqlx::query(insert)
+                .bind(&c.order_id)
+                .bind(&c.request_id)
+                .bind(&c.agent_id)
+                .bind(&c.target_type)
+                .bind(&c.target_id)
+                .bind(&c.action)
+                .bind(&c.status)
+                .bind(&c.created_at)
+                .bind(&c.deadline)
+                .bind(&c.available_at)
+                .bind(&c.redeliver_at)
+                .bind(&c.result_deadline)
+                .bind(&c.finished_at)
+                .bind(&c.doc)
+                .execute(&mut *tx)
+                .await?;
+            created += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(created)
+    }
+
     /// One maintenance batch: lock up to `limit` candidates selected by `select` (binding
     /// `now` and `limit`), move each with `step`, write them back, commit.
     async fn transition_batch(
@@ -223,34 +272,19 @@ impl OrderStore for PostgresBackend {
         if orders.is_empty() {
             return Ok(0);
         }
-        // One transaction: the batch becomes visible (and durable) all at once.
-        let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
-        let mut created = 0;
-        for chunk in orders.chunks(INSERT_CHUNK) {
-            let c = Columns::of(chunk);
-            debug_assert_eq!(c.len(), chunk.len());
-            let done = sqlx::query(INSERT)
-                .bind(&c.order_id)
-                .bind(&c.request_id)
-                .bind(&c.agent_id)
-                .bind(&c.target_type)
-                .bind(&c.target_id)
-                .bind(&c.action)
-                .bind(&c.status)
-                .bind(&c.created_at)
-                .bind(&c.deadline)
-                .bind(&c.available_at)
-                .bind(&c.redeliver_at)
-                .bind(&c.result_deadline)
-                .bind(&c.finished_at)
-                .bind(&c.doc)
-                .execute(&mut *tx)
-                .await
-                .map_err(convert_sqlx_err)?;
-            created += done.rows_affected();
+        // Fresh ids never collide, so the batch is first written as it is: a plain `INSERT`
+        // costs PostgreSQL less than the speculative insertion of `ON CONFLICT` (about 15% of
+        // a 10,000-order fan-out's write). Only a batch that does hold an existing order (a
+        // retried idempotent submit) is written again, skipping those.
+        match self.insert_batch(orders, INSERT).await {
+            Err(e) if is_unique_violation(&e) => {
+                tracing::debug!("some orders exist already; writing the batch skipping them");
+                self.insert_batch(orders, INSERT_SKIPPING_EXISTING)
+                    .await
+                    .map_err(convert_sqlx_err)
+            }
+            other => other.map_err(convert_sqlx_err),
         }
-        tx.commit().await.map_err(convert_sqlx_err)?;
-        Ok(created)
     }
 
     #[tracing::instrument(skip(self), fields(order = %id))]
