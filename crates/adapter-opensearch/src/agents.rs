@@ -136,7 +136,7 @@ impl AgentRegistry for OpenSearchBackend {
                 Method::Post,
                 &format!("/{}/_update/{}", self.inner.agents, agent.id().as_str()),
                 &[("retry_on_conflict", "5")],
-                Some(&body),
+                Some(body),
             )
             .await;
         self.wrote_agents();
@@ -189,7 +189,7 @@ impl AgentRegistry for OpenSearchBackend {
                 Method::Post,
                 &format!("/{}/_update/{}", self.inner.agents, id.as_str()),
                 &[("retry_on_conflict", "5")],
-                Some(&json!({"doc": {"command_manager": {"key_hash": hash}}})),
+                Some(json!({"doc": {"command_manager": {"key_hash": hash}}})),
             )
             .await?;
         match answer.status {
@@ -270,7 +270,7 @@ impl AgentRegistry for OpenSearchBackend {
                 Method::Post,
                 &format!("/{}/_search", self.inner.agents),
                 &[],
-                Some(&body),
+                Some(body),
             )
             .await?;
         let hits = crate::search_hits(answer)?;
@@ -295,7 +295,7 @@ impl AgentRegistry for OpenSearchBackend {
                 Method::Post,
                 &format!("/{}/_count", self.inner.agents),
                 &[],
-                Some(&json!({"query": self.group_query(group.as_ref())})),
+                Some(json!({"query": self.group_query(group.as_ref())})),
             )
             .await?;
         answer["count"]

@@ -90,15 +90,18 @@ impl Http {
         })
     }
 
-    /// Sends one request and reads its answer, whatever its status.
+    /// Sends one request and reads its answer, whatever its status. The body is taken by
+    /// value and turned into text at once: a query's `Value` tree is many times the size of
+    /// its text, and a request may wait a while for a connection (thousands of polls claiming
+    /// at once, `max_connections` at a time).
     pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<&Value>,
+        body: Option<Value>,
     ) -> Result<Answer, OsError> {
-        let body = body.map(Value::to_string);
+        let body = body.map(|b| b.to_string());
         self.send(method, path, query, body, "application/json")
             .await
     }
@@ -109,7 +112,7 @@ impl Http {
         method: Method,
         path: &str,
         query: &[(&str, &str)],
-        body: Option<&Value>,
+        body: Option<Value>,
     ) -> Result<Value, OsError> {
         self.call(method, path, query, body).await?.into_ok()
     }

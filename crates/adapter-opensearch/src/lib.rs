@@ -264,7 +264,7 @@ impl OpenSearchBackend {
                     Method::Post,
                     &format!("/{}/_mget", self.inner.orders),
                     &[],
-                    Some(&json!({"ids": chunk})),
+                    Some(json!({"ids": chunk})),
                 )
                 .await?;
             let docs = body["docs"]
@@ -286,7 +286,7 @@ impl OpenSearchBackend {
     }
 
     /// The hits of a search body on the orders index.
-    async fn search(&self, body: &Value) -> Result<Vec<Value>, StoreError> {
+    async fn search(&self, body: Value) -> Result<Vec<Value>, StoreError> {
         let answer = self
             .http()
             .ok(

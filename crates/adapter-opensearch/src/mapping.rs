@@ -185,7 +185,7 @@ async fn create_index(http: &Http, index: &str, body: &Value) -> Result<bool, Os
         return Ok(false);
     }
     match http
-        .ok(Method::Put, &format!("/{index}"), &[], Some(body))
+        .ok(Method::Put, &format!("/{index}"), &[], Some(body.clone()))
         .await
     {
         Ok(_) => Ok(true),
@@ -228,7 +228,7 @@ async fn extend_mapping(
         Method::Put,
         &format!("/{index}/_mapping"),
         &[],
-        Some(&json!({"properties": properties})),
+        Some(json!({"properties": properties})),
     )
     .await
     .map_err(|e| match e {
@@ -253,7 +253,7 @@ pub(crate) async fn ensure(http: &Http, s: &OpenSearchSettings) -> Result<Ensure
     if !exists(http, &template_path).await? {
         created += 1;
     }
-    http.ok(Method::Put, &template_path, &[], Some(&orders_template(s)))
+    http.ok(Method::Put, &template_path, &[], Some(orders_template(s)))
         .await
         .map_err(|e| match e {
             OsError::Status {

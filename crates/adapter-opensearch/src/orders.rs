@@ -159,7 +159,7 @@ impl OpenSearchBackend {
                 "must_not": [{"ids": {"values": skip}}]
             }}
         });
-        self.search(&body)
+        self.search(body)
             .await?
             .iter()
             .map(|hit| {
@@ -228,7 +228,7 @@ impl OpenSearchBackend {
             "sort": sort,
             "query": query
         });
-        self.search(&body)
+        self.search(body)
             .await?
             .iter()
             .map(Versioned::read)
@@ -445,7 +445,7 @@ impl OrderStore for OpenSearchBackend {
             body["search_after"] = json!([millis(after.created_at), doc_id(&after.order_id)]);
         }
         let items = self
-            .search(&body)
+            .search(body)
             .await?
             .iter()
             .map(|hit| {
@@ -570,7 +570,7 @@ impl OrderStore for OpenSearchBackend {
                     ("if_seq_no", seq_no.as_str()),
                     ("if_primary_term", primary_term.as_str()),
                 ],
-                Some(&body),
+                Some(body),
             )
             .await;
         let applied = matches!(&result, Ok(a) if a.is_success());
@@ -627,7 +627,7 @@ impl OrderStore for OpenSearchBackend {
                 Method::Post,
                 &format!("/{}/_search", self.inner.orders),
                 &[],
-                Some(&body),
+                Some(body),
             )
             .await?;
         let aggs = &answer["aggregations"];
@@ -748,7 +748,7 @@ impl OrderStore for OpenSearchBackend {
                 Method::Post,
                 &format!("/{}/_search", self.inner.orders),
                 &[],
-                Some(&body),
+                Some(body),
             )
             .await?;
         let buckets = answer["aggregations"]["status"]["buckets"]
@@ -774,7 +774,7 @@ impl OrderStore for OpenSearchBackend {
                 Method::Post,
                 &format!("/{}/_delete_by_query", self.inner.orders),
                 &[("conflicts", "proceed"), ("refresh", "true")],
-                Some(&json!({"query": {"term": {"command.request_id": request.to_string()}}})),
+                Some(json!({"query": {"term": {"command.request_id": request.to_string()}}})),
             )
             .await;
         self.wrote(std::iter::empty()).await;

@@ -160,7 +160,7 @@ async fn tick(backend: &OpenSearchBackend, seen: &mut Seen) -> Result<usize, Sto
     });
     let mut found = Vec::new();
     for _ in 0..MAX_PAGES {
-        let hits = backend.search(&body).await?;
+        let hits = backend.search(body.clone()).await?;
         let full = hits.len() == MAX_WINDOW;
         for hit in &hits {
             found.push(read_hit(hit, field)?);
