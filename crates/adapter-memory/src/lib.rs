@@ -190,10 +190,7 @@ impl OrderStore for MemoryOrders {
             .take(page.size)
             .cloned()
             .collect();
-        let next = (items.len() == page.size)
-            .then(|| items.last().map(OrderCursor::after))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::read(items, page.size, OrderCursor::after))
     }
 
     async fn claim(
@@ -469,10 +466,7 @@ impl AgentRegistry for MemoryAgents {
                 .map(|(_, a)| a.clone())
                 .collect(),
         };
-        let next = (items.len() == page.size)
-            .then(|| items.last().map(|a| a.id().clone()))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::read(items, page.size, |a| a.id().clone()))
     }
 
     async fn count(&self, group: Option<GroupName>) -> Result<u64, StoreError> {

@@ -278,10 +278,7 @@ impl AgentRegistry for OpenSearchBackend {
             .iter()
             .map(|hit| agent_of(&hit["_source"], hit["_id"].as_str().unwrap_or_default()))
             .collect::<Result<Vec<Agent>, StoreError>>()?;
-        let next = (items.len() == page.size)
-            .then(|| items.last().map(|a| a.id().clone()))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::read(items, page.size, |a| a.id().clone()))
     }
 
     #[tracing::instrument(skip(self))]

@@ -457,10 +457,7 @@ impl OrderStore for OpenSearchBackend {
                 })
             })
             .collect::<Result<Vec<Order>, StoreError>>()?;
-        let next = (items.len() == page.size)
-            .then(|| items.last().map(OrderCursor::after))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::read(items, page.size, OrderCursor::after))
     }
 
     #[tracing::instrument(skip(self, policy), fields(agent = %agent))]

@@ -179,10 +179,7 @@ impl AgentRegistry for PostgresBackend {
             .await
             .map_err(convert_sqlx_err)?;
         let items = rows.iter().map(agent_of).collect::<Result<Vec<_>, _>>()?;
-        let next = (page.size > 0 && items.len() == page.size)
-            .then(|| items.last().map(|a| a.id().clone()))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::read(items, page.size, |a| a.id().clone()))
     }
 
     #[tracing::instrument(skip(self))]

@@ -344,10 +344,7 @@ impl OrderStore for PostgresBackend {
             .await
             .map_err(convert_sqlx_err)?;
         let items = orders_of(&rows)?;
-        let next = (page.size > 0 && items.len() == page.size)
-            .then(|| items.last().map(OrderCursor::after))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::read(items, page.size, OrderCursor::after))
     }
 
     #[tracing::instrument(skip(self, policy), fields(agent = %agent))]

@@ -228,10 +228,7 @@ impl AgentRegistry for SqliteBackend {
             .iter()
             .map(|d| decode(d))
             .collect::<Result<Vec<_>, _>>()?;
-        let next = (items.len() == page.size)
-            .then(|| items.last().map(|a| a.id().clone()))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::read(items, page.size, |a| a.id().clone()))
     }
 
     #[tracing::instrument(level = "debug", skip(self))]

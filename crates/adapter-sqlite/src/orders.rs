@@ -336,10 +336,7 @@ impl OrderStore for SqliteBackend {
             .iter()
             .map(|d| decode(d))
             .collect::<Result<Vec<_>, _>>()?;
-        let next = (items.len() == page.size)
-            .then(|| items.last().map(OrderCursor::after))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::read(items, page.size, OrderCursor::after))
     }
 
     #[tracing::instrument(level = "debug", skip(self, policy))]

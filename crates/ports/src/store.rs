@@ -140,6 +140,19 @@ pub struct Page<T, C> {
     pub next: Option<C>,
 }
 
+impl<T, C> Page<T, C> {
+    /// The page of `items` read with a limit of `size`: a full page may have more after it,
+    /// from the cursor `key` gives its last item; a shorter one is the last page.
+    pub fn read(items: Vec<T>, size: usize, key: impl FnOnce(&T) -> C) -> Self {
+        let next = if items.len() == size {
+            items.last().map(key)
+        } else {
+            None
+        };
+        Self { items, next }
+    }
+}
+
 /// Which page of orders to read: at most `size` orders strictly after `after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OrderPageRequest {

@@ -189,10 +189,7 @@ fn serve_query(d: &mut Doubles, orders: Vec<Order>) -> Calls<(OrderFilter, Order
             .cloned()
             .collect();
         let items: Vec<Order> = matching.into_iter().take(page.size).collect();
-        let next = (items.len() == page.size)
-            .then(|| items.last().map(OrderCursor::after))
-            .flatten();
-        Ok(Page { items, next })
+        Ok(Page::read(items, page.size, OrderCursor::after))
     });
     calls
 }

@@ -49,10 +49,7 @@ fn group_of(d: &mut Doubles, name: &'static str, n: usize) -> Calls<AgentPageReq
                 members.iter().position(|a| a.id() == after).unwrap() + 1
             });
             let items: Vec<Agent> = members[start..].iter().take(page.size).cloned().collect();
-            let next = (items.len() == page.size)
-                .then(|| items.last().map(|a| a.id().clone()))
-                .flatten();
-            Ok(Page { items, next })
+            Ok(Page::read(items, page.size, |a| a.id().clone()))
         });
     pages
 }
