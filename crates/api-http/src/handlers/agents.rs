@@ -10,7 +10,7 @@ use cm_ports::Upserted;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::page_size;
 use crate::AppState;
 use crate::dto;
 use crate::error::{ApiError, ErrorBody};
@@ -176,18 +176,9 @@ pub(crate) async fn list(
 ) -> Result<Json<AgentPage>, ApiError> {
     let q = query.only(&["group", "size", "after"])?;
     let group = q.parse("group", |r| GroupName::parse(r, "group"))?;
-    let size = q
-        .int("size", 1, MAX_PAGE_SIZE)?
-        .unwrap_or(DEFAULT_PAGE_SIZE);
+    let size = page_size(&q)?;
     let after = q.parse("after", |r| AgentId::parse(r, "after"))?;
-    let page = state
-        .manager()
-        .agents(
-            group.as_ref(),
-            usize::try_from(size).unwrap_or(usize::MAX),
-            after,
-        )
-        .await?;
+    let page = state.manager().agents(group.as_ref(), size, after).await?;
     Ok(Json(AgentPage {
         agents: page.items,
         next: page.next,

@@ -8,6 +8,18 @@ pub(crate) mod ops;
 pub(crate) mod orders;
 pub(crate) mod requests;
 
+use cm_domain::FieldError;
+
+use crate::extract::Params;
+
 /// The default and the largest `size` of a listing page.
-pub(crate) const DEFAULT_PAGE_SIZE: u64 = 100;
-pub(crate) const MAX_PAGE_SIZE: u64 = cm_ports::MAX_PAGE_SIZE as u64;
+const DEFAULT_PAGE_SIZE: u64 = 100;
+const MAX_PAGE_SIZE: u64 = cm_ports::MAX_PAGE_SIZE as u64;
+
+/// The `size` parameter of a listing: 1 to [`MAX_PAGE_SIZE`], [`DEFAULT_PAGE_SIZE`] when absent.
+pub(crate) fn page_size(q: &Params) -> Result<usize, FieldError> {
+    let size = q
+        .int("size", 1, MAX_PAGE_SIZE)?
+        .unwrap_or(DEFAULT_PAGE_SIZE);
+    Ok(usize::try_from(size).unwrap_or(usize::MAX))
+}

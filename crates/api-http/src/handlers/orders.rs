@@ -4,11 +4,11 @@ use axum::Json;
 use axum::extract::State;
 use chrono::{DateTime, Utc};
 use cm_domain::{AgentId, FieldError, Order, OrderId, RequestId, Status, TargetType, check_text};
-use cm_ports::{OrderCursor, OrderFilter};
+use cm_ports::{OrderCursor, OrderFilter, Page};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::page_size;
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{NoQuery, Param, QueryParams};
@@ -22,6 +22,15 @@ pub(crate) struct OrderPage {
     /// Pass as `after` to read the next page; `null` on the last page.
     #[schema(required = true)]
     pub(crate) next: Option<String>,
+}
+
+impl From<Page<Order, OrderCursor>> for OrderPage {
+    fn from(page: Page<Order, OrderCursor>) -> Self {
+        Self {
+            orders: page.items,
+            next: page.next.map(|c| c.encode()),
+        }
+    }
 }
 
 const LIST_PARAMS: &[&str] = &[
@@ -94,18 +103,10 @@ pub(crate) async fn list(
         since: q.parse("since", |r| time(r, "since"))?,
         until: q.parse("until", |r| time(r, "until"))?,
     };
-    let size = q
-        .int("size", 1, MAX_PAGE_SIZE)?
-        .unwrap_or(DEFAULT_PAGE_SIZE);
+    let size = page_size(&q)?;
     let after = q.parse("after", |r| OrderCursor::decode(r, "after"))?;
-    let page = state
-        .manager()
-        .orders(&filter, usize::try_from(size).unwrap_or(usize::MAX), after)
-        .await?;
-    Ok(Json(OrderPage {
-        orders: page.items,
-        next: page.next.map(|c| c.encode()),
-    }))
+    let page = state.manager().orders(&filter, size, after).await?;
+    Ok(Json(page.into()))
 }
 
 /// One order.

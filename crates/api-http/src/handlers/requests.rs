@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::commands::{SubmitResponse, SubmittedBody};
 use super::orders::OrderPage;
-use super::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::page_size;
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{NoQuery, Param, QueryParams};
@@ -102,24 +102,14 @@ pub(crate) async fn orders(
 ) -> Result<Json<OrderPage>, ApiError> {
     let q = query.only(&["status", "size", "after"])?;
     let status = q.parse("status", |r| Status::parse(r, "status"))?;
-    let size = q
-        .int("size", 1, MAX_PAGE_SIZE)?
-        .unwrap_or(DEFAULT_PAGE_SIZE);
+    let size = page_size(&q)?;
     let after = q.parse("after", |r| OrderCursor::decode(r, "after"))?;
     let page = state
         .manager()
-        .request_orders(
-            &id,
-            status,
-            usize::try_from(size).unwrap_or(usize::MAX),
-            after,
-        )
+        .request_orders(&id, status, size, after)
         .await?
         .ok_or_else(|| unknown(&id))?;
-    Ok(Json(OrderPage {
-        orders: page.items,
-        next: page.next.map(|c| c.encode()),
-    }))
+    Ok(Json(page.into()))
 }
 
 /// Cancels every still-pending order of a request (each ends as `failure` with the message
