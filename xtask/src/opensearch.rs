@@ -53,22 +53,7 @@ impl OpenSearchServer {
     fn stop(&mut self) {
         if let Some(mut node) = self.node.take() {
             // SIGTERM: the launcher's shutdown hook closes the node and exits 0.
-            let _ = Command::new("kill")
-                .args(["-TERM", &node.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
-            let started = Instant::now();
-            loop {
-                match node.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if started.elapsed() > STOP_TIMEOUT => {
-                        let _ = node.kill();
-                        let _ = node.wait();
-                        break;
-                    }
-                    Ok(None) => sleep(Duration::from_millis(50)),
-                }
-            }
+            process::stop_child(&mut node, "TERM", STOP_TIMEOUT);
         }
         self.stdin.take();
         if let Some(mut watchdog) = self.watchdog.take() {

@@ -51,22 +51,7 @@ impl PgServer {
     fn stop(&mut self) {
         if let Some(mut server) = self.server.take() {
             // SIGINT is PostgreSQL's "fast shutdown": roll back, close connections, exit.
-            let _ = Command::new("kill")
-                .args(["-INT", &server.id().to_string()])
-                .stderr(Stdio::null())
-                .status();
-            let started = Instant::now();
-            loop {
-                match server.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if started.elapsed() > STOP_TIMEOUT => {
-                        let _ = server.kill();
-                        let _ = server.wait();
-                        break;
-                    }
-                    Ok(None) => sleep(Duration::from_millis(50)),
-                }
-            }
+            process::stop_child(&mut server, "INT", STOP_TIMEOUT);
         }
         if let Some(mut watchdog) = self.watchdog.take() {
             let _ = watchdog.kill();

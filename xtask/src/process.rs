@@ -4,7 +4,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// `cargo` (the one running us, when known), in the workspace root.
 pub(crate) fn cargo() -> Command {
@@ -103,4 +104,25 @@ pub(crate) fn server_args(
 pub(crate) fn wait_for_end_of_input() {
     let mut sink = Vec::new();
     let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+}
+
+/// Ends `child`: sends it `signal` (its graceful shutdown), waits up to `timeout` for it to
+/// exit, then kills it.
+pub(crate) fn stop_child(child: &mut Child, signal: &str, timeout: Duration) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+    let started = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if started.elapsed() > timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            Ok(None) => sleep(Duration::from_millis(50)),
+        }
+    }
 }
