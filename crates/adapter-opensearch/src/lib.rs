@@ -285,9 +285,9 @@ impl OpenSearchBackend {
         Ok(out)
     }
 
-    /// The hits of a search body on the orders index.
-    async fn search(&self, body: Value) -> Result<Vec<Value>, StoreError> {
-        let answer = self
+    /// The answer to a search body on the orders index (hits, aggregations).
+    async fn search_answer(&self, body: Value) -> Result<Value, StoreError> {
+        Ok(self
             .http()
             .ok(
                 Method::Post,
@@ -295,8 +295,12 @@ impl OpenSearchBackend {
                 &[],
                 Some(body),
             )
-            .await?;
-        search_hits(answer)
+            .await?)
+    }
+
+    /// The hits of a search body on the orders index.
+    async fn search(&self, body: Value) -> Result<Vec<Value>, StoreError> {
+        search_hits(self.search_answer(body).await?)
     }
 }
 

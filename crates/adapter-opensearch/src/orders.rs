@@ -618,15 +618,7 @@ impl OrderStore for OpenSearchBackend {
                 }
             }
         });
-        let answer = self
-            .http()
-            .ok(
-                Method::Post,
-                &format!("/{}/_search", self.inner.orders),
-                &[],
-                Some(body),
-            )
-            .await?;
+        let answer = self.search_answer(body).await?;
         let aggs = &answer["aggregations"];
         let from_index = ["not_before", "created", "redeliver"]
             .iter()
@@ -739,15 +731,7 @@ impl OrderStore for OpenSearchBackend {
             "query": {"bool": {"filter": [term("command.request_id", request.to_string())]}},
             "aggs": {"status": {"terms": {"field": "command.status", "size": 16}}}
         });
-        let answer = self
-            .http()
-            .ok(
-                Method::Post,
-                &format!("/{}/_search", self.inner.orders),
-                &[],
-                Some(body),
-            )
-            .await?;
+        let answer = self.search_answer(body).await?;
         let buckets = answer["aggregations"]["status"]["buckets"]
             .as_array()
             .ok_or_else(|| corrupt(format!("status aggregation missing: {answer}")))?;
