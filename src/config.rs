@@ -100,7 +100,7 @@ impl Default for LimitsConfig {
     }
 }
 
-/// At-least-once delivery (SPEC §2). 0 turns a timer off.
+/// At-least-once delivery (docs/delivery.md). 0 turns a timer off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct DeliveryConfig {
@@ -119,7 +119,7 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// What happens to finished orders (SPEC §5).
+/// What happens to finished orders (docs/operations.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RetentionConfig {

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Before anything listens: no exposed service without authentication (SPEC §6).
+    // Before anything listens: no exposed service without authentication (docs/configuration.md).
     if !matches!(cli.command, Some(Command::Migrate))
         && let Err(e) = cm_api_http::check_exposure(&cfg.http, &cfg.auth)
     {

@@ -341,7 +341,7 @@ async fn arguments_the_wazuh_mapping_cannot_index_get_a_400_naming_the_field_and
             "action": {"name": "refresh", "args": args, "version": "v5"}, "timeout": 100
         })
     };
-    // The second command's arguments are an array of strings: SPEC allows an array, Wazuh's
+    // The second command's arguments are an array of strings: docs/orders.md allows one, Wazuh's
     // `object` mapping cannot index one of plain values.
     let (status, body) = c
         .post(

@@ -1,4 +1,4 @@
-//! Rollout control against the real binary (SPEC §7), shared by the per-backend tests.
+//! Rollout control against the real binary (docs/rollout.md), shared by the per-backend tests.
 //!
 //! A fleet of 1,000 agents of one group, each long-polling for itself the way a real agent
 //! does, records when each order arrives. Three requests go to the whole group:

@@ -2,7 +2,7 @@
 //! `wazuh-commands` index, the agents registry ([`cm_ports::AgentRegistry`]) in `wazuh-agents`,
 //! and a [`cm_ports::Notifier`] — a drop-in for Wazuh's command-manager plugin.
 //!
-//! * Layout: each order is one document with the domain's serde form (SPEC §2) and its order id
+//! * Layout: each order is one document in the domain's serde form (docs/orders.md), its order id
 //!   as `_id`; the composable index template `<orders_index>` for `<orders_index>*` carries
 //!   Wazuh's mapping plus explicit mappings for the fields this service adds, and also covers
 //!   the archive index. Created (or extended) by [`OpenSearchBackend::open`] and

@@ -1,4 +1,4 @@
-//! The index template and mappings: Wazuh's `wazuh-commands*` template (SPEC §2) plus explicit
+//! The index template and mappings: Wazuh's `wazuh-commands*` template (docs/operations.md), plus
 //! mappings for the fields this service adds, and the agents index. Created when missing,
 //! extended (never changed) when present.
 
@@ -19,7 +19,7 @@ fn date() -> Value {
     json!({"type": "date"})
 }
 
-/// The `properties` of an order document (SPEC §2), `agent.id` included: Wazuh's template
+/// The `properties` of an order document (docs/orders.md), `agent.id` included: Wazuh's template
 /// leaves it to dynamic mapping (text), but claims filter on it.
 #[must_use]
 pub(crate) fn order_properties() -> Value {

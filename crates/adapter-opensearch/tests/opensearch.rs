@@ -161,7 +161,7 @@ async fn documents_read_back_raw_have_exactly_the_wazuh_layout() {
     );
 }
 
-/// Every field of SPEC §2, as the node reports the mapping of the orders and archive indices.
+/// Every field of docs/operations.md's layout, as the node maps it in orders and archive indices.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_template_maps_every_field_as_the_wazuh_template_does() {
     let (_b, s, _cleanup) = open_fresh().await;

@@ -1,4 +1,4 @@
-//! Authentication and roles (SPEC §6).
+//! Authentication and roles (docs/api.md, docs/configuration.md).
 //!
 //! * A **manager** presents `Authorization: Bearer <token>`, one of [`AuthSettings::manager_tokens`]
 //!   (compared in constant time with every configured token).

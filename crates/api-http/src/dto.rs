@@ -18,7 +18,7 @@ pub(crate) const SUBMIT_FIELDS: &[&str] = &["commands"];
 /// The fields of one command.
 pub(crate) const COMMAND_FIELDS: &[&str] =
     &["source", "user", "target", "action", "timeout", "schedule"];
-/// The fields of a command's `schedule` (SPEC §7).
+/// The fields of a command's `schedule` (docs/rollout.md).
 pub(crate) const SCHEDULE_FIELDS: &[&str] = &["start_at", "rollout_secs"];
 /// The fields of a command's `target`.
 pub(crate) const TARGET_FIELDS: &[&str] = &["type", "id"];

@@ -1,4 +1,4 @@
-//! The HTTP driver of the command manager: every route of SPEC §3 over the use cases of
+//! The HTTP driver of the command manager: every route of docs/api.md over the use cases of
 //! [`cm_ports::CommandManager`].
 //!
 //! * [`router`] builds the whole API as an [`axum::Router`]; [`serve`] runs it until a shutdown
@@ -232,12 +232,12 @@ impl fmt::Debug for AppState {
 pub(crate) const POLL_ROUTE: &str = "/api/v1/agents/{agent_id}/poll";
 /// The path template of the result report route.
 pub(crate) const RESULT_ROUTE: &str = "/api/v1/orders/{order_id}/result";
-/// The path templates of rollout control over a whole request (SPEC §7).
+/// The path templates of rollout control over a whole request (docs/rollout.md).
 pub(crate) const REQUEST_ORDERS_ROUTE: &str = "/api/v1/requests/{request_id}/orders";
 pub(crate) const REQUEST_CANCEL_ROUTE: &str = "/api/v1/requests/{request_id}/cancel";
 pub(crate) const REQUEST_RETRY_ROUTE: &str = "/api/v1/requests/{request_id}/retry";
 
-/// Every route of SPEC §3 with its middleware, over `state`.
+/// Every route of docs/api.md with its middleware, over `state`.
 pub fn router(state: AppState) -> Router {
     let max_body = state.settings().max_body_bytes;
     Router::new()

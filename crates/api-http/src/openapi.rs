@@ -183,7 +183,7 @@ pub(crate) mod schema {
         schedule: Option<ScheduleBody>,
     }
 
-    /// A command's start time and rollout window (SPEC §7): order `i` of `n` is not handed
+    /// A command's start time and rollout window (docs/rollout.md): order `i` of `n` is not handed
     /// out before `start_at + rollout_secs * i / n`.
     #[derive(Serialize, ToSchema)]
     pub(crate) struct ScheduleBody {

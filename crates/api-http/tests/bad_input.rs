@@ -314,7 +314,7 @@ fn cases() -> Vec<Case> {
         submit()
             .json(cmd(|c| c["priority"] = json!(1)))
             .invalid(&c0("priority")),
-        // ---- a command's schedule (SPEC §7)
+        // ---- a command's schedule (docs/rollout.md)
         submit()
             .json(schedule(json!("tomorrow")))
             .invalid(&c0("schedule")),

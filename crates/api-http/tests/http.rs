@@ -748,7 +748,7 @@ async fn request_progress_counts_orders_per_status_and_an_unknown_request_is_404
 }
 
 // ---------------------------------------------------------------------------------------------
-// Rollout control (SPEC §7)
+// Rollout control (docs/rollout.md)
 
 fn scheduled(kind: &str, id: &str, schedule: Value) -> Value {
     let mut c = command(kind, id);

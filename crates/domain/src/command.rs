@@ -271,7 +271,7 @@ impl Command {
         })
     }
 
-    /// The command with a start time and rollout window (SPEC §7); without one its orders
+    /// The command with a start time and rollout window (docs/rollout.md); without one its orders
     /// may be handed out at once.
     #[must_use]
     pub const fn with_schedule(mut self, schedule: Schedule) -> Self {

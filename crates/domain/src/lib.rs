@@ -1,4 +1,4 @@
-//! The pure rules of the command manager (SPEC §2, §7): validated commands, expansion into
+//! The pure rules of the command manager (docs/orders.md): validated commands, expansion into
 //! orders, the order state machine, expiry and redelivery as functions of `now`, and the spread
 //! of a rollout.
 //!

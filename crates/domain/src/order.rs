@@ -249,7 +249,7 @@ struct OrderCommand {
     result: Option<CommandResult>,
     request_id: RequestId,
     order_id: OrderId,
-    // Fields beyond the Wazuh layout (SPEC §2 allows additions, never renames).
+    // Fields beyond the Wazuh layout (docs/orders.md: additions, never renames).
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_millis")]
     not_before: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_millis")]
@@ -272,7 +272,7 @@ const fn is_zero(n: &u32) -> bool {
 }
 
 /// One order: a command for one concrete target. Its serde form is the document layout of the
-/// orders stream (SPEC §2), shared by the HTTP API and every storage adapter.
+/// orders stream (docs/orders.md), shared by the HTTP API and every storage adapter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Order {
     #[serde(rename = "@timestamp", with = "millis")]

@@ -2,7 +2,7 @@
 
 use chrono::Duration;
 
-/// How at-least-once delivery behaves (SPEC §2).
+/// How at-least-once delivery behaves (docs/delivery.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveryPolicy {
     /// A `sent` order with no report after this long is handed out again on the agent's next

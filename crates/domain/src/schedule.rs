@@ -1,4 +1,4 @@
-//! Rollout control (SPEC §7): when a command's orders may first be handed out.
+//! Rollout control (docs/rollout.md): when a command's orders may first be handed out.
 //!
 //! A command may carry a [`Schedule`]: a start time and a rollout window. Its orders are spread
 //! evenly over the window: order `i` of `n` gets `not_before = start + window * i / n`, so the

@@ -47,7 +47,7 @@ pub enum ReplaceError {
     Store(#[from] StoreError),
 }
 
-/// The filter of an orders query (SPEC §3 `GET /api/v1/orders`). Every field that is set must
+/// The filter of an orders query (`GET /api/v1/orders`, docs/api.md). Every field that is set must
 /// match; `since` is inclusive and `until` exclusive, both on `@timestamp`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OrderFilter {

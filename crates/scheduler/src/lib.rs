@@ -1,4 +1,4 @@
-//! The maintenance driver (SPEC §5): on every tick it runs the expiry, no-result and retention
+//! The maintenance driver (docs/operations.md): each tick runs the expiry, no-result and retention
 //! jobs of [`CommandManager`] until told to shut down.
 //!
 //! Each job drains its whole backlog in batches (the use cases do that), one failing job does not

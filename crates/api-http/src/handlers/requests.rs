@@ -1,4 +1,4 @@
-//! Following and steering whole requests (SPEC §3, §7): progress, the orders of one request,
+//! Following and steering whole requests (docs/rollout.md): progress, the orders of one request,
 //! cancel what has not been handed out yet, re-run the orders that ended in a status.
 
 use axum::Json;

@@ -32,7 +32,7 @@ pub struct Settings {
     pub max_commands: usize,
     /// Most orders one submit may expand into, over all its commands.
     pub max_orders_per_request: u64,
-    /// How far ahead of now a command's `schedule.start_at` may lie (SPEC §7).
+    /// How far ahead of now a command's `schedule.start_at` may lie (docs/rollout.md).
     pub max_schedule_ahead: Duration,
     /// Orders written to storage per insert call while expanding.
     pub write_batch: usize,

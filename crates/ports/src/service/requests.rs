@@ -1,4 +1,4 @@
-//! Rollout control over a whole request (SPEC §7): cancel what has not been handed out yet,
+//! Rollout control over a whole request (docs/rollout.md): cancel what has not been handed out yet,
 //! re-run the orders that ended in a status, and list one request's orders.
 
 use cm_domain::{Agent, Command, Expander, FieldError, IdSource, Order, RequestId, Status};

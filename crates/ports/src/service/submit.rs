@@ -77,7 +77,7 @@ impl CommandManager {
     /// every schedule and target is checked before the first write, and if storage fails midway
     /// the orders already written are removed again (unless an idempotency key makes the retry
     /// the cure). A command's schedule spreads its orders' `not_before` over its rollout window
-    /// (SPEC §7).
+    /// (docs/rollout.md).
     ///
     /// # Errors
     /// [`SubmitError`].

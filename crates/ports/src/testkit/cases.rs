@@ -1288,7 +1288,7 @@ pub async fn request_progress_follows_delivery_and_reports(b: Backend) {
     assert_eq!((counts.pending, counts.success), (1, 1));
 }
 
-// ---- rollout control (SPEC §7) -----------------------------------------------------------------
+// ---- rollout control (docs/rollout.md) ---------------------------------------------------------
 
 /// The use cases over this backend with a clock that moves only when told to.
 fn service_at(b: &Backend, clock: &Arc<super::ManualClock>) -> crate::CommandManager {

@@ -1,4 +1,4 @@
-//! `cancel_request`, `retry_request` and `request_orders` (SPEC §7).
+//! `cancel_request`, `retry_request` and `request_orders` (docs/rollout.md).
 
 use cm_domain::{AgentId, Order, ReportStatus, RequestId, Status};
 use mockall::Sequence;

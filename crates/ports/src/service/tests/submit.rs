@@ -528,7 +528,7 @@ async fn the_same_idempotency_key_and_body_give_the_same_ids() {
     assert_eq!(run().await, run().await);
 }
 
-// ---- schedules (SPEC §7) ---------------------------------------------------------------------
+// ---- schedules (docs/rollout.md) -------------------------------------------------------------
 
 fn scheduled(
     kind: TargetType,
