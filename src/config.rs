@@ -225,6 +225,11 @@ impl Config {
             ("limits.maintenance_batch", l.maintenance_batch as u64),
             ("scheduler.interval_secs", self.scheduler.interval_secs),
             ("http.max_open_polls", self.http.max_open_polls as u64),
+            (
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs,
+            ),
+            ("http.idle_timeout_secs", self.http.idle_timeout_secs),
         ];
         for (key, value) in positive {
             if value == 0 {

@@ -52,6 +52,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging(&cfg);
+    if !matches!(cli.command, Some(Command::Migrate))
+        && let Err(e) = raise_fd_limit(&cfg)
+    {
+        eprintln!("command-manager: configuration error: {e}");
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -76,6 +82,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Every open connection (an agent's long-poll is one) holds a file descriptor: raise the soft
+/// limit to the hard one, log both, and refuse a connection cap that does not fit under it.
+fn raise_fd_limit(cfg: &Config) -> Result<(), String> {
+    let limit = cm_api_http::raise_fd_limit()
+        .map_err(|e| format!("cannot read the open-file limit: {e}"))?;
+    let max_connections = cfg.http.connection_cap(limit)?;
+    tracing::info!(
+        soft = limit.soft,
+        hard = limit.hard,
+        max_connections,
+        "open-file limit"
+    );
+    Ok(())
 }
 
 fn init_logging(cfg: &Config) {

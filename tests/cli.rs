@@ -107,6 +107,39 @@ fn authentication_off_on_a_non_loopback_address_is_refused_naming_the_keys() {
 }
 
 #[test]
+fn a_connection_cap_beyond_the_open_file_limit_is_refused_naming_both() {
+    let (code, _, err) = run(
+        &["serve"],
+        &[
+            ("CM_HTTP__LISTEN", "127.0.0.1:0"),
+            ("CM_STORAGE__BACKEND", "memory"),
+            // Beyond any hard limit Linux allows (fs.nr_open is at most 2^30).
+            ("CM_HTTP__MAX_CONNECTIONS", "2000000000"),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("http.max_connections") && err.contains("RLIMIT_NOFILE"),
+        "{err}"
+    );
+
+    let (code, _, err) = run(
+        &["serve"],
+        &[
+            ("CM_HTTP__LISTEN", "127.0.0.1:0"),
+            ("CM_STORAGE__BACKEND", "memory"),
+            ("CM_HTTP__MAX_CONNECTIONS", "100"),
+            ("CM_HTTP__MAX_OPEN_POLLS", "200"),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("http.max_connections") && err.contains("http.max_open_polls"),
+        "{err}"
+    );
+}
+
+#[test]
 fn authentication_on_without_usable_manager_tokens_is_refused_without_showing_them() {
     for (tokens, named) in [
         (None, "auth.manager_tokens"),

@@ -1,5 +1,6 @@
 //! The heavy tests: backend outages (`outage`) and several service instances on one backend
-//! (`instances`), against real PostgreSQL and OpenSearch servers.
+//! (`instances`), against real PostgreSQL and OpenSearch servers, and thousands of slow clients
+//! against one service (`slow_clients`).
 //!
 //! Built only with the `heavy` feature: `cargo xtask test --heavy` runs them after starting the
 //! shared servers (and exports `CM_TEST_POSTGRES_URL`, `OPENSEARCH_URL`, and `CM_XTASK_BIN`,
@@ -14,6 +15,7 @@ mod http;
 mod instances;
 mod outage;
 mod servers;
+mod slow_clients;
 
 /// Held for the whole of each test: one heavy test at a time.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -125,6 +125,11 @@ impl Service {
         Self::start_owned(env)
     }
 
+    /// The process id, to look at the process from outside (`/proc/<pid>/fd`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

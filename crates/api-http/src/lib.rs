@@ -21,6 +21,7 @@
 //! The driver calls use cases only; it never touches an adapter.
 
 mod auth;
+mod conn;
 mod dto;
 mod error;
 mod extract;
@@ -44,6 +45,9 @@ use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 
 pub use crate::auth::{AuthSettings, MIN_TOKEN_LEN, check_exposure};
+pub use crate::conn::{
+    CONNECTIONS_DROPPED, CONNECTIONS_OPEN, FdLimit, RESERVED_FDS, fd_limit, raise_fd_limit,
+};
 pub use crate::tls::TlsSettings;
 
 /// Settings of the HTTP server (`[http]` in the configuration file, `CM_HTTP__*`).
@@ -61,6 +65,16 @@ pub struct HttpSettings {
     pub retry_after_secs: u64,
     /// Most long-polls open at once; a poll beyond it answers 503 with `Retry-After` at once.
     pub max_open_polls: usize,
+    /// Most client connections open at once (long-polls included); a connection beyond it is
+    /// answered 503 with `Retry-After` and closed. 0: as many as the process's open-file limit
+    /// allows after [`RESERVED_FDS`].
+    pub max_connections: usize,
+    /// Longest a client may take to send a request head (or complete a TLS handshake), counted
+    /// from the connection's start or from the first byte of a later request; slower ones are
+    /// dropped.
+    pub header_read_timeout_secs: u64,
+    /// Longest a kept-alive connection may stay idle between requests before it is closed.
+    pub idle_timeout_secs: u64,
     /// Serve HTTPS with this certificate and key; plain HTTP when absent.
     pub tls: Option<TlsSettings>,
 }
@@ -73,6 +87,9 @@ impl Default for HttpSettings {
             request_timeout_secs: 30,
             retry_after_secs: 5,
             max_open_polls: 20_000,
+            max_connections: 0,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
             tls: None,
         }
     }
@@ -304,23 +321,30 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Serves until `shutdown` resolves, then stops accepting, ends open long-polls (they answer
 /// with what they have, usually an empty list) and lets in-flight requests finish. With
-/// [`HttpSettings::tls`] it terminates TLS on `listener`.
+/// [`HttpSettings::tls`] it terminates TLS on `listener`. Connections are capped and slow or
+/// idle clients dropped as [`HttpSettings`] says.
 ///
 /// # Errors
 /// The I/O error that stopped the server, or an [`std::io::ErrorKind::InvalidInput`] error
-/// naming the TLS setting whose file cannot be used (before anything is served).
+/// naming the TLS setting whose file cannot be used, or the connection setting that does not fit
+/// under the open-file limit ([`HttpSettings::connection_cap`]), before anything is served.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let tls = match &state.settings().tls {
-        Some(tls) => Some(
+        Some(tls) => Some(tokio_rustls::TlsAcceptor::from(
             tls::server_config(tls)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
-        ),
+        )),
         None => None,
     };
+    let max_connections = state
+        .settings()
+        .connection_cap(conn::fd_limit()?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let limits = conn::Limits::new(state.settings(), max_connections);
     let exposed = listener
         .local_addr()
         .is_ok_and(|a| !a.ip().to_canonical().is_loopback());
@@ -350,21 +374,8 @@ pub async fn serve(
             state.begin_shutdown();
         }
     };
-    // One route table shared by every connection: `axum::serve(listener, router)` would clone
-    // the router's table into each accepted connection (~14 KB each, 140 MB for 10,000 polls).
-    let app = router(state.clone()).into_make_service();
-    let served = match tls {
-        Some(config) => {
-            axum::serve(tls::TlsListener::new(listener, config)?, app)
-                .with_graceful_shutdown(signal)
-                .await
-        }
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(signal)
-                .await
-        }
-    };
+    // One route table shared by every connection (cloning a `Router` clones an `Arc`).
+    let served = conn::accept_loop(listener, tls, router(state.clone()), limits, signal).await;
     state.begin_shutdown();
     served
 }

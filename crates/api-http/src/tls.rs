@@ -1,23 +1,15 @@
-//! Optional TLS termination with rustls (`[http.tls]`): a [`Listener`] that accepts TCP
-//! connections and completes each handshake in its own task, so a slow or silent client never
-//! holds up the accepts of others.
+//! Optional TLS termination with rustls (`[http.tls]`): the server configuration. The
+//! connection layer (`conn`) completes each handshake in the connection's own task, within the
+//! header read timeout, so a slow or silent client never holds up the accepts of others.
 
-use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::serve::Listener;
 use serde::Deserialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::server::TlsStream;
 
 /// The certificate and key the server presents (`[http.tls]`, `CM_HTTP__TLS__CERT_PATH`,
 /// `CM_HTTP__TLS__KEY_PATH`). When absent the server speaks plain HTTP.
@@ -29,13 +21,6 @@ pub struct TlsSettings {
     /// PEM file: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
     pub key_path: PathBuf,
 }
-
-/// The longest a client may take to complete its handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Completed handshakes waiting for the server to take them.
-const BACKLOG: usize = 128;
-/// Handshakes in progress at once; a connection beyond it is closed at once.
-const MAX_HANDSHAKES: usize = 1024;
 
 fn at(setting: &str, path: &Path, why: impl std::fmt::Display) -> String {
     format!("{setting} {}: {why}", path.display())
@@ -75,80 +60,4 @@ pub(crate) fn server_config(tls: &TlsSettings) -> Result<Arc<ServerConfig>, Stri
         })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-/// Accepts TCP connections and hands out those whose TLS handshake completed.
-#[derive(Debug)]
-pub(crate) struct TlsListener {
-    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    /// Starts accepting on `tcp`; the accept task ends when the listener is dropped.
-    ///
-    /// # Errors
-    /// The error of reading `tcp`'s local address.
-    pub(crate) fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> io::Result<Self> {
-        let local = tcp.local_addr()?;
-        let (tx, ready) = mpsc::channel(BACKLOG);
-        tokio::spawn(accept_loop(tcp, TlsAcceptor::from(config), tx));
-        Ok(Self { ready, local })
-    }
-}
-
-async fn accept_loop(
-    tcp: TcpListener,
-    acceptor: TlsAcceptor,
-    ready: mpsc::Sender<(TlsStream<TcpStream>, SocketAddr)>,
-) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = ready.closed() => return,
-            accepted = tcp.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = Arc::clone(&handshakes).try_acquire_owned() else {
-            tracing::debug!(%peer, "too many tls handshakes in progress: connection closed");
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => {
-                    let _ = ready.send((tls, peer)).await;
-                }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "tls handshake failed"),
-                Err(_) => tracing::debug!(%peer, "tls handshake timed out"),
-            }
-        });
-    }
-}
-
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accept task only ends once this receiver is gone; never resolve otherwise.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
 }

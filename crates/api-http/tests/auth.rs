@@ -929,6 +929,44 @@ async fn serve_terminates_tls_for_a_client_that_trusts_the_certificate() {
     drop(pki.dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_handshake_that_never_finishes_is_dropped_after_the_header_timeout() {
+    let pki = self_signed();
+    let app = App::new(
+        HttpSettings {
+            tls: Some(pki.tls.clone()),
+            header_read_timeout_secs: 1,
+            ..HttpSettings::default()
+        },
+        false,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, app.state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let started = std::time::Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // Half a ClientHello, then nothing.
+    silent.write_all(&[0x16, 0x03, 0x01]).await.expect("write");
+    let mut out = Vec::new();
+    let _ = silent.read_to_end(&mut out).await;
+    assert!(out.is_empty(), "{out:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // A client that completes its handshake is still served.
+    let answer = https_get(&client(&pki), addr, "/healthz").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop.send(()).expect("server running");
+    server
+        .await
+        .expect("server task")
+        .expect("served without error");
+    drop(pki.dir);
+}
+
 #[tokio::test]
 async fn unusable_tls_files_stop_start_up_naming_the_setting() {
     let pki = self_signed();
