@@ -338,16 +338,6 @@ impl OpenSearchBackend {
     }
 }
 
-/// The earliest instant after `now` at which `order` becomes deliverable by itself.
-fn due_after(order: &Order, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    match order.status() {
-        Status::Pending => Some(order.available_from()),
-        Status::Sent => order.redeliver_at(),
-        _ => None,
-    }
-    .filter(|t| *t > now)
-}
-
 /// A `min` aggregation's value (epoch milliseconds), when it has one.
 fn min_value(agg: &Value) -> Option<DateTime<Utc>> {
     #[allow(clippy::cast_possible_truncation)] // dates are whole milliseconds
@@ -629,7 +619,7 @@ impl OrderStore for OpenSearchBackend {
             .await?
             .iter()
             .filter(|v| v.order.agent_id() == Some(agent))
-            .filter_map(|v| due_after(&v.order, now))
+            .filter_map(|v| v.order.becomes_deliverable_after(now))
             .min();
         Ok(from_index.into_iter().chain(from_recent).min())
     }

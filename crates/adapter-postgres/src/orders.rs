@@ -64,9 +64,9 @@ LIMIT $3
 FOR UPDATE SKIP LOCKED";
 
 /// The earliest instant after `$2` at which one of the agent's orders becomes deliverable by
-/// itself: a pending order's `not_before` or a sent order's redelivery. Each `min` is one seek
-/// into its partial index (`orders_pending_by_agent_available`, `orders_sent_by_agent_redeliver`);
-/// `LEAST` ignores the one that is `NULL`.
+/// itself (`Order::becomes_deliverable_after`): a pending order's `not_before` or a sent order's
+/// redelivery. Each `min` is one seek into its partial index (`orders_pending_by_agent_available`,
+/// `orders_sent_by_agent_redeliver`); `LEAST` ignores the one that is `NULL`.
 const NEXT_DUE: &str = "
 SELECT LEAST(
     (SELECT min(available_at) FROM orders

@@ -41,9 +41,10 @@ const CLAIM_CANDIDATES: &str = "SELECT revision, document FROM ( \
     ORDER BY created_ms, order_id LIMIT ?3";
 
 /// The earliest instant after `?2` at which one of the agent's orders becomes deliverable by
-/// itself: a pending order's `not_before` or a sent order's redelivery. Each half is one seek
-/// into its partial index (`INDEXED BY` as in [`CLAIM_CANDIDATES`]: a long-poll asks this on every
-/// wait, and must never scan the agent's history). `MIN` of no row is `NULL`.
+/// itself (`Order::becomes_deliverable_after`): a pending order's `not_before` or a sent order's
+/// redelivery. Each half is one seek into its partial index (`INDEXED BY` as in
+/// [`CLAIM_CANDIDATES`]: a long-poll asks this on every wait, and must never scan the agent's
+/// history). `MIN` of no row is `NULL`.
 const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
       SELECT * FROM ( \
         SELECT available_ms AS t FROM orders INDEXED BY orders_available \
