@@ -303,31 +303,42 @@ impl OpenSearchBackend {
         }
     }
 
-    fn filter_clauses(&self, f: &OrderFilter) -> Vec<Value> {
+    fn filter_clauses(&self, filter: &OrderFilter) -> Vec<Value> {
+        // Exhaustive, so a new filter field does not compile until it is translated here.
+        let OrderFilter {
+            status,
+            agent_id,
+            target_type,
+            target_id,
+            request_id,
+            action,
+            since,
+            until,
+        } = filter;
         let mut clauses = Vec::new();
-        if let Some(s) = f.status {
+        if let Some(s) = status {
             clauses.push(term("command.status", s.as_str()));
         }
-        if let Some(a) = &f.agent_id {
+        if let Some(a) = agent_id {
             clauses.push(self.agent_term(a));
         }
-        if let Some(t) = f.target_type {
+        if let Some(t) = target_type {
             clauses.push(term("command.target.type", t.as_str()));
         }
-        if let Some(t) = &f.target_id {
+        if let Some(t) = target_id {
             clauses.push(term("command.target.id", t.as_str()));
         }
-        if let Some(r) = &f.request_id {
+        if let Some(r) = request_id {
             clauses.push(term("command.request_id", r.to_string()));
         }
-        if let Some(a) = &f.action {
+        if let Some(a) = action {
             clauses.push(term("command.action.name", a.as_str()));
         }
-        if let Some(t) = f.since {
-            clauses.push(range("@timestamp", "gte", t));
+        if let Some(t) = since {
+            clauses.push(range("@timestamp", "gte", *t));
         }
-        if let Some(t) = f.until {
-            clauses.push(range("@timestamp", "lt", t));
+        if let Some(t) = until {
+            clauses.push(range("@timestamp", "lt", *t));
         }
         clauses
     }

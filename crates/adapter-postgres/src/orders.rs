@@ -304,30 +304,41 @@ impl OrderStore for PostgresBackend {
         filter: &OrderFilter,
         page: &OrderPageRequest,
     ) -> Result<Page<Order, OrderCursor>, StoreError> {
+        // Exhaustive, so a new filter field does not compile until it is translated here.
+        let OrderFilter {
+            status,
+            agent_id,
+            target_type,
+            target_id,
+            request_id,
+            action,
+            since,
+            until,
+        } = filter;
         let mut q = QueryBuilder::<Postgres>::new("SELECT doc FROM orders WHERE TRUE");
-        if let Some(s) = filter.status {
+        if let Some(s) = status {
             q.push(" AND status = ").push_bind(s.as_str());
         }
-        if let Some(a) = &filter.agent_id {
+        if let Some(a) = agent_id {
             q.push(" AND agent_id = ").push_bind(a.as_str().to_owned());
         }
-        if let Some(t) = filter.target_type {
+        if let Some(t) = target_type {
             q.push(" AND target_type = ").push_bind(t.as_str());
         }
-        if let Some(t) = &filter.target_id {
+        if let Some(t) = target_id {
             q.push(" AND target_id = ").push_bind(t.clone());
         }
-        if let Some(r) = &filter.request_id {
+        if let Some(r) = request_id {
             q.push(" AND request_id = ").push_bind(*r.as_uuid());
         }
-        if let Some(a) = &filter.action {
+        if let Some(a) = action {
             q.push(" AND action = ").push_bind(a.clone());
         }
-        if let Some(t) = filter.since {
-            q.push(" AND created_at >= ").push_bind(t);
+        if let Some(t) = since {
+            q.push(" AND created_at >= ").push_bind(*t);
         }
-        if let Some(t) = filter.until {
-            q.push(" AND created_at < ").push_bind(t);
+        if let Some(t) = until {
+            q.push(" AND created_at < ").push_bind(*t);
         }
         if let Some(after) = &page.after {
             q.push(" AND (created_at, order_id) > (")

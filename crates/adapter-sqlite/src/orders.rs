@@ -220,30 +220,41 @@ async fn apply_batch(
 
 /// The page query: every set filter field, strictly after the cursor, in query order.
 fn query_sql(filter: &OrderFilter, page: &OrderPageRequest) -> QueryBuilder<Sqlite> {
+    // Exhaustive, so a new filter field does not compile until it is translated here.
+    let OrderFilter {
+        status,
+        agent_id,
+        target_type,
+        target_id,
+        request_id,
+        action,
+        since,
+        until,
+    } = filter;
     let mut qb = QueryBuilder::<Sqlite>::new("SELECT document FROM orders WHERE 1 = 1");
-    if let Some(s) = filter.status {
+    if let Some(s) = status {
         qb.push(" AND status = ").push_bind(s.as_str());
     }
-    if let Some(a) = &filter.agent_id {
+    if let Some(a) = agent_id {
         qb.push(" AND agent_id = ").push_bind(a.as_str().to_owned());
     }
-    if let Some(t) = filter.target_type {
+    if let Some(t) = target_type {
         qb.push(" AND target_type = ").push_bind(t.as_str());
     }
-    if let Some(t) = &filter.target_id {
+    if let Some(t) = target_id {
         qb.push(" AND target_id = ").push_bind(t.clone());
     }
-    if let Some(r) = &filter.request_id {
+    if let Some(r) = request_id {
         qb.push(" AND request_id = ").push_bind(r.to_string());
     }
-    if let Some(a) = &filter.action {
+    if let Some(a) = action {
         qb.push(" AND action = ").push_bind(a.clone());
     }
-    if let Some(t) = filter.since {
+    if let Some(t) = since {
         qb.push(" AND created_ms >= ")
             .push_bind(t.timestamp_millis());
     }
-    if let Some(t) = filter.until {
+    if let Some(t) = until {
         qb.push(" AND created_ms < ")
             .push_bind(t.timestamp_millis());
     }
