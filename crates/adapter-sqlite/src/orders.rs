@@ -200,24 +200,6 @@ fn push_keys(qb: &mut QueryBuilder<Sqlite>, keys: &[(String, i64)]) {
     qb.push(")");
 }
 
-/// Applies `step` to each candidate and writes the results conditionally; candidates for which
-/// the domain refuses the transition are left alone.
-async fn apply_batch(
-    conn: &mut SqliteConnection,
-    candidates: Vec<Versioned>,
-    step: impl Fn(&Order) -> Option<Order>,
-) -> Result<Batch, StoreError> {
-    let examined = candidates.len();
-    let mut changes = Vec::with_capacity(examined);
-    for (revision, document) in candidates {
-        if let Some(next) = step(&decode(&document)?) {
-            changes.push((next, revision));
-        }
-    }
-    let changed = update_all(conn, &changes).await?.len();
-    Ok(Batch { examined, changed })
-}
-
 /// The page query: every set filter field, strictly after the cursor, in query order.
 fn query_sql(filter: &OrderFilter, page: &OrderPageRequest) -> QueryBuilder<Sqlite> {
     // Exhaustive, so a new filter field does not compile until it is translated here.
@@ -268,6 +250,41 @@ fn query_sql(filter: &OrderFilter, page: &OrderPageRequest) -> QueryBuilder<Sqli
     qb.push(" ORDER BY created_ms, order_id LIMIT ")
         .push_bind(sql_int(page.size));
     qb
+}
+
+impl SqliteBackend {
+    /// One state-change batch, in one write transaction: reads the candidates `select` returns
+    /// (binding `key` as `?1` and `limit` as `?2`), moves each with `step` (a domain transition)
+    /// and writes the results conditionally on the revision read. Candidates for which the
+    /// domain refuses the transition are left alone.
+    async fn transition_batch<K>(
+        &self,
+        select: &'static str,
+        key: K,
+        limit: usize,
+        step: impl Fn(&Order) -> Option<Order> + Send,
+    ) -> Result<Batch, StoreError>
+    where
+        K: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send + 'static,
+    {
+        let mut tx = self.write().await?;
+        let candidates: Vec<Versioned> = sqlx::query_as(select)
+            .bind(key)
+            .bind(sql_int(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let examined = candidates.len();
+        let mut changes = Vec::with_capacity(examined);
+        for (revision, document) in candidates {
+            if let Some(next) = step(&decode(&document)?) {
+                changes.push((next, revision));
+            }
+        }
+        let changed = update_all(&mut tx, &changes).await?.len();
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(Batch { examined, changed })
+    }
 }
 
 #[async_trait]
@@ -443,40 +460,18 @@ impl OrderStore for SqliteBackend {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
-        let mut tx = self.write().await?;
-        let pending: Vec<Versioned> = sqlx::query_as(CANCEL_CANDIDATES)
-            .bind(request.to_string())
-            .bind(sql_int(limit))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(convert_sqlx_err)?;
-        let batch = apply_batch(&mut tx, pending, |o| o.cancel(now).ok()).await?;
-        tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(
-            examined = batch.examined,
-            changed = batch.changed,
-            "pending orders of a request cancelled"
-        );
-        Ok(batch)
+        self.transition_batch(CANCEL_CANDIDATES, request.to_string(), limit, |o| {
+            o.cancel(now).ok()
+        })
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
-        let mut tx = self.write().await?;
-        let due: Vec<Versioned> = sqlx::query_as(EXPIRY_CANDIDATES)
-            .bind(now.timestamp_millis())
-            .bind(sql_int(limit))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(convert_sqlx_err)?;
-        let batch = apply_batch(&mut tx, due, |o| o.expire(now).ok()).await?;
-        tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(
-            examined = batch.examined,
-            changed = batch.changed,
-            "overdue orders expired"
-        );
-        Ok(batch)
+        self.transition_batch(EXPIRY_CANDIDATES, now.timestamp_millis(), limit, |o| {
+            o.expire(now).ok()
+        })
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
@@ -485,21 +480,10 @@ impl OrderStore for SqliteBackend {
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
-        let mut tx = self.write().await?;
-        let due: Vec<Versioned> = sqlx::query_as(GIVE_UP_CANDIDATES)
-            .bind(now.timestamp_millis())
-            .bind(sql_int(limit))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(convert_sqlx_err)?;
-        let batch = apply_batch(&mut tx, due, |o| o.give_up(now).ok()).await?;
-        tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(
-            examined = batch.examined,
-            changed = batch.changed,
-            "unreported orders given up"
-        );
-        Ok(batch)
+        self.transition_batch(GIVE_UP_CANDIDATES, now.timestamp_millis(), limit, |o| {
+            o.give_up(now).ok()
+        })
+        .await
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
