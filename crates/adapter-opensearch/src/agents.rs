@@ -127,7 +127,6 @@ impl OpenSearchBackend {
 
 #[async_trait]
 impl AgentRegistry for OpenSearchBackend {
-    #[tracing::instrument(skip(self, agent), fields(agent = %agent.id()))]
     async fn upsert(&self, agent: &Agent) -> Result<Upserted, StoreError> {
         let body = serde_json::to_value(upsert_body(agent)).map_err(corrupt)?;
         let answer = self
@@ -148,7 +147,6 @@ impl AgentRegistry for OpenSearchBackend {
         })
     }
 
-    #[tracing::instrument(skip(self, agents), fields(agents = agents.len()))]
     async fn upsert_many(&self, agents: &[Agent]) -> Result<u64, StoreError> {
         if agents.is_empty() {
             return Ok(0);
@@ -180,7 +178,6 @@ impl AgentRegistry for OpenSearchBackend {
         Ok(created)
     }
 
-    #[tracing::instrument(skip(self, hash), fields(agent = %id))]
     async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError> {
         // No search reads the key hash (`key_hash` is a realtime GET): nothing to refresh for.
         let answer = self
@@ -201,7 +198,6 @@ impl AgentRegistry for OpenSearchBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %id))]
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         let Some(source) = self.agent_source(id, "command_manager").await? else {
             return Ok(None);
@@ -214,7 +210,6 @@ impl AgentRegistry for OpenSearchBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %id))]
     async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
         self.agent_source(id, "agent.id,agent.groups")
             .await?
@@ -222,7 +217,6 @@ impl AgentRegistry for OpenSearchBackend {
             .transpose()
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %id))]
     async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {
         let answer = self
             .http()
@@ -237,7 +231,6 @@ impl AgentRegistry for OpenSearchBackend {
         }
     }
 
-    #[tracing::instrument(skip(self, page), fields(group = ?page.group, size = page.size))]
     async fn list(&self, page: &AgentPageRequest) -> Result<Page<Agent, AgentId>, StoreError> {
         if page.size == 0 {
             return Ok(Page {
@@ -281,7 +274,6 @@ impl AgentRegistry for OpenSearchBackend {
         Ok(Page::read(items, page.size, |a| a.id().clone()))
     }
 
-    #[tracing::instrument(skip(self))]
     async fn count(&self, group: Option<GroupName>) -> Result<u64, StoreError> {
         // Every agent registered before, through any instance (a group submit counts its
         // members right after their registration).

@@ -358,7 +358,6 @@ fn min_value(agg: &Value) -> Option<DateTime<Utc>> {
 
 #[async_trait]
 impl OrderStore for OpenSearchBackend {
-    #[tracing::instrument(skip(self, orders), fields(orders = orders.len()))]
     async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
         if let Some(refused) = orders.iter().find_map(unindexable) {
             return Err(refused);
@@ -417,12 +416,10 @@ impl OrderStore for OpenSearchBackend {
         Ok(created.len() as u64)
     }
 
-    #[tracing::instrument(skip(self), fields(order = %id))]
     async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         Ok(self.get_versioned(id).await?.map(|v| v.order))
     }
 
-    #[tracing::instrument(skip(self, filter, page))]
     async fn query(
         &self,
         filter: &OrderFilter,
@@ -461,7 +458,6 @@ impl OrderStore for OpenSearchBackend {
         Ok(Page::read(items, page.size, OrderCursor::after))
     }
 
-    #[tracing::instrument(skip(self, policy), fields(agent = %agent))]
     async fn claim(
         &self,
         agent: &AgentId,
@@ -544,7 +540,6 @@ impl OrderStore for OpenSearchBackend {
         Ok(claimed)
     }
 
-    #[tracing::instrument(skip(self, current, next), fields(order = %current.order_id()))]
     async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
         if current.order_id() != next.order_id() {
             return Err(ReplaceError::Conflict);
@@ -581,7 +576,6 @@ impl OrderStore for OpenSearchBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %agent))]
     async fn next_due(
         &self,
         agent: &AgentId,
@@ -635,7 +629,6 @@ impl OrderStore for OpenSearchBackend {
         Ok(from_index.into_iter().chain(from_recent).min())
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn cancel_pending(
         &self,
         request: &RequestId,
@@ -650,7 +643,6 @@ impl OrderStore for OpenSearchBackend {
             .await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         let query = json!({"bool": {"filter": [
             term("command.status", Status::Pending.as_str()),
@@ -660,7 +652,6 @@ impl OrderStore for OpenSearchBackend {
         self.sweep(query, sort, limit, |o| o.expire(now).ok()).await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn give_up_unreported(
         &self,
         now: DateTime<Utc>,
@@ -675,7 +666,6 @@ impl OrderStore for OpenSearchBackend {
             .await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn purge_finished(
         &self,
         cutoff: DateTime<Utc>,
@@ -703,7 +693,6 @@ impl OrderStore for OpenSearchBackend {
         Ok(Batch { examined, changed })
     }
 
-    #[tracing::instrument(skip(self), fields(order = %id))]
     async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let answer = self
             .http()
@@ -723,7 +712,6 @@ impl OrderStore for OpenSearchBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
         self.make_fresh(self.listing_freshness()).await?;
         let body = json!({
@@ -746,7 +734,6 @@ impl OrderStore for OpenSearchBackend {
         Ok(counts)
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError> {
         // `_delete_by_query` sees only what the index has refreshed.
         self.make_fresh(Fresh::Always).await?;
@@ -769,7 +756,6 @@ impl OrderStore for OpenSearchBackend {
         Ok(answer["deleted"].as_u64().unwrap_or(0))
     }
 
-    #[tracing::instrument(skip(self))]
     async fn ping(&self) -> Result<(), StoreError> {
         let answer = self
             .http()

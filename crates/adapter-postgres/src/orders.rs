@@ -268,7 +268,6 @@ impl PostgresBackend {
 
 #[async_trait]
 impl OrderStore for PostgresBackend {
-    #[tracing::instrument(skip(self, orders), fields(orders = orders.len()))]
     async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
         if orders.is_empty() {
             return Ok(0);
@@ -288,7 +287,6 @@ impl OrderStore for PostgresBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(order = %id))]
     async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let row = sqlx::query("SELECT doc FROM orders WHERE order_id = $1")
             .bind(id.as_uuid())
@@ -298,7 +296,6 @@ impl OrderStore for PostgresBackend {
         row.as_ref().map(order_of).transpose()
     }
 
-    #[tracing::instrument(skip(self))]
     async fn query(
         &self,
         filter: &OrderFilter,
@@ -358,7 +355,6 @@ impl OrderStore for PostgresBackend {
         Ok(Page::read(items, page.size, OrderCursor::after))
     }
 
-    #[tracing::instrument(skip(self, policy), fields(agent = %agent))]
     async fn claim(
         &self,
         agent: &AgentId,
@@ -393,7 +389,6 @@ impl OrderStore for PostgresBackend {
             .collect())
     }
 
-    #[tracing::instrument(skip(self, current, next), fields(order = %current.order_id()))]
     async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
         let c = Columns::of([next]);
         let bind_next = |sql: &'static str| {
@@ -456,7 +451,6 @@ impl OrderStore for PostgresBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %agent))]
     async fn next_due(
         &self,
         agent: &AgentId,
@@ -470,7 +464,6 @@ impl OrderStore for PostgresBackend {
             .map_err(convert_sqlx_err)
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn cancel_pending(
         &self,
         request: &RequestId,
@@ -486,13 +479,11 @@ impl OrderStore for PostgresBackend {
         self.transition_locked(select, |o| o.cancel(now).ok()).await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         self.transition_batch(SELECT_EXPIRED, now, limit, |o| o.expire(now).ok())
             .await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn give_up_unreported(
         &self,
         now: DateTime<Utc>,
@@ -502,7 +493,6 @@ impl OrderStore for PostgresBackend {
             .await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn purge_finished(
         &self,
         cutoff: DateTime<Utc>,
@@ -547,7 +537,6 @@ impl OrderStore for PostgresBackend {
         })
     }
 
-    #[tracing::instrument(skip(self), fields(order = %id))]
     async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let row = sqlx::query("SELECT doc FROM orders_archive WHERE order_id = $1")
             .bind(id.as_uuid())
@@ -557,7 +546,6 @@ impl OrderStore for PostgresBackend {
         row.as_ref().map(order_of).transpose()
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
         let rows = sqlx::query(
             "SELECT status, count(*) AS n FROM orders WHERE request_id = $1 GROUP BY status",
@@ -576,7 +564,6 @@ impl OrderStore for PostgresBackend {
         Ok(counts)
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM orders WHERE request_id = $1")
             .bind(request.as_uuid())
@@ -586,7 +573,6 @@ impl OrderStore for PostgresBackend {
         Ok(done.rows_affected())
     }
 
-    #[tracing::instrument(skip(self))]
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -289,7 +289,6 @@ impl SqliteBackend {
 
 #[async_trait]
 impl OrderStore for SqliteBackend {
-    #[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
     async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
         if orders.is_empty() {
             return Ok(0);
@@ -334,11 +333,9 @@ impl OrderStore for SqliteBackend {
                 .rows_affected();
         }
         tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(created, "orders inserted");
         Ok(created)
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let doc: Option<String> =
             sqlx::query_scalar("SELECT document FROM orders WHERE order_id = ?1")
@@ -349,7 +346,6 @@ impl OrderStore for SqliteBackend {
         doc.as_deref().map(decode).transpose()
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn query(
         &self,
         filter: &OrderFilter,
@@ -368,7 +364,6 @@ impl OrderStore for SqliteBackend {
         Ok(Page::read(items, page.size, OrderCursor::after))
     }
 
-    #[tracing::instrument(level = "debug", skip(self, policy))]
     async fn claim(
         &self,
         agent: &AgentId,
@@ -401,11 +396,9 @@ impl OrderStore for SqliteBackend {
             .filter(|o| written.contains(&o.order_id().to_string()))
             .collect();
         tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(claimed = claimed.len(), "orders claimed");
         Ok(claimed)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(order_id = %current.order_id()))]
     async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
         if next.order_id() != current.order_id() {
             // `next` is not a version of the stored order; writing it would clobber another row.
@@ -434,7 +427,6 @@ impl OrderStore for SqliteBackend {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn next_due(
         &self,
         agent: &AgentId,
@@ -453,7 +445,6 @@ impl OrderStore for SqliteBackend {
         .transpose()
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn cancel_pending(
         &self,
         request: &RequestId,
@@ -466,7 +457,6 @@ impl OrderStore for SqliteBackend {
         .await
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         self.transition_batch(EXPIRY_CANDIDATES, now.timestamp_millis(), limit, |o| {
             o.expire(now).ok()
@@ -474,7 +464,6 @@ impl OrderStore for SqliteBackend {
         .await
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn give_up_unreported(
         &self,
         now: DateTime<Utc>,
@@ -486,7 +475,6 @@ impl OrderStore for SqliteBackend {
         .await
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn purge_finished(
         &self,
         cutoff: DateTime<Utc>,
@@ -539,17 +527,10 @@ impl OrderStore for SqliteBackend {
                     .rows_affected(),
             );
         }
-        let batch = Batch { examined, changed };
         tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(
-            examined = batch.examined,
-            changed = batch.changed,
-            "finished orders purged"
-        );
-        Ok(batch)
+        Ok(Batch { examined, changed })
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let doc: Option<String> =
             sqlx::query_scalar("SELECT document FROM orders_archive WHERE order_id = ?1")
@@ -560,7 +541,6 @@ impl OrderStore for SqliteBackend {
         doc.as_deref().map(decode).transpose()
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(PROGRESS)
             .bind(request.to_string())
@@ -576,7 +556,6 @@ impl OrderStore for SqliteBackend {
         Ok(counts)
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError> {
         let mut tx = self.write().await?;
         let deleted = sqlx::query("DELETE FROM orders WHERE request_id = ?1")
@@ -586,11 +565,9 @@ impl OrderStore for SqliteBackend {
             .map_err(convert_sqlx_err)?
             .rows_affected();
         tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(deleted, "orders of a request deleted");
         Ok(deleted)
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1 FROM orders LIMIT 0")
             .execute(&self.reader)
