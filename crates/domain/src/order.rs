@@ -847,7 +847,10 @@ mod tests {
         );
         // Strictly after `now`: at its start it is deliverable already.
         assert_eq!(o.becomes_deliverable_after(start), None);
-        assert_eq!(o.becomes_deliverable_after(start + Duration::seconds(1)), None);
+        assert_eq!(
+            o.becomes_deliverable_after(start + Duration::seconds(1)),
+            None
+        );
         // An unscheduled order starts when it is created.
         assert_eq!(
             order().becomes_deliverable_after(t0() - Duration::seconds(1)),
