@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::bulk::{Applied, ItemOutcome, Meta, Need, Op, Ops};
 use crate::error::{OsError, corrupt, kind};
+use crate::mapping::Fields;
 use crate::visibility::Fresh;
 use crate::{Change, MAX_WINDOW, OpenSearchBackend, Versioned, doc_id};
 
@@ -40,9 +41,14 @@ fn range(field: &str, op: &str, t: DateTime<Utc>) -> Value {
     json!({"range": {field: {op: millis(t)}}})
 }
 
+/// Ascending `field`, then `order_id`.
+fn sort_by(field: &str) -> Value {
+    json!([{field: "asc"}, {(Fields::ORDER_ID): "asc"}])
+}
+
 /// Query order: `@timestamp`, then `order_id` (the order of [`OrderCursor`]).
 pub(crate) fn stream_order() -> Value {
-    json!([{"@timestamp": "asc"}, {"command.order_id": "asc"}])
+    sort_by(Fields::CREATED)
 }
 
 /// Orders the index says are deliverable at `now` (the domain's `Order::is_deliverable`): pending,
@@ -51,10 +57,10 @@ pub(crate) fn stream_order() -> Value {
 pub(crate) fn deliverable_at(now: DateTime<Utc>) -> Value {
     let available = json!({"bool": {
         "should": [
-            range("command.not_before", "lte", now),
+            range(Fields::NOT_BEFORE, "lte", now),
             {"bool": {
-                "must_not": [{"exists": {"field": "command.not_before"}}],
-                "filter": [range("@timestamp", "lte", now)]
+                "must_not": [{"exists": {"field": Fields::NOT_BEFORE}}],
+                "filter": [range(Fields::CREATED, "lte", now)]
             }}
         ],
         "minimum_should_match": 1
@@ -62,13 +68,13 @@ pub(crate) fn deliverable_at(now: DateTime<Utc>) -> Value {
     json!({"bool": {
         "should": [
             {"bool": {"filter": [
-                term("command.status", Status::Pending.as_str()),
-                range("delivery_timestamp", "gt", now),
+                term(Fields::STATUS, Status::Pending.as_str()),
+                range(Fields::DELIVERY_DEADLINE, "gt", now),
                 available
             ]}},
             {"bool": {"filter": [
-                term("command.status", Status::Sent.as_str()),
-                range("command.redeliver_at", "lte", now)
+                term(Fields::STATUS, Status::Sent.as_str()),
+                range(Fields::REDELIVER_AT, "lte", now)
             ]}}
         ],
         "minimum_should_match": 1
@@ -317,28 +323,28 @@ impl OpenSearchBackend {
         } = filter;
         let mut clauses = Vec::new();
         if let Some(s) = status {
-            clauses.push(term("command.status", s.as_str()));
+            clauses.push(term(Fields::STATUS, s.as_str()));
         }
         if let Some(a) = agent_id {
             clauses.push(self.agent_term(a));
         }
         if let Some(t) = target_type {
-            clauses.push(term("command.target.type", t.as_str()));
+            clauses.push(term(Fields::TARGET_TYPE, t.as_str()));
         }
         if let Some(t) = target_id {
-            clauses.push(term("command.target.id", t.as_str()));
+            clauses.push(term(Fields::TARGET_ID, t.as_str()));
         }
         if let Some(r) = request_id {
-            clauses.push(term("command.request_id", r.to_string()));
+            clauses.push(term(Fields::REQUEST_ID, r.to_string()));
         }
         if let Some(a) = action {
-            clauses.push(term("command.action.name", a.as_str()));
+            clauses.push(term(Fields::ACTION_NAME, a.as_str()));
         }
         if let Some(t) = since {
-            clauses.push(range("@timestamp", "gte", *t));
+            clauses.push(range(Fields::CREATED, "gte", *t));
         }
         if let Some(t) = until {
-            clauses.push(range("@timestamp", "lt", *t));
+            clauses.push(range(Fields::CREATED, "lt", *t));
         }
         clauses
     }
@@ -584,7 +590,7 @@ impl OrderStore for OpenSearchBackend {
         self.make_fresh(Fresh::IfOlder(self.inner.poll_interval))
             .await?;
         let recent = self.recent_ids(agent);
-        let pending = term("command.status", Status::Pending.as_str());
+        let pending = term(Fields::STATUS, Status::Pending.as_str());
         let body = json!({
             "size": 0,
             "track_total_hits": false,
@@ -594,22 +600,22 @@ impl OrderStore for OpenSearchBackend {
             }},
             "aggs": {
                 "not_before": {
-                    "filter": {"bool": {"filter": [pending, range("command.not_before", "gt", now)]}},
-                    "aggs": {"t": {"min": {"field": "command.not_before"}}}
+                    "filter": {"bool": {"filter": [pending, range(Fields::NOT_BEFORE, "gt", now)]}},
+                    "aggs": {"t": {"min": {"field": Fields::NOT_BEFORE}}}
                 },
                 "created": {
                     "filter": {"bool": {
-                        "filter": [pending, range("@timestamp", "gt", now)],
-                        "must_not": [{"exists": {"field": "command.not_before"}}]
+                        "filter": [pending, range(Fields::CREATED, "gt", now)],
+                        "must_not": [{"exists": {"field": Fields::NOT_BEFORE}}]
                     }},
-                    "aggs": {"t": {"min": {"field": "@timestamp"}}}
+                    "aggs": {"t": {"min": {"field": Fields::CREATED}}}
                 },
                 "redeliver": {
                     "filter": {"bool": {"filter": [
-                        term("command.status", Status::Sent.as_str()),
-                        range("command.redeliver_at", "gt", now)
+                        term(Fields::STATUS, Status::Sent.as_str()),
+                        range(Fields::REDELIVER_AT, "gt", now)
                     ]}},
-                    "aggs": {"t": {"min": {"field": "command.redeliver_at"}}}
+                    "aggs": {"t": {"min": {"field": Fields::REDELIVER_AT}}}
                 }
             }
         });
@@ -636,8 +642,8 @@ impl OrderStore for OpenSearchBackend {
         limit: usize,
     ) -> Result<Batch, StoreError> {
         let query = json!({"bool": {"filter": [
-            term("command.request_id", request.to_string()),
-            term("command.status", Status::Pending.as_str())
+            term(Fields::REQUEST_ID, request.to_string()),
+            term(Fields::STATUS, Status::Pending.as_str())
         ]}});
         self.sweep(query, stream_order(), limit, |o| o.cancel(now).ok())
             .await
@@ -645,10 +651,10 @@ impl OrderStore for OpenSearchBackend {
 
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         let query = json!({"bool": {"filter": [
-            term("command.status", Status::Pending.as_str()),
-            range("delivery_timestamp", "lte", now)
+            term(Fields::STATUS, Status::Pending.as_str()),
+            range(Fields::DELIVERY_DEADLINE, "lte", now)
         ]}});
-        let sort = json!([{"delivery_timestamp": "asc"}, {"command.order_id": "asc"}]);
+        let sort = sort_by(Fields::DELIVERY_DEADLINE);
         self.sweep(query, sort, limit, |o| o.expire(now).ok()).await
     }
 
@@ -658,10 +664,10 @@ impl OrderStore for OpenSearchBackend {
         limit: usize,
     ) -> Result<Batch, StoreError> {
         let query = json!({"bool": {"filter": [
-            terms("command.status", &[Status::Sent.as_str(), Status::InProgress.as_str()]),
-            range("command.result_deadline", "lte", now)
+            terms(Fields::STATUS, &[Status::Sent.as_str(), Status::InProgress.as_str()]),
+            range(Fields::RESULT_DEADLINE, "lte", now)
         ]}});
-        let sort = json!([{"command.result_deadline": "asc"}, {"command.order_id": "asc"}]);
+        let sort = sort_by(Fields::RESULT_DEADLINE);
         self.sweep(query, sort, limit, |o| o.give_up(now).ok())
             .await
     }
@@ -673,10 +679,10 @@ impl OrderStore for OpenSearchBackend {
         limit: usize,
     ) -> Result<Batch, StoreError> {
         let query = json!({"bool": {"filter": [
-            terms("command.status", &[Status::Success.as_str(), Status::Failure.as_str()]),
-            range("command.finished_at", "lte", cutoff)
+            terms(Fields::STATUS, &[Status::Success.as_str(), Status::Failure.as_str()]),
+            range(Fields::FINISHED_AT, "lte", cutoff)
         ]}});
-        let sort = json!([{"command.finished_at": "asc"}, {"command.order_id": "asc"}]);
+        let sort = sort_by(Fields::FINISHED_AT);
         let candidates = self.sweep_candidates(query, sort, limit).await?;
         let examined = candidates.len();
         let due: Vec<Versioned> = candidates
@@ -717,8 +723,8 @@ impl OrderStore for OpenSearchBackend {
         let body = json!({
             "size": 0,
             "track_total_hits": false,
-            "query": {"bool": {"filter": [term("command.request_id", request.to_string())]}},
-            "aggs": {"status": {"terms": {"field": "command.status", "size": 16}}}
+            "query": {"bool": {"filter": [term(Fields::REQUEST_ID, request.to_string())]}},
+            "aggs": {"status": {"terms": {"field": Fields::STATUS, "size": 16}}}
         });
         let answer = self.search_answer(body).await?;
         let buckets = answer["aggregations"]["status"]["buckets"]
@@ -727,7 +733,7 @@ impl OrderStore for OpenSearchBackend {
         let mut counts = StatusCounts::default();
         for bucket in buckets {
             let key = bucket["key"].as_str().unwrap_or_default();
-            let status = Status::parse(key, "command.status")
+            let status = Status::parse(key, Fields::STATUS)
                 .map_err(|_| corrupt(format!("unknown status {key:?} in request {request}")))?;
             counts.add(status, bucket["doc_count"].as_u64().unwrap_or(0));
         }
@@ -743,7 +749,7 @@ impl OrderStore for OpenSearchBackend {
                 Method::Post,
                 &format!("/{}/_delete_by_query", self.inner.orders),
                 &[("conflicts", "proceed"), ("refresh", "true")],
-                Some(json!({"query": {"term": {"command.request_id": request.to_string()}}})),
+                Some(json!({"query": term(Fields::REQUEST_ID, request.to_string())})),
             )
             .await;
         self.wrote(std::iter::empty()).await;
