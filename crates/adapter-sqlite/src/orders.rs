@@ -9,6 +9,7 @@ use cm_ports::{
     Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
     RetentionMode, StatusCounts, StoreError,
 };
+use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::SqliteBackend;
@@ -127,6 +128,27 @@ impl Row {
     }
 }
 
+impl Row {
+    /// Binds the row's values in the order the `INSERT` and `UPDATE` statements list the
+    /// columns: `order_id` … `finished_ms`, `document`.
+    fn bind(self, b: &mut Separated<'_, Sqlite, &'static str>) {
+        b.push_bind(self.order_id)
+            .push_bind(self.request_id)
+            .push_bind(self.agent_id)
+            .push_bind(self.target_type)
+            .push_bind(self.target_id)
+            .push_bind(self.action)
+            .push_bind(self.status)
+            .push_bind(self.created_ms)
+            .push_bind(self.deadline_ms)
+            .push_bind(self.available_ms)
+            .push_bind(self.redeliver_ms)
+            .push_bind(self.result_deadline_ms)
+            .push_bind(self.finished_ms)
+            .push_bind(self.document);
+    }
+}
+
 fn decode(document: &str) -> Result<Order, StoreError> {
     serde_json::from_str(document).map_err(|e| corrupt_document("order", &e))
 }
@@ -153,32 +175,19 @@ async fn update_all(
             .map(|(o, revision)| Ok((Row::of(o)?, *revision)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "UPDATE orders SET request_id = v.column3, agent_id = v.column4, \
-             target_type = v.column5, target_id = v.column6, action = v.column7, \
-             status = v.column8, created_ms = v.column9, deadline_ms = v.column10, \
-             available_ms = v.column11, redeliver_ms = v.column12, \
-             result_deadline_ms = v.column13, finished_ms = v.column14, document = v.column15, \
+            "UPDATE orders SET request_id = v.column2, agent_id = v.column3, \
+             target_type = v.column4, target_id = v.column5, action = v.column6, \
+             status = v.column7, created_ms = v.column8, deadline_ms = v.column9, \
+             available_ms = v.column10, redeliver_ms = v.column11, \
+             result_deadline_ms = v.column12, finished_ms = v.column13, document = v.column14, \
              revision = orders.revision + 1 FROM (",
         );
         qb.push_values(rows, |mut b, (r, revision)| {
-            b.push_bind(r.order_id)
-                .push_bind(revision)
-                .push_bind(r.request_id)
-                .push_bind(r.agent_id)
-                .push_bind(r.target_type)
-                .push_bind(r.target_id)
-                .push_bind(r.action)
-                .push_bind(r.status)
-                .push_bind(r.created_ms)
-                .push_bind(r.deadline_ms)
-                .push_bind(r.available_ms)
-                .push_bind(r.redeliver_ms)
-                .push_bind(r.result_deadline_ms)
-                .push_bind(r.finished_ms)
-                .push_bind(r.document);
+            r.bind(&mut b);
+            b.push_bind(revision);
         });
         qb.push(
-            ") AS v WHERE orders.order_id = v.column1 AND orders.revision = v.column2 \
+            ") AS v WHERE orders.order_id = v.column1 AND orders.revision = v.column15 \
              RETURNING orders.order_id",
         );
         let ids: Vec<String> = qb
@@ -307,22 +316,7 @@ impl OrderStore for SqliteBackend {
                  action, status, created_ms, deadline_ms, available_ms, redeliver_ms, \
                  result_deadline_ms, finished_ms, document) ",
             );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.order_id)
-                    .push_bind(r.request_id)
-                    .push_bind(r.agent_id)
-                    .push_bind(r.target_type)
-                    .push_bind(r.target_id)
-                    .push_bind(r.action)
-                    .push_bind(r.status)
-                    .push_bind(r.created_ms)
-                    .push_bind(r.deadline_ms)
-                    .push_bind(r.available_ms)
-                    .push_bind(r.redeliver_ms)
-                    .push_bind(r.result_deadline_ms)
-                    .push_bind(r.finished_ms)
-                    .push_bind(r.document);
-            });
+            qb.push_values(chunk, |mut b, r| r.bind(&mut b));
             qb.push(" ON CONFLICT (order_id) DO NOTHING");
             created += qb
                 .build()
