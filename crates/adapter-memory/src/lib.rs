@@ -240,12 +240,7 @@ impl OrderStore for MemoryOrders {
             .into_iter()
             .flatten()
             .filter_map(|(_, id)| s.by_id.get(id))
-            .filter_map(|o| match o.status() {
-                Status::Pending => Some(o.available_from()),
-                Status::Sent => o.redeliver_at(),
-                _ => None,
-            })
-            .filter(|t| *t > now)
+            .filter_map(|o| o.becomes_deliverable_after(now))
             .min())
     }
 

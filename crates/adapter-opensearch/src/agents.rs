@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 
 use crate::bulk::{Applied, ItemOutcome, Meta, Need, Op, Ops};
 use crate::error::{OsError, corrupt, kind};
+use crate::mapping::{Fields, document_with, value_at};
 use crate::visibility::Fresh;
 use crate::{MAX_WINDOW, OpenSearchBackend};
 
@@ -35,7 +36,7 @@ fn groups_of(value: &Value, id: &str) -> Result<Vec<GroupName>, StoreError> {
             let name = g
                 .as_str()
                 .ok_or_else(|| corrupt(format!("agent {id}: a group that is not a string: {g}")))?;
-            GroupName::parse(name, "agent.groups")
+            GroupName::parse(name, Fields::AGENT_GROUPS)
                 .map_err(|e| corrupt(format!("agent {id}: group {name:?}: {}", e.message())))
         })
         .collect()
@@ -43,12 +44,14 @@ fn groups_of(value: &Value, id: &str) -> Result<Vec<GroupName>, StoreError> {
 
 /// An agent from its document's `_source`.
 fn agent_of(source: &Value, doc_id: &str) -> Result<Agent, StoreError> {
-    let raw_id = source["agent"]["id"].as_str().unwrap_or(doc_id);
-    let id = AgentId::parse(raw_id, "agent.id")
+    let raw_id = value_at(source, Fields::AGENT_ID)
+        .as_str()
+        .unwrap_or(doc_id);
+    let id = AgentId::parse(raw_id, Fields::AGENT_ID)
         .map_err(|e| corrupt(format!("agent document {doc_id}: {}", e.message())))?;
     Ok(Agent::new(
         id,
-        groups_of(&source["agent"]["groups"], raw_id)?,
+        groups_of(value_at(source, Fields::AGENT_GROUPS), raw_id)?,
     ))
 }
 
@@ -127,7 +130,6 @@ impl OpenSearchBackend {
 
 #[async_trait]
 impl AgentRegistry for OpenSearchBackend {
-    #[tracing::instrument(skip(self, agent), fields(agent = %agent.id()))]
     async fn upsert(&self, agent: &Agent) -> Result<Upserted, StoreError> {
         let body = serde_json::to_value(upsert_body(agent)).map_err(corrupt)?;
         let answer = self
@@ -148,7 +150,6 @@ impl AgentRegistry for OpenSearchBackend {
         })
     }
 
-    #[tracing::instrument(skip(self, agents), fields(agents = agents.len()))]
     async fn upsert_many(&self, agents: &[Agent]) -> Result<u64, StoreError> {
         if agents.is_empty() {
             return Ok(0);
@@ -180,7 +181,6 @@ impl AgentRegistry for OpenSearchBackend {
         Ok(created)
     }
 
-    #[tracing::instrument(skip(self, hash), fields(agent = %id))]
     async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError> {
         // No search reads the key hash (`key_hash` is a realtime GET): nothing to refresh for.
         let answer = self
@@ -189,7 +189,7 @@ impl AgentRegistry for OpenSearchBackend {
                 Method::Post,
                 &format!("/{}/_update/{}", self.inner.agents, id.as_str()),
                 &[("retry_on_conflict", "5")],
-                Some(json!({"doc": {"command_manager": {"key_hash": hash}}})),
+                Some(json!({"doc": document_with(Fields::KEY_HASH, json!(hash))})),
             )
             .await?;
         match answer.status {
@@ -201,28 +201,25 @@ impl AgentRegistry for OpenSearchBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %id))]
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
-        let Some(source) = self.agent_source(id, "command_manager").await? else {
+        let Some(source) = self.agent_source(id, Fields::KEY_HASH).await? else {
             return Ok(None);
         };
-        match source["command_manager"]["key_hash"].as_str() {
+        match value_at(&source, Fields::KEY_HASH).as_str() {
             None => Ok(None),
-            Some(raw) => KeyHash::parse(raw, "command_manager.key_hash")
+            Some(raw) => KeyHash::parse(raw, Fields::KEY_HASH)
                 .map(Some)
                 .map_err(|e| corrupt(format!("agent {id}: key hash: {}", e.message()))),
         }
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %id))]
     async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
-        self.agent_source(id, "agent.id,agent.groups")
+        self.agent_source(id, &[Fields::AGENT_ID, Fields::AGENT_GROUPS].join(","))
             .await?
             .map(|source| agent_of(&source, id.as_str()))
             .transpose()
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %id))]
     async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {
         let answer = self
             .http()
@@ -237,7 +234,6 @@ impl AgentRegistry for OpenSearchBackend {
         }
     }
 
-    #[tracing::instrument(skip(self, page), fields(group = ?page.group, size = page.size))]
     async fn list(&self, page: &AgentPageRequest) -> Result<Page<Agent, AgentId>, StoreError> {
         if page.size == 0 {
             return Ok(Page {
@@ -257,7 +253,7 @@ impl AgentRegistry for OpenSearchBackend {
         let mut body = json!({
             "size": page.size.min(MAX_WINDOW),
             "track_total_hits": false,
-            "_source": ["agent.id", "agent.groups"],
+            "_source": [Fields::AGENT_ID, Fields::AGENT_GROUPS],
             "sort": [{id_field: "asc"}],
             "query": self.group_query(page.group.as_ref())
         });
@@ -281,7 +277,6 @@ impl AgentRegistry for OpenSearchBackend {
         Ok(Page::read(items, page.size, |a| a.id().clone()))
     }
 
-    #[tracing::instrument(skip(self))]
     async fn count(&self, group: Option<GroupName>) -> Result<u64, StoreError> {
         // Every agent registered before, through any instance (a group submit counts its
         // members right after their registration).

@@ -19,42 +19,52 @@ fn date() -> Value {
     json!({"type": "date"})
 }
 
-/// The `properties` of an order document (docs/orders.md), `agent.id` included: Wazuh's template
-/// leaves it to dynamic mapping (text), but claims filter on it.
+/// A `properties` tree mapping each dotted path of `fields` to its mapping.
+fn properties<'a>(fields: impl IntoIterator<Item = (&'a str, Value)>) -> Value {
+    let mut tree = json!({});
+    for (path, mapping) in fields {
+        let (parents, name) = path.rsplit_once('.').unwrap_or(("", path));
+        let mut node = &mut tree;
+        for part in parents.split('.').filter(|p| !p.is_empty()) {
+            node = &mut node[part]["properties"];
+        }
+        node[name] = mapping;
+    }
+    tree
+}
+
+/// The `properties` of an order document (the layout of docs/orders.md), `agent.id` included:
+/// Wazuh's template leaves it to dynamic mapping (text), but claims filter on it.
 #[must_use]
 pub(crate) fn order_properties() -> Value {
-    json!({
-        "@timestamp": date(),
-        "delivery_timestamp": date(),
-        "agent": {"properties": {"id": keyword(), "groups": keyword()}},
-        "command": {"properties": {
-            "source": keyword(),
-            "user": keyword(),
-            "target": {"properties": {"type": keyword(), "id": keyword()}},
-            "action": {"properties": {
-                "name": keyword(),
-                "args": {"type": "object"},
-                "version": keyword()
-            }},
-            "timeout": {"type": "short"},
-            "status": keyword(),
-            "result": {"properties": {
-                "code": {"type": "short"},
-                "message": keyword(),
-                "data": keyword()
-            }},
-            "request_id": keyword(),
-            "order_id": keyword(),
-            // Beyond Wazuh's layout: scheduling, delivery and retention bookkeeping.
-            "not_before": date(),
-            "sent_at": date(),
-            "deliveries": {"type": "integer"},
-            "redeliver_at": date(),
-            "result_deadline": date(),
-            "finished_at": date(),
-            "retry_of": keyword()
-        }}
-    })
+    properties([
+        (Fields::CREATED, date()),
+        (Fields::DELIVERY_DEADLINE, date()),
+        (Fields::AGENT_ID, keyword()),
+        (Fields::AGENT_GROUPS, keyword()),
+        (Fields::SOURCE, keyword()),
+        ("command.user", keyword()),
+        (Fields::TARGET_TYPE, keyword()),
+        (Fields::TARGET_ID, keyword()),
+        (Fields::ACTION_NAME, keyword()),
+        ("command.action.args", json!({"type": "object"})),
+        ("command.action.version", keyword()),
+        ("command.timeout", json!({"type": "short"})),
+        (Fields::STATUS, keyword()),
+        ("command.result.code", json!({"type": "short"})),
+        ("command.result.message", keyword()),
+        ("command.result.data", keyword()),
+        (Fields::REQUEST_ID, keyword()),
+        (Fields::ORDER_ID, keyword()),
+        // Beyond Wazuh's layout: scheduling, delivery and retention bookkeeping.
+        (Fields::NOT_BEFORE, date()),
+        ("command.sent_at", date()),
+        ("command.deliveries", json!({"type": "integer"})),
+        (Fields::REDELIVER_AT, date()),
+        (Fields::RESULT_DEADLINE, date()),
+        (Fields::FINISHED_AT, date()),
+        ("command.retry_of", keyword()),
+    ])
 }
 
 /// The settings of the orders (and archive) indices: Wazuh's template settings.
@@ -65,10 +75,10 @@ pub(crate) fn order_index_settings() -> Value {
         "number_of_replicas": 0,
         "refresh_interval": "5s",
         "query.default_field": [
-            "command.source",
-            "command.target.type",
-            "command.status",
-            "command.action.name"
+            Fields::SOURCE,
+            Fields::TARGET_TYPE,
+            Fields::STATUS,
+            Fields::ACTION_NAME
         ]
     }})
 }
@@ -101,10 +111,11 @@ pub(crate) fn orders_template(settings: &OpenSearchSettings) -> Value {
 /// (`name`, `key`, `host`, …) are left to whoever writes them; our key hash lives outside
 /// Wazuh's `agent` object.
 fn agent_properties() -> Value {
-    json!({
-        "agent": {"properties": {"id": keyword(), "groups": keyword()}},
-        "command_manager": {"properties": {"key_hash": {"type": "keyword", "index": false}}}
-    })
+    properties([
+        (Fields::AGENT_ID, keyword()),
+        (Fields::AGENT_GROUPS, keyword()),
+        (Fields::KEY_HASH, json!({"type": "keyword", "index": false})),
+    ])
 }
 
 /// The name of the template covering the orders indices.
@@ -153,7 +164,9 @@ fn remove_path(properties: &mut Value, path: &str) {
     }
 }
 
-/// Where the keyword fields this adapter queries live, as found in the existing indices.
+/// The field paths this adapter maps, queries, sorts on and reads, each spelled once: the
+/// associated constants are the paths of the documents; the struct holds the keyword fields to
+/// query as found in the existing indices (the path itself, or its `.keyword` sub-field).
 #[derive(Debug, Clone)]
 pub(crate) struct Fields {
     /// `agent.id` of the orders index.
@@ -161,6 +174,41 @@ pub(crate) struct Fields {
     /// `agent.id` and `agent.groups` of the agents index.
     pub(crate) agent_id: String,
     pub(crate) agent_groups: String,
+}
+
+impl Fields {
+    /// An order's creation (`Order::created_at`), the first key of the stream's order.
+    pub(crate) const CREATED: &str = "@timestamp";
+    /// The deadline for delivery.
+    pub(crate) const DELIVERY_DEADLINE: &str = "delivery_timestamp";
+    /// The agent of an order; the id of an agent document.
+    pub(crate) const AGENT_ID: &str = "agent.id";
+    /// The groups of an agent document (and of an order's agent).
+    pub(crate) const AGENT_GROUPS: &str = "agent.groups";
+    pub(crate) const SOURCE: &str = "command.source";
+    pub(crate) const TARGET_TYPE: &str = "command.target.type";
+    pub(crate) const TARGET_ID: &str = "command.target.id";
+    pub(crate) const ACTION_NAME: &str = "command.action.name";
+    pub(crate) const STATUS: &str = "command.status";
+    pub(crate) const REQUEST_ID: &str = "command.request_id";
+    pub(crate) const ORDER_ID: &str = "command.order_id";
+    pub(crate) const NOT_BEFORE: &str = "command.not_before";
+    pub(crate) const REDELIVER_AT: &str = "command.redeliver_at";
+    pub(crate) const RESULT_DEADLINE: &str = "command.result_deadline";
+    pub(crate) const FINISHED_AT: &str = "command.finished_at";
+    /// The hash of an agent's key, outside Wazuh's `agent` object.
+    pub(crate) const KEY_HASH: &str = "command_manager.key_hash";
+}
+
+/// The value at a dotted `path` of a document's `_source` (`Null` when absent).
+pub(crate) fn value_at<'a>(source: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(source, |node, part| &node[part])
+}
+
+/// The partial document holding `value` at a dotted `path` and nothing else.
+pub(crate) fn document_with(path: &str, value: Value) -> Value {
+    path.rsplit('.')
+        .fold(value, |inner, part| json!({part: inner}))
 }
 
 /// What [`ensure`] did.
@@ -264,13 +312,14 @@ pub(crate) async fn ensure(http: &Http, s: &OpenSearchSettings) -> Result<Ensure
             other => other.into(),
         })?;
 
-    let mut order_agent = "agent.id".to_owned();
+    let mut order_agent = Fields::AGENT_ID.to_owned();
     for index in [&s.orders_index, &s.archive_index] {
         // The template gives a new index its settings and mappings.
         if create_index(http, index, &json!({})).await? {
             created += 1;
         } else {
-            let fields = extend_mapping(http, index, order_properties(), &["agent.id"]).await?;
+            let fields =
+                extend_mapping(http, index, order_properties(), &[Fields::AGENT_ID]).await?;
             if index == &s.orders_index {
                 order_agent = fields[0].clone();
             }
@@ -283,13 +332,13 @@ pub(crate) async fn ensure(http: &Http, s: &OpenSearchSettings) -> Result<Ensure
     });
     let (agent_id, agent_groups) = if create_index(http, &s.agents_index, &agents_body).await? {
         created += 1;
-        ("agent.id".to_owned(), "agent.groups".to_owned())
+        (Fields::AGENT_ID.to_owned(), Fields::AGENT_GROUPS.to_owned())
     } else {
         let fields = extend_mapping(
             http,
             &s.agents_index,
             agent_properties(),
-            &["agent.id", "agent.groups"],
+            &[Fields::AGENT_ID, Fields::AGENT_GROUPS],
         )
         .await?;
         (fields[0].clone(), fields[1].clone())
@@ -330,10 +379,59 @@ mod tests {
         assert!(keyword_field(&mapping, "agent.name").is_err());
     }
 
+    /// The mapping of `path` in a `properties` tree.
+    fn mapping_of<'a>(properties: &'a Value, path: &str) -> &'a Value {
+        let (parents, name) = path.rsplit_once('.').unwrap_or(("", path));
+        let parent = parents
+            .split('.')
+            .filter(|p| !p.is_empty())
+            .fold(properties, |node, part| &node[part]["properties"]);
+        &parent[name]
+    }
+
+    #[test]
+    fn every_order_field_the_adapter_queries_is_mapped_with_its_type() {
+        let props = order_properties();
+        for (path, kind) in [
+            (Fields::CREATED, "date"),
+            (Fields::DELIVERY_DEADLINE, "date"),
+            (Fields::AGENT_ID, "keyword"),
+            (Fields::AGENT_GROUPS, "keyword"),
+            (Fields::SOURCE, "keyword"),
+            (Fields::TARGET_TYPE, "keyword"),
+            (Fields::TARGET_ID, "keyword"),
+            (Fields::ACTION_NAME, "keyword"),
+            (Fields::STATUS, "keyword"),
+            (Fields::REQUEST_ID, "keyword"),
+            (Fields::ORDER_ID, "keyword"),
+            (Fields::NOT_BEFORE, "date"),
+            (Fields::REDELIVER_AT, "date"),
+            (Fields::RESULT_DEADLINE, "date"),
+            (Fields::FINISHED_AT, "date"),
+        ] {
+            assert_eq!(mapping_of(&props, path)["type"], kind, "{path}");
+        }
+        assert_eq!(
+            props["command"]["properties"]["action"]["properties"]["args"]["type"],
+            "object"
+        );
+        let agents = agent_properties();
+        assert_eq!(mapping_of(&agents, Fields::AGENT_ID)["type"], "keyword");
+        assert_eq!(mapping_of(&agents, Fields::KEY_HASH)["index"], false);
+    }
+
+    #[test]
+    fn a_dotted_path_reads_and_writes_the_nested_document() {
+        let doc = document_with(Fields::KEY_HASH, json!("h"));
+        assert_eq!(doc, json!({"command_manager": {"key_hash": "h"}}));
+        assert_eq!(value_at(&doc, Fields::KEY_HASH), "h");
+        assert!(value_at(&doc, Fields::AGENT_ID).is_null());
+    }
+
     #[test]
     fn an_existing_field_is_left_out_of_the_mapping_update() {
         let mut props = order_properties();
-        remove_path(&mut props, "agent.id");
+        remove_path(&mut props, Fields::AGENT_ID);
         assert!(props["agent"]["properties"].get("id").is_none());
         assert_eq!(props["agent"]["properties"]["groups"], keyword());
     }

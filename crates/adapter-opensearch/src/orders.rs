@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::bulk::{Applied, ItemOutcome, Meta, Need, Op, Ops};
 use crate::error::{OsError, corrupt, kind};
+use crate::mapping::Fields;
 use crate::visibility::Fresh;
 use crate::{Change, MAX_WINDOW, OpenSearchBackend, Versioned, doc_id};
 
@@ -40,9 +41,14 @@ fn range(field: &str, op: &str, t: DateTime<Utc>) -> Value {
     json!({"range": {field: {op: millis(t)}}})
 }
 
+/// Ascending `field`, then `order_id`.
+fn sort_by(field: &str) -> Value {
+    json!([{field: "asc"}, {(Fields::ORDER_ID): "asc"}])
+}
+
 /// Query order: `@timestamp`, then `order_id` (the order of [`OrderCursor`]).
 pub(crate) fn stream_order() -> Value {
-    json!([{"@timestamp": "asc"}, {"command.order_id": "asc"}])
+    sort_by(Fields::CREATED)
 }
 
 /// Orders the index says are deliverable at `now` (the domain's `Order::is_deliverable`): pending,
@@ -51,10 +57,10 @@ pub(crate) fn stream_order() -> Value {
 pub(crate) fn deliverable_at(now: DateTime<Utc>) -> Value {
     let available = json!({"bool": {
         "should": [
-            range("command.not_before", "lte", now),
+            range(Fields::NOT_BEFORE, "lte", now),
             {"bool": {
-                "must_not": [{"exists": {"field": "command.not_before"}}],
-                "filter": [range("@timestamp", "lte", now)]
+                "must_not": [{"exists": {"field": Fields::NOT_BEFORE}}],
+                "filter": [range(Fields::CREATED, "lte", now)]
             }}
         ],
         "minimum_should_match": 1
@@ -62,13 +68,13 @@ pub(crate) fn deliverable_at(now: DateTime<Utc>) -> Value {
     json!({"bool": {
         "should": [
             {"bool": {"filter": [
-                term("command.status", Status::Pending.as_str()),
-                range("delivery_timestamp", "gt", now),
+                term(Fields::STATUS, Status::Pending.as_str()),
+                range(Fields::DELIVERY_DEADLINE, "gt", now),
                 available
             ]}},
             {"bool": {"filter": [
-                term("command.status", Status::Sent.as_str()),
-                range("command.redeliver_at", "lte", now)
+                term(Fields::STATUS, Status::Sent.as_str()),
+                range(Fields::REDELIVER_AT, "lte", now)
             ]}}
         ],
         "minimum_should_match": 1
@@ -303,31 +309,42 @@ impl OpenSearchBackend {
         }
     }
 
-    fn filter_clauses(&self, f: &OrderFilter) -> Vec<Value> {
+    fn filter_clauses(&self, filter: &OrderFilter) -> Vec<Value> {
+        // Exhaustive, so a new filter field does not compile until it is translated here.
+        let OrderFilter {
+            status,
+            agent_id,
+            target_type,
+            target_id,
+            request_id,
+            action,
+            since,
+            until,
+        } = filter;
         let mut clauses = Vec::new();
-        if let Some(s) = f.status {
-            clauses.push(term("command.status", s.as_str()));
+        if let Some(s) = status {
+            clauses.push(term(Fields::STATUS, s.as_str()));
         }
-        if let Some(a) = &f.agent_id {
+        if let Some(a) = agent_id {
             clauses.push(self.agent_term(a));
         }
-        if let Some(t) = f.target_type {
-            clauses.push(term("command.target.type", t.as_str()));
+        if let Some(t) = target_type {
+            clauses.push(term(Fields::TARGET_TYPE, t.as_str()));
         }
-        if let Some(t) = &f.target_id {
-            clauses.push(term("command.target.id", t.as_str()));
+        if let Some(t) = target_id {
+            clauses.push(term(Fields::TARGET_ID, t.as_str()));
         }
-        if let Some(r) = &f.request_id {
-            clauses.push(term("command.request_id", r.to_string()));
+        if let Some(r) = request_id {
+            clauses.push(term(Fields::REQUEST_ID, r.to_string()));
         }
-        if let Some(a) = &f.action {
-            clauses.push(term("command.action.name", a.as_str()));
+        if let Some(a) = action {
+            clauses.push(term(Fields::ACTION_NAME, a.as_str()));
         }
-        if let Some(t) = f.since {
-            clauses.push(range("@timestamp", "gte", t));
+        if let Some(t) = since {
+            clauses.push(range(Fields::CREATED, "gte", *t));
         }
-        if let Some(t) = f.until {
-            clauses.push(range("@timestamp", "lt", t));
+        if let Some(t) = until {
+            clauses.push(range(Fields::CREATED, "lt", *t));
         }
         clauses
     }
@@ -336,16 +353,6 @@ impl OpenSearchBackend {
     fn listing_freshness(&self) -> Fresh {
         Fresh::IfDirtyOrOlder(self.inner.poll_interval)
     }
-}
-
-/// The earliest instant after `now` at which `order` becomes deliverable by itself.
-fn due_after(order: &Order, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    match order.status() {
-        Status::Pending => Some(order.available_from()),
-        Status::Sent => order.redeliver_at(),
-        _ => None,
-    }
-    .filter(|t| *t > now)
 }
 
 /// A `min` aggregation's value (epoch milliseconds), when it has one.
@@ -357,7 +364,6 @@ fn min_value(agg: &Value) -> Option<DateTime<Utc>> {
 
 #[async_trait]
 impl OrderStore for OpenSearchBackend {
-    #[tracing::instrument(skip(self, orders), fields(orders = orders.len()))]
     async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
         if let Some(refused) = orders.iter().find_map(unindexable) {
             return Err(refused);
@@ -416,12 +422,10 @@ impl OrderStore for OpenSearchBackend {
         Ok(created.len() as u64)
     }
 
-    #[tracing::instrument(skip(self), fields(order = %id))]
     async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         Ok(self.get_versioned(id).await?.map(|v| v.order))
     }
 
-    #[tracing::instrument(skip(self, filter, page))]
     async fn query(
         &self,
         filter: &OrderFilter,
@@ -460,7 +464,6 @@ impl OrderStore for OpenSearchBackend {
         Ok(Page::read(items, page.size, OrderCursor::after))
     }
 
-    #[tracing::instrument(skip(self, policy), fields(agent = %agent))]
     async fn claim(
         &self,
         agent: &AgentId,
@@ -543,7 +546,6 @@ impl OrderStore for OpenSearchBackend {
         Ok(claimed)
     }
 
-    #[tracing::instrument(skip(self, current, next), fields(order = %current.order_id()))]
     async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
         if current.order_id() != next.order_id() {
             return Err(ReplaceError::Conflict);
@@ -580,7 +582,6 @@ impl OrderStore for OpenSearchBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %agent))]
     async fn next_due(
         &self,
         agent: &AgentId,
@@ -589,7 +590,7 @@ impl OrderStore for OpenSearchBackend {
         self.make_fresh(Fresh::IfOlder(self.inner.poll_interval))
             .await?;
         let recent = self.recent_ids(agent);
-        let pending = term("command.status", Status::Pending.as_str());
+        let pending = term(Fields::STATUS, Status::Pending.as_str());
         let body = json!({
             "size": 0,
             "track_total_hits": false,
@@ -599,22 +600,22 @@ impl OrderStore for OpenSearchBackend {
             }},
             "aggs": {
                 "not_before": {
-                    "filter": {"bool": {"filter": [pending, range("command.not_before", "gt", now)]}},
-                    "aggs": {"t": {"min": {"field": "command.not_before"}}}
+                    "filter": {"bool": {"filter": [pending, range(Fields::NOT_BEFORE, "gt", now)]}},
+                    "aggs": {"t": {"min": {"field": Fields::NOT_BEFORE}}}
                 },
                 "created": {
                     "filter": {"bool": {
-                        "filter": [pending, range("@timestamp", "gt", now)],
-                        "must_not": [{"exists": {"field": "command.not_before"}}]
+                        "filter": [pending, range(Fields::CREATED, "gt", now)],
+                        "must_not": [{"exists": {"field": Fields::NOT_BEFORE}}]
                     }},
-                    "aggs": {"t": {"min": {"field": "@timestamp"}}}
+                    "aggs": {"t": {"min": {"field": Fields::CREATED}}}
                 },
                 "redeliver": {
                     "filter": {"bool": {"filter": [
-                        term("command.status", Status::Sent.as_str()),
-                        range("command.redeliver_at", "gt", now)
+                        term(Fields::STATUS, Status::Sent.as_str()),
+                        range(Fields::REDELIVER_AT, "gt", now)
                     ]}},
-                    "aggs": {"t": {"min": {"field": "command.redeliver_at"}}}
+                    "aggs": {"t": {"min": {"field": Fields::REDELIVER_AT}}}
                 }
             }
         });
@@ -629,12 +630,11 @@ impl OrderStore for OpenSearchBackend {
             .await?
             .iter()
             .filter(|v| v.order.agent_id() == Some(agent))
-            .filter_map(|v| due_after(&v.order, now))
+            .filter_map(|v| v.order.becomes_deliverable_after(now))
             .min();
         Ok(from_index.into_iter().chain(from_recent).min())
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn cancel_pending(
         &self,
         request: &RequestId,
@@ -642,39 +642,36 @@ impl OrderStore for OpenSearchBackend {
         limit: usize,
     ) -> Result<Batch, StoreError> {
         let query = json!({"bool": {"filter": [
-            term("command.request_id", request.to_string()),
-            term("command.status", Status::Pending.as_str())
+            term(Fields::REQUEST_ID, request.to_string()),
+            term(Fields::STATUS, Status::Pending.as_str())
         ]}});
         self.sweep(query, stream_order(), limit, |o| o.cancel(now).ok())
             .await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         let query = json!({"bool": {"filter": [
-            term("command.status", Status::Pending.as_str()),
-            range("delivery_timestamp", "lte", now)
+            term(Fields::STATUS, Status::Pending.as_str()),
+            range(Fields::DELIVERY_DEADLINE, "lte", now)
         ]}});
-        let sort = json!([{"delivery_timestamp": "asc"}, {"command.order_id": "asc"}]);
+        let sort = sort_by(Fields::DELIVERY_DEADLINE);
         self.sweep(query, sort, limit, |o| o.expire(now).ok()).await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn give_up_unreported(
         &self,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
         let query = json!({"bool": {"filter": [
-            terms("command.status", &[Status::Sent.as_str(), Status::InProgress.as_str()]),
-            range("command.result_deadline", "lte", now)
+            terms(Fields::STATUS, &[Status::Sent.as_str(), Status::InProgress.as_str()]),
+            range(Fields::RESULT_DEADLINE, "lte", now)
         ]}});
-        let sort = json!([{"command.result_deadline": "asc"}, {"command.order_id": "asc"}]);
+        let sort = sort_by(Fields::RESULT_DEADLINE);
         self.sweep(query, sort, limit, |o| o.give_up(now).ok())
             .await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn purge_finished(
         &self,
         cutoff: DateTime<Utc>,
@@ -682,10 +679,10 @@ impl OrderStore for OpenSearchBackend {
         limit: usize,
     ) -> Result<Batch, StoreError> {
         let query = json!({"bool": {"filter": [
-            terms("command.status", &[Status::Success.as_str(), Status::Failure.as_str()]),
-            range("command.finished_at", "lte", cutoff)
+            terms(Fields::STATUS, &[Status::Success.as_str(), Status::Failure.as_str()]),
+            range(Fields::FINISHED_AT, "lte", cutoff)
         ]}});
-        let sort = json!([{"command.finished_at": "asc"}, {"command.order_id": "asc"}]);
+        let sort = sort_by(Fields::FINISHED_AT);
         let candidates = self.sweep_candidates(query, sort, limit).await?;
         let examined = candidates.len();
         let due: Vec<Versioned> = candidates
@@ -702,7 +699,6 @@ impl OrderStore for OpenSearchBackend {
         Ok(Batch { examined, changed })
     }
 
-    #[tracing::instrument(skip(self), fields(order = %id))]
     async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let answer = self
             .http()
@@ -722,14 +718,13 @@ impl OrderStore for OpenSearchBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
         self.make_fresh(self.listing_freshness()).await?;
         let body = json!({
             "size": 0,
             "track_total_hits": false,
-            "query": {"bool": {"filter": [term("command.request_id", request.to_string())]}},
-            "aggs": {"status": {"terms": {"field": "command.status", "size": 16}}}
+            "query": {"bool": {"filter": [term(Fields::REQUEST_ID, request.to_string())]}},
+            "aggs": {"status": {"terms": {"field": Fields::STATUS, "size": 16}}}
         });
         let answer = self.search_answer(body).await?;
         let buckets = answer["aggregations"]["status"]["buckets"]
@@ -738,14 +733,13 @@ impl OrderStore for OpenSearchBackend {
         let mut counts = StatusCounts::default();
         for bucket in buckets {
             let key = bucket["key"].as_str().unwrap_or_default();
-            let status = Status::parse(key, "command.status")
+            let status = Status::parse(key, Fields::STATUS)
                 .map_err(|_| corrupt(format!("unknown status {key:?} in request {request}")))?;
             counts.add(status, bucket["doc_count"].as_u64().unwrap_or(0));
         }
         Ok(counts)
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError> {
         // `_delete_by_query` sees only what the index has refreshed.
         self.make_fresh(Fresh::Always).await?;
@@ -755,7 +749,7 @@ impl OrderStore for OpenSearchBackend {
                 Method::Post,
                 &format!("/{}/_delete_by_query", self.inner.orders),
                 &[("conflicts", "proceed"), ("refresh", "true")],
-                Some(json!({"query": {"term": {"command.request_id": request.to_string()}}})),
+                Some(json!({"query": term(Fields::REQUEST_ID, request.to_string())})),
             )
             .await;
         self.wrote(std::iter::empty()).await;
@@ -768,7 +762,6 @@ impl OrderStore for OpenSearchBackend {
         Ok(answer["deleted"].as_u64().unwrap_or(0))
     }
 
-    #[tracing::instrument(skip(self))]
     async fn ping(&self) -> Result<(), StoreError> {
         let answer = self
             .http()

@@ -43,6 +43,7 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 
 use crate::error::corrupt;
+use crate::mapping::Fields;
 use crate::orders::{deliverable_at, stream_order};
 use crate::visibility::Fresh;
 use crate::{MAX_WINDOW, OpenSearchBackend};
@@ -198,7 +199,7 @@ fn read_hit(hit: &Value, field: &str) -> Result<(String, Option<AgentId>), Store
     // An agent id the domain refuses cannot have a waiting poll either.
     let agent = hit["fields"][field][0]
         .as_str()
-        .and_then(|a| AgentId::parse(a, "agent.id").ok());
+        .and_then(|a| AgentId::parse(a, Fields::AGENT_ID).ok());
     Ok((id.to_owned(), agent))
 }
 
@@ -287,11 +288,11 @@ mod tests {
         let agents: Vec<AgentId> = (0..AGENTS_PER_CLAUSE * 2 + 1)
             .map(|i| agent(&format!("a{i}")))
             .collect();
-        let q = watch_query("agent.id", &agents, Utc::now());
+        let q = watch_query(Fields::AGENT_ID, &agents, Utc::now());
         let clauses = q["bool"]["filter"][0]["bool"]["should"].as_array().unwrap();
         let sizes: Vec<usize> = clauses
             .iter()
-            .map(|c| c["terms"]["agent.id"].as_array().unwrap().len())
+            .map(|c| c["terms"][Fields::AGENT_ID].as_array().unwrap().len())
             .collect();
         assert_eq!(sizes, vec![AGENTS_PER_CLAUSE, AGENTS_PER_CLAUSE, 1]);
     }

@@ -84,7 +84,6 @@ impl PostgresBackend {
 
 #[async_trait]
 impl AgentRegistry for PostgresBackend {
-    #[tracing::instrument(skip(self, agent), fields(agent = %agent.id()))]
     async fn upsert(&self, agent: &Agent) -> Result<Upserted, StoreError> {
         Ok(
             match self.upsert_agents(std::slice::from_ref(agent)).await? {
@@ -94,12 +93,10 @@ impl AgentRegistry for PostgresBackend {
         )
     }
 
-    #[tracing::instrument(skip(self, agents), fields(agents = agents.len()))]
     async fn upsert_many(&self, agents: &[Agent]) -> Result<u64, StoreError> {
         self.upsert_agents(agents).await
     }
 
-    #[tracing::instrument(skip(self, hash), fields(agent = %id))]
     async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError> {
         let done =
             sqlx::query("UPDATE agents SET key_hash = $2, updated_at = now() WHERE agent_id = $1")
@@ -111,7 +108,6 @@ impl AgentRegistry for PostgresBackend {
         Ok(done.rows_affected() > 0)
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %id))]
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         let stored: Option<Option<String>> =
             sqlx::query_scalar("SELECT key_hash FROM agents WHERE agent_id = $1")
@@ -125,7 +121,6 @@ impl AgentRegistry for PostgresBackend {
             .transpose()
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %id))]
     async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
         let row = sqlx::query("SELECT agent_id, groups FROM agents WHERE agent_id = $1")
             .bind(id.as_str())
@@ -135,7 +130,6 @@ impl AgentRegistry for PostgresBackend {
         row.as_ref().map(agent_of).transpose()
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %id))]
     async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {
         // Memberships go with it (ON DELETE CASCADE).
         let done = sqlx::query("DELETE FROM agents WHERE agent_id = $1")
@@ -146,7 +140,6 @@ impl AgentRegistry for PostgresBackend {
         Ok(done.rows_affected() > 0)
     }
 
-    #[tracing::instrument(skip(self))]
     async fn list(&self, page: &AgentPageRequest) -> Result<Page<Agent, AgentId>, StoreError> {
         let mut q = QueryBuilder::<Postgres>::new("");
         match &page.group {
@@ -182,7 +175,6 @@ impl AgentRegistry for PostgresBackend {
         Ok(Page::read(items, page.size, |a| a.id().clone()))
     }
 
-    #[tracing::instrument(skip(self))]
     async fn count(&self, group: Option<GroupName>) -> Result<u64, StoreError> {
         let query = match &group {
             Some(g) => sqlx::query("SELECT count(*) FROM agent_groups WHERE group_name = $1")

@@ -64,9 +64,9 @@ LIMIT $3
 FOR UPDATE SKIP LOCKED";
 
 /// The earliest instant after `$2` at which one of the agent's orders becomes deliverable by
-/// itself: a pending order's `not_before` or a sent order's redelivery. Each `min` is one seek
-/// into its partial index (`orders_pending_by_agent_available`, `orders_sent_by_agent_redeliver`);
-/// `LEAST` ignores the one that is `NULL`.
+/// itself (`Order::becomes_deliverable_after`): a pending order's `not_before` or a sent order's
+/// redelivery. Each `min` is one seek into its partial index (`orders_pending_by_agent_available`,
+/// `orders_sent_by_agent_redeliver`); `LEAST` ignores the one that is `NULL`.
 const NEXT_DUE: &str = "
 SELECT LEAST(
     (SELECT min(available_at) FROM orders
@@ -268,7 +268,6 @@ impl PostgresBackend {
 
 #[async_trait]
 impl OrderStore for PostgresBackend {
-    #[tracing::instrument(skip(self, orders), fields(orders = orders.len()))]
     async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
         if orders.is_empty() {
             return Ok(0);
@@ -288,7 +287,6 @@ impl OrderStore for PostgresBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(order = %id))]
     async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let row = sqlx::query("SELECT doc FROM orders WHERE order_id = $1")
             .bind(id.as_uuid())
@@ -298,36 +296,46 @@ impl OrderStore for PostgresBackend {
         row.as_ref().map(order_of).transpose()
     }
 
-    #[tracing::instrument(skip(self))]
     async fn query(
         &self,
         filter: &OrderFilter,
         page: &OrderPageRequest,
     ) -> Result<Page<Order, OrderCursor>, StoreError> {
+        // Exhaustive, so a new filter field does not compile until it is translated here.
+        let OrderFilter {
+            status,
+            agent_id,
+            target_type,
+            target_id,
+            request_id,
+            action,
+            since,
+            until,
+        } = filter;
         let mut q = QueryBuilder::<Postgres>::new("SELECT doc FROM orders WHERE TRUE");
-        if let Some(s) = filter.status {
+        if let Some(s) = status {
             q.push(" AND status = ").push_bind(s.as_str());
         }
-        if let Some(a) = &filter.agent_id {
+        if let Some(a) = agent_id {
             q.push(" AND agent_id = ").push_bind(a.as_str().to_owned());
         }
-        if let Some(t) = filter.target_type {
+        if let Some(t) = target_type {
             q.push(" AND target_type = ").push_bind(t.as_str());
         }
-        if let Some(t) = &filter.target_id {
+        if let Some(t) = target_id {
             q.push(" AND target_id = ").push_bind(t.clone());
         }
-        if let Some(r) = &filter.request_id {
+        if let Some(r) = request_id {
             q.push(" AND request_id = ").push_bind(*r.as_uuid());
         }
-        if let Some(a) = &filter.action {
+        if let Some(a) = action {
             q.push(" AND action = ").push_bind(a.clone());
         }
-        if let Some(t) = filter.since {
-            q.push(" AND created_at >= ").push_bind(t);
+        if let Some(t) = since {
+            q.push(" AND created_at >= ").push_bind(*t);
         }
-        if let Some(t) = filter.until {
-            q.push(" AND created_at < ").push_bind(t);
+        if let Some(t) = until {
+            q.push(" AND created_at < ").push_bind(*t);
         }
         if let Some(after) = &page.after {
             q.push(" AND (created_at, order_id) > (")
@@ -347,7 +355,6 @@ impl OrderStore for PostgresBackend {
         Ok(Page::read(items, page.size, OrderCursor::after))
     }
 
-    #[tracing::instrument(skip(self, policy), fields(agent = %agent))]
     async fn claim(
         &self,
         agent: &AgentId,
@@ -382,7 +389,6 @@ impl OrderStore for PostgresBackend {
             .collect())
     }
 
-    #[tracing::instrument(skip(self, current, next), fields(order = %current.order_id()))]
     async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
         let c = Columns::of([next]);
         let bind_next = |sql: &'static str| {
@@ -445,7 +451,6 @@ impl OrderStore for PostgresBackend {
         }
     }
 
-    #[tracing::instrument(skip(self), fields(agent = %agent))]
     async fn next_due(
         &self,
         agent: &AgentId,
@@ -459,7 +464,6 @@ impl OrderStore for PostgresBackend {
             .map_err(convert_sqlx_err)
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn cancel_pending(
         &self,
         request: &RequestId,
@@ -475,13 +479,11 @@ impl OrderStore for PostgresBackend {
         self.transition_locked(select, |o| o.cancel(now).ok()).await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         self.transition_batch(SELECT_EXPIRED, now, limit, |o| o.expire(now).ok())
             .await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn give_up_unreported(
         &self,
         now: DateTime<Utc>,
@@ -491,7 +493,6 @@ impl OrderStore for PostgresBackend {
             .await
     }
 
-    #[tracing::instrument(skip(self))]
     async fn purge_finished(
         &self,
         cutoff: DateTime<Utc>,
@@ -536,7 +537,6 @@ impl OrderStore for PostgresBackend {
         })
     }
 
-    #[tracing::instrument(skip(self), fields(order = %id))]
     async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let row = sqlx::query("SELECT doc FROM orders_archive WHERE order_id = $1")
             .bind(id.as_uuid())
@@ -546,7 +546,6 @@ impl OrderStore for PostgresBackend {
         row.as_ref().map(order_of).transpose()
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
         let rows = sqlx::query(
             "SELECT status, count(*) AS n FROM orders WHERE request_id = $1 GROUP BY status",
@@ -565,7 +564,6 @@ impl OrderStore for PostgresBackend {
         Ok(counts)
     }
 
-    #[tracing::instrument(skip(self), fields(request = %request))]
     async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM orders WHERE request_id = $1")
             .bind(request.as_uuid())
@@ -575,7 +573,6 @@ impl OrderStore for PostgresBackend {
         Ok(done.rows_affected())
     }
 
-    #[tracing::instrument(skip(self))]
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)

@@ -109,7 +109,6 @@ async fn put_all(conn: &mut SqliteConnection, agents: &[&Agent]) -> Result<u64, 
 
 #[async_trait]
 impl AgentRegistry for SqliteBackend {
-    #[tracing::instrument(level = "debug", skip_all, fields(agent_id = %agent.id()))]
     async fn upsert(&self, agent: &Agent) -> Result<Upserted, StoreError> {
         let mut tx = self.write().await?;
         let created = put_all(&mut tx, &[agent]).await?;
@@ -121,7 +120,6 @@ impl AgentRegistry for SqliteBackend {
         })
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(agents = agents.len()))]
     async fn upsert_many(&self, agents: &[Agent]) -> Result<u64, StoreError> {
         // One write per id, the last one given winning, as if they were upserted in turn.
         let mut last: HashMap<&AgentId, usize> = HashMap::with_capacity(agents.len());
@@ -137,11 +135,9 @@ impl AgentRegistry for SqliteBackend {
         let mut tx = self.write().await?;
         let created = put_all(&mut tx, &distinct).await?;
         tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(created, "agents upserted");
         Ok(created)
     }
 
-    #[tracing::instrument(level = "debug", skip(self, hash))]
     async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
         let updated = sqlx::query("UPDATE agents SET key_hash = ?2 WHERE agent_id = ?1")
@@ -155,7 +151,6 @@ impl AgentRegistry for SqliteBackend {
         Ok(updated > 0)
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         let stored: Option<Option<String>> =
             sqlx::query_scalar("SELECT key_hash FROM agents WHERE agent_id = ?1")
@@ -173,7 +168,6 @@ impl AgentRegistry for SqliteBackend {
             .transpose()
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
         let doc: Option<String> =
             sqlx::query_scalar("SELECT document FROM agents WHERE agent_id = ?1")
@@ -184,7 +178,6 @@ impl AgentRegistry for SqliteBackend {
         doc.as_deref().map(decode).transpose()
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
         sqlx::query("DELETE FROM agent_groups WHERE agent_id = ?1")
@@ -202,7 +195,6 @@ impl AgentRegistry for SqliteBackend {
         Ok(deleted > 0)
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn list(&self, page: &AgentPageRequest) -> Result<Page<Agent, AgentId>, StoreError> {
         // Agent ids are never empty, so "" is below every one of them.
         let after = page.after.as_ref().map_or("", AgentId::as_str);
@@ -231,7 +223,6 @@ impl AgentRegistry for SqliteBackend {
         Ok(Page::read(items, page.size, |a| a.id().clone()))
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn count(&self, group: Option<GroupName>) -> Result<u64, StoreError> {
         let n: i64 = match &group {
             Some(g) => {

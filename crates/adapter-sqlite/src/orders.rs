@@ -9,6 +9,7 @@ use cm_ports::{
     Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
     RetentionMode, StatusCounts, StoreError,
 };
+use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::SqliteBackend;
@@ -41,9 +42,10 @@ const CLAIM_CANDIDATES: &str = "SELECT revision, document FROM ( \
     ORDER BY created_ms, order_id LIMIT ?3";
 
 /// The earliest instant after `?2` at which one of the agent's orders becomes deliverable by
-/// itself: a pending order's `not_before` or a sent order's redelivery. Each half is one seek
-/// into its partial index (`INDEXED BY` as in [`CLAIM_CANDIDATES`]: a long-poll asks this on every
-/// wait, and must never scan the agent's history). `MIN` of no row is `NULL`.
+/// itself (`Order::becomes_deliverable_after`): a pending order's `not_before` or a sent order's
+/// redelivery. Each half is one seek into its partial index (`INDEXED BY` as in
+/// [`CLAIM_CANDIDATES`]: a long-poll asks this on every wait, and must never scan the agent's
+/// history). `MIN` of no row is `NULL`.
 const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
       SELECT * FROM ( \
         SELECT available_ms AS t FROM orders INDEXED BY orders_available \
@@ -126,6 +128,27 @@ impl Row {
     }
 }
 
+impl Row {
+    /// Binds the row's values in the order the `INSERT` and `UPDATE` statements list the
+    /// columns: `order_id` … `finished_ms`, `document`.
+    fn bind(self, b: &mut Separated<'_, Sqlite, &'static str>) {
+        b.push_bind(self.order_id)
+            .push_bind(self.request_id)
+            .push_bind(self.agent_id)
+            .push_bind(self.target_type)
+            .push_bind(self.target_id)
+            .push_bind(self.action)
+            .push_bind(self.status)
+            .push_bind(self.created_ms)
+            .push_bind(self.deadline_ms)
+            .push_bind(self.available_ms)
+            .push_bind(self.redeliver_ms)
+            .push_bind(self.result_deadline_ms)
+            .push_bind(self.finished_ms)
+            .push_bind(self.document);
+    }
+}
+
 fn decode(document: &str) -> Result<Order, StoreError> {
     serde_json::from_str(document).map_err(|e| corrupt_document("order", &e))
 }
@@ -152,32 +175,19 @@ async fn update_all(
             .map(|(o, revision)| Ok((Row::of(o)?, *revision)))
             .collect::<Result<Vec<_>, StoreError>>()?;
         let mut qb = QueryBuilder::<Sqlite>::new(
-            "UPDATE orders SET request_id = v.column3, agent_id = v.column4, \
-             target_type = v.column5, target_id = v.column6, action = v.column7, \
-             status = v.column8, created_ms = v.column9, deadline_ms = v.column10, \
-             available_ms = v.column11, redeliver_ms = v.column12, \
-             result_deadline_ms = v.column13, finished_ms = v.column14, document = v.column15, \
+            "UPDATE orders SET request_id = v.column2, agent_id = v.column3, \
+             target_type = v.column4, target_id = v.column5, action = v.column6, \
+             status = v.column7, created_ms = v.column8, deadline_ms = v.column9, \
+             available_ms = v.column10, redeliver_ms = v.column11, \
+             result_deadline_ms = v.column12, finished_ms = v.column13, document = v.column14, \
              revision = orders.revision + 1 FROM (",
         );
         qb.push_values(rows, |mut b, (r, revision)| {
-            b.push_bind(r.order_id)
-                .push_bind(revision)
-                .push_bind(r.request_id)
-                .push_bind(r.agent_id)
-                .push_bind(r.target_type)
-                .push_bind(r.target_id)
-                .push_bind(r.action)
-                .push_bind(r.status)
-                .push_bind(r.created_ms)
-                .push_bind(r.deadline_ms)
-                .push_bind(r.available_ms)
-                .push_bind(r.redeliver_ms)
-                .push_bind(r.result_deadline_ms)
-                .push_bind(r.finished_ms)
-                .push_bind(r.document);
+            r.bind(&mut b);
+            b.push_bind(revision);
         });
         qb.push(
-            ") AS v WHERE orders.order_id = v.column1 AND orders.revision = v.column2 \
+            ") AS v WHERE orders.order_id = v.column1 AND orders.revision = v.column15 \
              RETURNING orders.order_id",
         );
         let ids: Vec<String> = qb
@@ -199,50 +209,43 @@ fn push_keys(qb: &mut QueryBuilder<Sqlite>, keys: &[(String, i64)]) {
     qb.push(")");
 }
 
-/// Applies `step` to each candidate and writes the results conditionally; candidates for which
-/// the domain refuses the transition are left alone.
-async fn apply_batch(
-    conn: &mut SqliteConnection,
-    candidates: Vec<Versioned>,
-    step: impl Fn(&Order) -> Option<Order>,
-) -> Result<Batch, StoreError> {
-    let examined = candidates.len();
-    let mut changes = Vec::with_capacity(examined);
-    for (revision, document) in candidates {
-        if let Some(next) = step(&decode(&document)?) {
-            changes.push((next, revision));
-        }
-    }
-    let changed = update_all(conn, &changes).await?.len();
-    Ok(Batch { examined, changed })
-}
-
 /// The page query: every set filter field, strictly after the cursor, in query order.
 fn query_sql(filter: &OrderFilter, page: &OrderPageRequest) -> QueryBuilder<Sqlite> {
+    // Exhaustive, so a new filter field does not compile until it is translated here.
+    let OrderFilter {
+        status,
+        agent_id,
+        target_type,
+        target_id,
+        request_id,
+        action,
+        since,
+        until,
+    } = filter;
     let mut qb = QueryBuilder::<Sqlite>::new("SELECT document FROM orders WHERE 1 = 1");
-    if let Some(s) = filter.status {
+    if let Some(s) = status {
         qb.push(" AND status = ").push_bind(s.as_str());
     }
-    if let Some(a) = &filter.agent_id {
+    if let Some(a) = agent_id {
         qb.push(" AND agent_id = ").push_bind(a.as_str().to_owned());
     }
-    if let Some(t) = filter.target_type {
+    if let Some(t) = target_type {
         qb.push(" AND target_type = ").push_bind(t.as_str());
     }
-    if let Some(t) = &filter.target_id {
+    if let Some(t) = target_id {
         qb.push(" AND target_id = ").push_bind(t.clone());
     }
-    if let Some(r) = &filter.request_id {
+    if let Some(r) = request_id {
         qb.push(" AND request_id = ").push_bind(r.to_string());
     }
-    if let Some(a) = &filter.action {
+    if let Some(a) = action {
         qb.push(" AND action = ").push_bind(a.clone());
     }
-    if let Some(t) = filter.since {
+    if let Some(t) = since {
         qb.push(" AND created_ms >= ")
             .push_bind(t.timestamp_millis());
     }
-    if let Some(t) = filter.until {
+    if let Some(t) = until {
         qb.push(" AND created_ms < ")
             .push_bind(t.timestamp_millis());
     }
@@ -258,9 +261,43 @@ fn query_sql(filter: &OrderFilter, page: &OrderPageRequest) -> QueryBuilder<Sqli
     qb
 }
 
+impl SqliteBackend {
+    /// One state-change batch, in one write transaction: reads the candidates `select` returns
+    /// (binding `key` as `?1` and `limit` as `?2`), moves each with `step` (a domain transition)
+    /// and writes the results conditionally on the revision read. Candidates for which the
+    /// domain refuses the transition are left alone.
+    async fn transition_batch<K>(
+        &self,
+        select: &'static str,
+        key: K,
+        limit: usize,
+        step: impl Fn(&Order) -> Option<Order> + Send,
+    ) -> Result<Batch, StoreError>
+    where
+        K: for<'q> sqlx::Encode<'q, Sqlite> + sqlx::Type<Sqlite> + Send + 'static,
+    {
+        let mut tx = self.write().await?;
+        let candidates: Vec<Versioned> = sqlx::query_as(select)
+            .bind(key)
+            .bind(sql_int(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let examined = candidates.len();
+        let mut changes = Vec::with_capacity(examined);
+        for (revision, document) in candidates {
+            if let Some(next) = step(&decode(&document)?) {
+                changes.push((next, revision));
+            }
+        }
+        let changed = update_all(&mut tx, &changes).await?.len();
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(Batch { examined, changed })
+    }
+}
+
 #[async_trait]
 impl OrderStore for SqliteBackend {
-    #[tracing::instrument(level = "debug", skip_all, fields(orders = orders.len()))]
     async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
         if orders.is_empty() {
             return Ok(0);
@@ -279,22 +316,7 @@ impl OrderStore for SqliteBackend {
                  action, status, created_ms, deadline_ms, available_ms, redeliver_ms, \
                  result_deadline_ms, finished_ms, document) ",
             );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.order_id)
-                    .push_bind(r.request_id)
-                    .push_bind(r.agent_id)
-                    .push_bind(r.target_type)
-                    .push_bind(r.target_id)
-                    .push_bind(r.action)
-                    .push_bind(r.status)
-                    .push_bind(r.created_ms)
-                    .push_bind(r.deadline_ms)
-                    .push_bind(r.available_ms)
-                    .push_bind(r.redeliver_ms)
-                    .push_bind(r.result_deadline_ms)
-                    .push_bind(r.finished_ms)
-                    .push_bind(r.document);
-            });
+            qb.push_values(chunk, |mut b, r| r.bind(&mut b));
             qb.push(" ON CONFLICT (order_id) DO NOTHING");
             created += qb
                 .build()
@@ -305,11 +327,9 @@ impl OrderStore for SqliteBackend {
                 .rows_affected();
         }
         tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(created, "orders inserted");
         Ok(created)
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let doc: Option<String> =
             sqlx::query_scalar("SELECT document FROM orders WHERE order_id = ?1")
@@ -320,7 +340,6 @@ impl OrderStore for SqliteBackend {
         doc.as_deref().map(decode).transpose()
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn query(
         &self,
         filter: &OrderFilter,
@@ -339,7 +358,6 @@ impl OrderStore for SqliteBackend {
         Ok(Page::read(items, page.size, OrderCursor::after))
     }
 
-    #[tracing::instrument(level = "debug", skip(self, policy))]
     async fn claim(
         &self,
         agent: &AgentId,
@@ -372,11 +390,9 @@ impl OrderStore for SqliteBackend {
             .filter(|o| written.contains(&o.order_id().to_string()))
             .collect();
         tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(claimed = claimed.len(), "orders claimed");
         Ok(claimed)
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(order_id = %current.order_id()))]
     async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError> {
         if next.order_id() != current.order_id() {
             // `next` is not a version of the stored order; writing it would clobber another row.
@@ -405,7 +421,6 @@ impl OrderStore for SqliteBackend {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn next_due(
         &self,
         agent: &AgentId,
@@ -424,73 +439,36 @@ impl OrderStore for SqliteBackend {
         .transpose()
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn cancel_pending(
         &self,
         request: &RequestId,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
-        let mut tx = self.write().await?;
-        let pending: Vec<Versioned> = sqlx::query_as(CANCEL_CANDIDATES)
-            .bind(request.to_string())
-            .bind(sql_int(limit))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(convert_sqlx_err)?;
-        let batch = apply_batch(&mut tx, pending, |o| o.cancel(now).ok()).await?;
-        tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(
-            examined = batch.examined,
-            changed = batch.changed,
-            "pending orders of a request cancelled"
-        );
-        Ok(batch)
+        self.transition_batch(CANCEL_CANDIDATES, request.to_string(), limit, |o| {
+            o.cancel(now).ok()
+        })
+        .await
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
-        let mut tx = self.write().await?;
-        let due: Vec<Versioned> = sqlx::query_as(EXPIRY_CANDIDATES)
-            .bind(now.timestamp_millis())
-            .bind(sql_int(limit))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(convert_sqlx_err)?;
-        let batch = apply_batch(&mut tx, due, |o| o.expire(now).ok()).await?;
-        tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(
-            examined = batch.examined,
-            changed = batch.changed,
-            "overdue orders expired"
-        );
-        Ok(batch)
+        self.transition_batch(EXPIRY_CANDIDATES, now.timestamp_millis(), limit, |o| {
+            o.expire(now).ok()
+        })
+        .await
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn give_up_unreported(
         &self,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
-        let mut tx = self.write().await?;
-        let due: Vec<Versioned> = sqlx::query_as(GIVE_UP_CANDIDATES)
-            .bind(now.timestamp_millis())
-            .bind(sql_int(limit))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(convert_sqlx_err)?;
-        let batch = apply_batch(&mut tx, due, |o| o.give_up(now).ok()).await?;
-        tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(
-            examined = batch.examined,
-            changed = batch.changed,
-            "unreported orders given up"
-        );
-        Ok(batch)
+        self.transition_batch(GIVE_UP_CANDIDATES, now.timestamp_millis(), limit, |o| {
+            o.give_up(now).ok()
+        })
+        .await
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn purge_finished(
         &self,
         cutoff: DateTime<Utc>,
@@ -543,17 +521,10 @@ impl OrderStore for SqliteBackend {
                     .rows_affected(),
             );
         }
-        let batch = Batch { examined, changed };
         tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(
-            examined = batch.examined,
-            changed = batch.changed,
-            "finished orders purged"
-        );
-        Ok(batch)
+        Ok(Batch { examined, changed })
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         let doc: Option<String> =
             sqlx::query_scalar("SELECT document FROM orders_archive WHERE order_id = ?1")
@@ -564,7 +535,6 @@ impl OrderStore for SqliteBackend {
         doc.as_deref().map(decode).transpose()
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(PROGRESS)
             .bind(request.to_string())
@@ -580,7 +550,6 @@ impl OrderStore for SqliteBackend {
         Ok(counts)
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn delete_request(&self, request: &RequestId) -> Result<u64, StoreError> {
         let mut tx = self.write().await?;
         let deleted = sqlx::query("DELETE FROM orders WHERE request_id = ?1")
@@ -590,11 +559,9 @@ impl OrderStore for SqliteBackend {
             .map_err(convert_sqlx_err)?
             .rows_affected();
         tx.commit().await.map_err(convert_sqlx_err)?;
-        tracing::debug!(deleted, "orders of a request deleted");
         Ok(deleted)
     }
 
-    #[tracing::instrument(level = "debug", skip(self))]
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1 FROM orders LIMIT 0")
             .execute(&self.reader)

@@ -471,6 +471,23 @@ impl Order {
         }
     }
 
+    /// The instant strictly after `now` at which this order becomes deliverable by itself, i.e.
+    /// with nothing else happening to it meanwhile: a `pending` order's start (`not_before`, or
+    /// its creation) or a `sent` order's redelivery. It is the first instant after `now` at
+    /// which [`Self::is_deliverable`] holds. `None` when there is no such instant: the order is
+    /// deliverable already, or only another transition could make it deliverable (`in_progress`,
+    /// finished, redelivery disabled, a server order). A long-poll sleeps until the earliest of
+    /// these among its agent's orders.
+    #[must_use]
+    pub fn becomes_deliverable_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let at = match self.status() {
+            Status::Pending => Some(self.available_from()),
+            Status::Sent => self.command.redeliver_at,
+            Status::InProgress | Status::Success | Status::Failure => None,
+        }?;
+        (at > now && self.is_deliverable(at)).then_some(at)
+    }
+
     /// A delivered order whose agent has not reported a final result in time.
     #[must_use]
     pub fn is_unreported(&self, now: DateTime<Utc>) -> bool {
@@ -817,6 +834,101 @@ mod tests {
         let sent = order().deliver(t0(), &p).unwrap();
         assert!(!sent.is_deliverable(t0() + Duration::days(365)));
         assert!(!sent.is_unreported(t0() + Duration::days(365)));
+    }
+
+    #[test]
+    fn a_scheduled_order_becomes_deliverable_at_its_start() {
+        let start = t0() + Duration::seconds(30);
+        let o = order_with(100, Some(start));
+        assert_eq!(o.becomes_deliverable_after(t0()), Some(start));
+        assert_eq!(
+            o.becomes_deliverable_after(start - Duration::milliseconds(1)),
+            Some(start)
+        );
+        // Strictly after `now`: at its start it is deliverable already.
+        assert_eq!(o.becomes_deliverable_after(start), None);
+        assert_eq!(
+            o.becomes_deliverable_after(start + Duration::seconds(1)),
+            None
+        );
+        // An unscheduled order starts when it is created.
+        assert_eq!(
+            order().becomes_deliverable_after(t0() - Duration::seconds(1)),
+            Some(t0())
+        );
+        assert_eq!(order().becomes_deliverable_after(t0()), None);
+    }
+
+    #[test]
+    fn a_sent_order_becomes_deliverable_again_at_its_redelivery() {
+        let sent = order().deliver(t0(), &policy()).unwrap();
+        let redelivery = t0() + Duration::seconds(60);
+        assert_eq!(sent.becomes_deliverable_after(t0()), Some(redelivery));
+        assert_eq!(sent.becomes_deliverable_after(redelivery), None);
+        let p = DeliveryPolicy {
+            redeliver_after: None,
+            result_timeout: Some(Duration::seconds(600)),
+        };
+        let never = order().deliver(t0(), &p).unwrap();
+        assert_eq!(never.becomes_deliverable_after(t0()), None);
+    }
+
+    #[test]
+    fn orders_past_delivery_never_become_deliverable_by_themselves() {
+        let sent = order().deliver(t0(), &policy()).unwrap();
+        let ReportOutcome::Applied(busy) = sent
+            .report(&report(ReportStatus::InProgress, 0, "50%"), t0())
+            .unwrap()
+        else {
+            panic!()
+        };
+        let done = order().cancel(t0()).unwrap();
+        for o in [busy, done] {
+            assert_eq!(
+                o.becomes_deliverable_after(t0() - Duration::seconds(1)),
+                None
+            );
+        }
+        let action = Action::new("update", json!({}), "v5").unwrap();
+        let server = Order::new(NewOrder {
+            order_id: OrderId::from_uuid(Uuid::from_u128(1)),
+            request_id: RequestId::from_uuid(Uuid::from_u128(2)),
+            source: Source::ContentManager,
+            user: None,
+            target: Target::new(TargetType::Server, "indexer").unwrap(),
+            agent: None,
+            action: &action,
+            timeout: Timeout::new(10).unwrap(),
+            now: t0(),
+            not_before: Some(t0() + Duration::seconds(5)),
+            retry_of: None,
+        });
+        assert_eq!(server.becomes_deliverable_after(t0()), None);
+    }
+
+    #[test]
+    fn becoming_deliverable_agrees_with_is_deliverable() {
+        let sent = order().deliver(t0(), &policy()).unwrap();
+        let scheduled = order_with(100, Some(t0() + Duration::seconds(30)));
+        for o in [order(), scheduled, sent] {
+            for s in -5..200 {
+                let now = t0() + Duration::seconds(s);
+                match o.becomes_deliverable_after(now) {
+                    Some(at) => {
+                        assert!(at > now && o.is_deliverable(at), "+{s}s: {at}");
+                        assert!(
+                            !o.is_deliverable(at - Duration::milliseconds(1)),
+                            "+{s}s: deliverable before {at}"
+                        );
+                    }
+                    None => assert!(
+                        o.is_deliverable(now)
+                            || (1..=300).all(|d| !o.is_deliverable(now + Duration::seconds(d))),
+                        "+{s}s: becomes deliverable later"
+                    ),
+                }
+            }
+        }
     }
 
     #[test]
