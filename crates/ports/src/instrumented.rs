@@ -397,9 +397,14 @@ impl AgentRegistry for InstrumentedAgents {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Mutex, PoisonError};
+
     use chrono::TimeZone;
     use cm_domain::{Action, NewOrder, Source, Target, Timeout};
     use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+    use tracing::Level;
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
     use uuid::Uuid;
 
     use super::*;
@@ -423,6 +428,48 @@ mod tests {
 
         fn handle(&self) -> PrometheusHandle {
             self.recorder.handle()
+        }
+    }
+
+    /// The events logged on this thread: their level and `op` field.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<(Level, String)>>>);
+
+    impl Logs {
+        fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
+            let logs = Self::default();
+            let subscriber = tracing_subscriber::registry().with(logs.clone());
+            (logs, tracing::subscriber::set_default(subscriber))
+        }
+
+        fn events(&self) -> Vec<(Level, String)> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+    }
+
+    struct OpField(Option<String>);
+
+    impl Visit for OpField {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "op" {
+                self.0 = Some(value.to_owned());
+            }
+        }
+
+        fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+    }
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Logs {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let mut op = OpField(None);
+            event.record(&mut op);
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((*event.metadata().level(), op.0.unwrap_or_default()));
         }
     }
 
@@ -663,5 +710,47 @@ mod tests {
                 m.name
             );
         }
+    }
+
+    #[tokio::test]
+    async fn each_failure_is_logged_once_at_the_level_of_its_kind_and_answers_are_not() {
+        let (logs, _guard) = Logs::capture();
+        let order = pending("a1");
+        let next = order.cancel(t0()).unwrap();
+        let request_id = *order.request_id();
+        let mut inner = MockOrderStore::new();
+        inner
+            .expect_get()
+            .returning(|_| Err(StoreError::Unavailable("connection refused".to_owned())));
+        inner
+            .expect_next_due()
+            .returning(|_, _| Err(StoreError::Corrupt("bad document".to_owned())));
+        inner.expect_insert().returning(move |_| {
+            Err(StoreError::Rejected {
+                request_id,
+                field: "action.args".to_owned(),
+                message: "too deep".to_owned(),
+            })
+        });
+        inner
+            .expect_replace()
+            .returning(|_, _| Err(ReplaceError::Conflict));
+        inner.expect_ping().returning(|| Ok(()));
+        let store = InstrumentedOrders::new(Arc::new(inner), "sqlite");
+
+        let _ = store.get(order.order_id()).await;
+        let _ = store.next_due(&agent_id("a1"), t0()).await;
+        let _ = store.insert(std::slice::from_ref(&order)).await;
+        let _ = store.replace(&order, &next).await;
+        let _ = store.ping().await;
+
+        assert_eq!(
+            logs.events(),
+            [
+                (Level::WARN, "get".to_owned()),
+                (Level::ERROR, "next_due".to_owned()),
+                (Level::DEBUG, "insert".to_owned()),
+            ]
+        );
     }
 }
