@@ -132,7 +132,12 @@ async fn serve(cfg: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot open the {backend} storage: {e}"))?;
     let manager = CommandManager::new(storage.ports.clone(), cfg.service_settings());
     let metrics = match cm_api_http::install_metrics_recorder() {
-        Ok(handle) => Some(handle),
+        Ok(handle) => {
+            // The recorder has the HELP texts of the use cases and the HTTP driver; the
+            // scheduler's are ours to add.
+            cm_scheduler::metric::describe();
+            Some(handle)
+        }
         Err(e) => {
             tracing::warn!(error = %e, "metrics are off");
             None

@@ -37,7 +37,10 @@ impl Storage {
     }
 }
 
+/// The ports of `backend`'s stores, instrumented: every backend gets the same spans, failure
+/// logs and `cm_store_operation_seconds{backend}` (`cm_ports::instrumented`).
 fn ports(
+    backend: BackendKind,
     orders: Arc<dyn OrderStore>,
     agents: Arc<dyn AgentRegistry>,
     notifier: Arc<dyn Notifier>,
@@ -49,6 +52,7 @@ fn ports(
         notifier,
         clock,
     }
+    .instrumented(backend.name())
 }
 
 /// Opens the backend named by `storage.backend` (creating its schema when missing).
@@ -59,6 +63,7 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
     match storage.backend {
         BackendKind::Memory => Ok(Storage {
             ports: ports(
+                storage.backend,
                 Arc::new(MemoryOrders::new()),
                 Arc::new(MemoryAgents::new()),
                 Arc::new(LocalNotifier::new()),
@@ -69,6 +74,7 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
             let b = SqliteBackend::open(&storage.sqlite).await?;
             Ok(Storage {
                 ports: ports(
+                    storage.backend,
                     Arc::new(b.clone()),
                     Arc::new(b.clone()),
                     Arc::new(LocalNotifier::new()),
@@ -80,7 +86,12 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
             let b = PostgresBackend::open(&storage.postgres).await?;
             let notifier = b.notifier().await?;
             Ok(Storage {
-                ports: ports(Arc::new(b.clone()), Arc::new(b.clone()), Arc::new(notifier)),
+                ports: ports(
+                    storage.backend,
+                    Arc::new(b.clone()),
+                    Arc::new(b.clone()),
+                    Arc::new(notifier),
+                ),
                 closer: Closer::Postgres(Box::new(b)),
             })
         }
@@ -88,7 +99,12 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
             let b = OpenSearchBackend::open(&storage.opensearch).await?;
             let notifier = b.notifier();
             Ok(Storage {
-                ports: ports(Arc::new(b.clone()), Arc::new(b.clone()), Arc::new(notifier)),
+                ports: ports(
+                    storage.backend,
+                    Arc::new(b.clone()),
+                    Arc::new(b.clone()),
+                    Arc::new(notifier),
+                ),
                 closer: Closer::Opensearch(b),
             })
         }

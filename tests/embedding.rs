@@ -22,7 +22,9 @@ async fn an_embedding_service_drives_the_whole_loop_through_the_use_cases() {
             agents: Arc::new(MemoryAgents::new()),
             notifier: Arc::new(LocalNotifier::new()),
             clock: Arc::new(SystemClock),
-        },
+        }
+        // The same storage spans, failure logs and `cm_store_operation_seconds` as the service.
+        .instrumented("memory"),
         Settings::default(),
     );
 

@@ -251,6 +251,16 @@ async fn the_plugins_own_requests_are_answered_like_the_plugin_and_land_in_the_i
             assert_eq!(source["command"]["target"]["id"], source["agent"]["id"]);
         }
     }
+    let (_, metrics) = c.get(&svc.url("/metrics")).await;
+    let metrics = metrics.as_str().unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cm_store_operation_seconds")
+                && l.contains("op=\"insert\"")
+                && l.contains("backend=\"opensearch\"")),
+        "storage operations are timed per backend: {metrics}"
+    );
     svc.stop();
 }
 

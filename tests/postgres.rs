@@ -171,6 +171,15 @@ async fn two_instances_on_one_database_deliver_across_instances_and_expire_each_
         50,
         "each overdue order is expired exactly once (A: {ea}, B: {eb})"
     );
+    for text in [&metrics_a, &metrics_b] {
+        let text = text.as_str().unwrap_or_default();
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("cm_store_operation_seconds")
+                    && l.contains("backend=\"postgres\"")),
+            "storage operations are timed per backend: {text}"
+        );
+    }
     a.stop();
     b.stop();
 }

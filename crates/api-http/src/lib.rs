@@ -15,8 +15,8 @@
 //!   `{"error": {"code", "message", "field"?}}`; storage failures answer 503 with `Retry-After`
 //!   and a generic message (the cause is logged, never echoed);
 //! * requests are traced with the matched route and counted in `cm_http_requests_total` and
-//!   `cm_http_request_duration_seconds`; `/metrics` renders them when a [`MetricsHandle`] is
-//!   given; `/openapi.json` is generated from the handlers.
+//!   `cm_http_request_duration_seconds` ([`metric`]); `/metrics` renders every metric when a
+//!   [`MetricsHandle`] is given; `/openapi.json` is generated from the handlers.
 //!
 //! The driver calls use cases only; it never touches an adapter.
 
@@ -26,6 +26,7 @@ mod dto;
 mod error;
 mod extract;
 mod handlers;
+pub mod metric;
 mod middleware;
 mod openapi;
 mod tls;
@@ -95,15 +96,15 @@ impl Default for HttpSettings {
     }
 }
 
-/// Name of the counter of answered requests, labelled `method`, `route` (the matched path
-/// template, `unmatched` otherwise) and `status`.
-pub const HTTP_REQUESTS: &str = "cm_http_requests_total";
-/// Name of the histogram of request durations in seconds, labelled `method` and `route`.
-pub const HTTP_REQUEST_DURATION: &str = "cm_http_request_duration_seconds";
-
-/// Buckets of [`HTTP_REQUEST_DURATION`]: from a millisecond to the longest long-poll.
+/// Buckets of [`metric::HTTP_REQUEST_DURATION`]: from a millisecond to the longest long-poll.
 const DURATION_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0,
+];
+
+/// Buckets of `cm_store_operation_seconds`: from a tenth of a millisecond (a memory or SQLite
+/// read) to a backend that is timing out.
+const STORE_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
 ];
 
 /// The process's Prometheus recorder, from which `/metrics` renders.
@@ -130,7 +131,8 @@ impl fmt::Debug for MetricsHandle {
     }
 }
 
-/// Installs the Prometheus recorder as the process's global `metrics` recorder.
+/// Installs the Prometheus recorder as the process's global `metrics` recorder and registers
+/// the HELP texts of the use cases' and the HTTP driver's metrics with it.
 ///
 /// Idempotent: the first call installs it, every later call returns a handle to the same
 /// recorder.
@@ -145,12 +147,22 @@ pub fn install_metrics_recorder() -> Result<MetricsHandle, String> {
     }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
-            Matcher::Full(HTTP_REQUEST_DURATION.to_owned()),
+            Matcher::Full(metric::HTTP_REQUEST_DURATION.name.to_owned()),
             &DURATION_BUCKETS,
         )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(cm_ports::metric::STORE_OPERATION.name.to_owned()),
+                &STORE_BUCKETS,
+            )
+        })
         .map_err(|e| format!("cannot configure the metrics recorder: {e}"))?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    // The HELP texts of the metrics of the crates this one knows; a binary that runs the
+    // scheduler also calls `cm_scheduler::metric::describe`.
+    cm_ports::metric::describe();
+    metric::describe();
     let handle = MetricsHandle(handle);
     *installed = Some(handle.clone());
     Ok(handle)

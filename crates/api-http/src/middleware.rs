@@ -12,7 +12,8 @@ use tower_http::trace::{MakeSpan, TraceLayer};
 use tracing::Span;
 
 use crate::error::ApiError;
-use crate::{AppState, HTTP_REQUEST_DURATION, HTTP_REQUESTS, POLL_ROUTE};
+use crate::metric::{HTTP_REQUEST_DURATION, HTTP_REQUESTS};
+use crate::{AppState, POLL_ROUTE};
 
 /// The route label of requests that matched no route.
 const UNMATCHED: &str = "unmatched";
@@ -68,13 +69,13 @@ pub(crate) async fn record_metrics(req: Request, next: Next) -> Response {
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!(
-        HTTP_REQUESTS,
+        HTTP_REQUESTS.name,
         "method" => method,
         "route" => route.clone(),
         "status" => status,
     )
     .increment(1);
-    metrics::histogram!(HTTP_REQUEST_DURATION, "method" => method, "route" => route)
+    metrics::histogram!(HTTP_REQUEST_DURATION.name, "method" => method, "route" => route)
         .record(started.elapsed().as_secs_f64());
     response
 }

@@ -5,10 +5,15 @@
 //! * [`clock`]: [`Clock`] and the id sources;
 //! * [`auth`]: agents' keys ([`AgentKey`]) and constant-time comparison of secrets;
 //! * [`service`]: [`CommandManager`], the use cases the drivers call;
+//! * [`instrumented`]: the decorators that give every backend the same spans and latency
+//!   histogram ([`Ports::instrumented`]);
+//! * [`metric`]: the names, HELP texts and label values of this crate's metrics;
 //! * `testkit` (feature): the conformance suite every adapter runs, and test doubles.
 
 pub mod auth;
 pub mod clock;
+pub mod instrumented;
+pub mod metric;
 pub mod notify;
 pub mod service;
 pub mod store;
@@ -17,10 +22,11 @@ pub mod testkit;
 
 pub use auth::{AgentKey, NoRandomness};
 pub use clock::{Clock, FreshIds, SystemClock};
+pub use instrumented::{InstrumentedAgents, InstrumentedOrders};
 pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
 pub use service::{
     CancelError, CommandManager, Idempotency, MAX_PAGE_SIZE, MaintenanceRun, Ports, Registered,
-    ReportError, RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest, metric,
+    ReportError, RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest,
 };
 pub use store::{
     AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,

@@ -224,6 +224,17 @@ pub enum RetentionMode {
     Archive,
 }
 
+impl RetentionMode {
+    /// The mode's name in logs and in the `mode` metric label.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Delete => "delete",
+            Self::Archive => "archive",
+        }
+    }
+}
+
 /// Whether an upsert created the agent or replaced an existing one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upserted {

@@ -9,32 +9,43 @@
 use std::future::Future;
 use std::time::Duration;
 
+use cm_ports::metric::Outcome;
 use cm_ports::{CommandManager, StoreError};
 use serde::{Deserialize, Deserializer};
 use tokio::time::{Instant, MissedTickBehavior};
 
-/// Metric names, in one place so the exporter and dashboards agree.
+/// The scheduler's metrics, each with its HELP text; label values come from [`Job::name`] and
+/// [`Outcome::as_str`].
 pub mod metric {
-    /// Counter with labels `job` and `outcome` (`ok` / `error`): job runs.
-    pub const RUNS: &str = "cm_scheduler_runs_total";
-    /// Counter with label `job`: orders a job changed (expired, gave up on, purged).
-    pub const ORDERS_CHANGED: &str = "cm_scheduler_orders_changed_total";
-    /// Histogram with label `job`: how long one run of a job took, in seconds.
-    pub const RUN_DURATION: &str = "cm_scheduler_run_duration_seconds";
-}
+    use cm_ports::metric::Metric;
+    use metrics::Unit;
 
-/// Registers the descriptions of the scheduler's metrics with the installed recorder.
-pub fn describe_metrics() {
-    metrics::describe_counter!(metric::RUNS, "maintenance job runs, by job and outcome");
-    metrics::describe_counter!(
-        metric::ORDERS_CHANGED,
-        "orders changed by the maintenance jobs, by job"
+    /// Counter with labels `job` and `outcome` (`ok` / `error`).
+    pub const RUNS: Metric = Metric::counter(
+        "cm_scheduler_runs_total",
+        "Maintenance job runs, by job (expiry, no_result, retention) and outcome (ok or error).",
     );
-    metrics::describe_histogram!(
-        metric::RUN_DURATION,
-        metrics::Unit::Seconds,
-        "duration of one maintenance job run, by job"
+    /// Counter with label `job`.
+    pub const ORDERS_CHANGED: Metric = Metric::counter(
+        "cm_scheduler_orders_changed_total",
+        "Orders changed by the maintenance jobs (expired, given up on, purged), by job.",
     );
+    /// Histogram with label `job`.
+    pub const RUN_DURATION: Metric = Metric::histogram(
+        "cm_scheduler_run_duration_seconds",
+        Unit::Seconds,
+        "Duration of one run of a maintenance job, its whole backlog drained, by job.",
+    );
+
+    /// Every metric of this crate.
+    pub const ALL: [Metric; 3] = [RUNS, ORDERS_CHANGED, RUN_DURATION];
+
+    /// Registers the HELP text of every metric of this crate with the installed recorder.
+    pub fn describe() {
+        for metric in ALL {
+            metric.describe();
+        }
+    }
 }
 
 /// The `[scheduler]` settings.
@@ -211,12 +222,17 @@ impl Scheduler {
         let outcome = work.await;
         let elapsed = started.elapsed();
         let name = job.name();
-        metrics::histogram!(metric::RUN_DURATION, "job" => name).record(elapsed.as_secs_f64());
+        metrics::histogram!(metric::RUN_DURATION.name, "job" => name).record(elapsed.as_secs_f64());
+        metrics::counter!(
+            metric::RUNS.name,
+            "job" => name,
+            "outcome" => Outcome::of(&outcome).as_str(),
+        )
+        .increment(1);
         let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         match &outcome {
             Ok(changed) => {
-                metrics::counter!(metric::RUNS, "job" => name, "outcome" => "ok").increment(1);
-                metrics::counter!(metric::ORDERS_CHANGED, "job" => name).increment(*changed);
+                metrics::counter!(metric::ORDERS_CHANGED.name, "job" => name).increment(*changed);
                 if *changed > 0 {
                     tracing::info!(job = name, changed, elapsed_ms, "maintenance job done");
                 } else {
@@ -227,23 +243,20 @@ impl Scheduler {
                     );
                 }
             }
-            Err(error) => {
-                metrics::counter!(metric::RUNS, "job" => name, "outcome" => "error").increment(1);
-                match error {
-                    StoreError::Unavailable(_) => tracing::warn!(
-                        job = name,
-                        %error,
-                        elapsed_ms,
-                        "maintenance job failed; the next tick retries"
-                    ),
-                    StoreError::Corrupt(_) | StoreError::Rejected { .. } => tracing::error!(
-                        job = name,
-                        %error,
-                        elapsed_ms,
-                        "maintenance job failed; the next tick retries"
-                    ),
-                }
-            }
+            Err(error) => match error {
+                StoreError::Unavailable(_) => tracing::warn!(
+                    job = name,
+                    %error,
+                    elapsed_ms,
+                    "maintenance job failed; the next tick retries"
+                ),
+                StoreError::Corrupt(_) | StoreError::Rejected { .. } => tracing::error!(
+                    job = name,
+                    %error,
+                    elapsed_ms,
+                    "maintenance job failed; the next tick retries"
+                ),
+            },
         }
         outcome
     }

@@ -307,7 +307,8 @@ async fn a_failing_job_is_logged_and_the_other_jobs_still_run() {
     let message = event.field("message").expect("a message");
     assert_eq!(message, message.to_lowercase(), "lowercase message");
 
-    let runs = |job, outcome| recorder.get(metric::RUNS, &[("job", job), ("outcome", outcome)]);
+    let runs =
+        |job, outcome| recorder.get(metric::RUNS.name, &[("job", job), ("outcome", outcome)]);
     assert_eq!(runs("expiry", "error"), 1.0);
     assert_eq!(runs("expiry", "ok"), 0.0);
     assert_eq!(runs("no_result", "ok"), 1.0);
@@ -561,22 +562,22 @@ async fn every_run_counts_its_outcome_the_orders_changed_and_its_duration_per_jo
     for job in Job::ALL {
         let name = job.name();
         assert_eq!(
-            recorder.get(metric::RUNS, &[("job", name), ("outcome", "ok")]),
+            recorder.get(metric::RUNS.name, &[("job", name), ("outcome", "ok")]),
             2.0,
             "{name}"
         );
         assert_eq!(
-            recorder.get(metric::RUN_DURATION, &[("job", name)]),
+            recorder.get(metric::RUN_DURATION.name, &[("job", name)]),
             2.0,
             "{name}: one duration sample per run"
         );
     }
     assert_eq!(
-        recorder.get(metric::ORDERS_CHANGED, &[("job", "expiry")]),
+        recorder.get(metric::ORDERS_CHANGED.name, &[("job", "expiry")]),
         3.0
     );
     assert_eq!(
-        recorder.get(metric::ORDERS_CHANGED, &[("job", "retention")]),
+        recorder.get(metric::ORDERS_CHANGED.name, &[("job", "retention")]),
         0.0
     );
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 use cm_domain::{AgentId, Order, OrderId, Report, ReportOutcome, ReportStatus, Status};
 use tokio::time::Instant;
 
-use super::{CommandManager, count_transition, metric};
+use super::CommandManager;
+use crate::metric::{self, Via, count_transition};
 use crate::store::{ReplaceError, StoreError};
 
 /// How many times a compare-and-set is retried when the order changed under us.
@@ -31,14 +32,14 @@ struct OpenPoll;
 
 impl OpenPoll {
     fn start() -> Self {
-        metrics::gauge!(metric::OPEN_LONG_POLLS).increment(1.0);
+        metrics::gauge!(metric::OPEN_LONG_POLLS.name).increment(1.0);
         Self
     }
 }
 
 impl Drop for OpenPoll {
     fn drop(&mut self) {
-        metrics::gauge!(metric::OPEN_LONG_POLLS).decrement(1.0);
+        metrics::gauge!(metric::OPEN_LONG_POLLS.name).decrement(1.0);
     }
 }
 
@@ -77,8 +78,12 @@ impl CommandManager {
                 .await?;
             if !orders.is_empty() {
                 let redelivered = orders.iter().filter(|o| o.deliveries() > 1).count() as u64;
-                count_transition(Status::Sent, "delivered", orders.len() as u64 - redelivered);
-                count_transition(Status::Sent, "redelivered", redelivered);
+                count_transition(
+                    Status::Sent,
+                    Via::Delivered,
+                    orders.len() as u64 - redelivered,
+                );
+                count_transition(Status::Sent, Via::Redelivered, redelivered);
                 return Ok(orders);
             }
             let now = Instant::now();
@@ -136,8 +141,8 @@ impl CommandManager {
             match self.ports.orders.replace(&current, &next).await {
                 Ok(()) => {
                     let via = match report.status() {
-                        ReportStatus::InProgress => "progress",
-                        ReportStatus::Success | ReportStatus::Failure => "reported",
+                        ReportStatus::InProgress => Via::Progress,
+                        ReportStatus::Success | ReportStatus::Failure => Via::Reported,
                     };
                     count_transition(next.status(), via, 1);
                     return Ok(next);

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use cm_domain::Status;
 
-use super::{CommandManager, count_transition, metric};
+use super::CommandManager;
+use crate::metric::{self, Via, count_transition};
 use crate::store::{RetentionMode, StoreError};
 
 /// What one maintenance run changed.
@@ -34,7 +35,7 @@ impl CommandManager {
     /// [`StoreError`]; batches done before the failure stay done.
     pub async fn expire_overdue(&self) -> Result<u64, StoreError> {
         let n = self.drain(Sweep::Expire).await?;
-        count_transition(Status::Failure, "expired", n);
+        count_transition(Status::Failure, Via::Expired, n);
         Ok(n)
     }
 
@@ -44,7 +45,7 @@ impl CommandManager {
     /// [`StoreError`]; batches done before the failure stay done.
     pub async fn give_up_unreported(&self) -> Result<u64, StoreError> {
         let n = self.drain(Sweep::GiveUp).await?;
-        count_transition(Status::Failure, "no_result", n);
+        count_transition(Status::Failure, Via::NoResult, n);
         Ok(n)
     }
 
@@ -61,11 +62,7 @@ impl CommandManager {
         let mode = self.settings.retention_mode;
         let n = self.drain(Sweep::Purge { age, mode }).await?;
         if n > 0 {
-            let mode = match mode {
-                RetentionMode::Delete => "delete",
-                RetentionMode::Archive => "archive",
-            };
-            metrics::counter!(metric::ORDERS_PURGED, "mode" => mode).increment(n);
+            metrics::counter!(metric::ORDERS_PURGED.name, "mode" => mode.as_str()).increment(n);
         }
         Ok(n)
     }

@@ -113,23 +113,3 @@ impl CommandManager {
         self.ports.orders.ping().await
     }
 }
-
-/// Metric names, in one place so the exporter and dashboards agree.
-pub mod metric {
-    /// Counter: orders written by submits.
-    pub const ORDERS_CREATED: &str = "cm_orders_created_total";
-    /// Counter with labels `to` (new status) and `via` (delivered, redelivered, reported,
-    /// expired, cancelled, no_result): orders moved per status transition.
-    pub const ORDER_TRANSITIONS: &str = "cm_order_transitions_total";
-    /// Gauge: long-polls currently waiting.
-    pub const OPEN_LONG_POLLS: &str = "cm_long_polls_open";
-    /// Counter: orders removed from the stream by retention, label `mode`.
-    pub const ORDERS_PURGED: &str = "cm_orders_purged_total";
-}
-
-fn count_transition(to: cm_domain::Status, via: &'static str, n: u64) {
-    if n > 0 {
-        metrics::counter!(metric::ORDER_TRANSITIONS, "to" => to.as_str(), "via" => via)
-            .increment(n);
-    }
-}

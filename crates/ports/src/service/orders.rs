@@ -2,8 +2,9 @@
 
 use cm_domain::{Order, OrderId, RequestId, Status};
 
+use super::CommandManager;
 use super::delivery::CAS_ATTEMPTS;
-use super::{CommandManager, count_transition};
+use crate::metric::{Via, count_transition};
 use crate::store::{
     OrderCursor, OrderFilter, OrderPageRequest, Page, ReplaceError, StatusCounts, StoreError,
 };
@@ -72,7 +73,7 @@ impl CommandManager {
                 .map_err(|e| CancelError::NotPending(e.status))?;
             match self.ports.orders.replace(&current, &next).await {
                 Ok(()) => {
-                    count_transition(Status::Failure, "cancelled", 1);
+                    count_transition(Status::Failure, Via::Cancelled, 1);
                     return Ok(next);
                 }
                 // Changed meanwhile: look again; a pending order that was delivered meanwhile

@@ -5,8 +5,9 @@ use cm_domain::{Agent, Command, Expander, FieldError, IdSource, Order, RequestId
 
 use super::delivery::CAS_ATTEMPTS;
 use super::submit::{SubmittedRequest, Writer};
-use super::{CommandManager, MAX_PAGE_SIZE, count_transition};
+use super::{CommandManager, MAX_PAGE_SIZE};
 use crate::clock::FreshIds;
+use crate::metric::{Via, count_transition};
 use crate::store::{OrderCursor, OrderFilter, OrderPageRequest, Page, StatusCounts, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -61,7 +62,7 @@ impl CommandManager {
                 ));
             }
         };
-        count_transition(Status::Failure, "cancelled", cancelled);
+        count_transition(Status::Failure, Via::Cancelled, cancelled);
         drained?;
         let counts = self.ports.orders.progress(request).await?;
         Ok((counts.total() > 0).then_some(counts))

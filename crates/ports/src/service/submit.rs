@@ -5,8 +5,9 @@ use cm_domain::{
     IdempotencyKey, KeyedIds, Order, OrderId, RequestId, TargetType,
 };
 
-use super::{CommandManager, metric};
+use super::CommandManager;
 use crate::clock::FreshIds;
+use crate::metric;
 use crate::store::{AgentPageRequest, StoreError};
 
 /// A validated request: 1..=`max_commands` commands, optionally with an idempotency key.
@@ -261,7 +262,7 @@ async fn insert_batch(manager: &CommandManager, orders: &[Order]) -> Result<(), 
         return Ok(());
     }
     let created = manager.ports.orders.insert(orders).await?;
-    metrics::counter!(metric::ORDERS_CREATED).increment(created);
+    metrics::counter!(metric::ORDERS_CREATED.name).increment(created);
     Ok(())
 }
 

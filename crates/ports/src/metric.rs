@@ -1,0 +1,315 @@
+//! The metrics of the use cases and of the storage decorator ([`crate::instrumented`]): each
+//! metric's name, kind, unit and HELP text declared together, and every label value as an enum
+//! rendered by its one `as_str`, so the exporter, the dashboards and the code agree.
+//!
+//! [`describe`] registers the HELP texts with the installed recorder; the binary calls it at
+//! start-up (see docs/operations.md), next to the other crates' `describe`.
+
+use metrics::Unit;
+
+/// The Prometheus type of a [`Metric`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric: its name, kind, unit and HELP text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub help: &'static str,
+}
+
+impl Metric {
+    /// A counter of things (`Unit::Count`).
+    #[must_use]
+    pub const fn counter(name: &'static str, help: &'static str) -> Self {
+        Self {
+            name,
+            kind: Kind::Counter,
+            unit: Unit::Count,
+            help,
+        }
+    }
+
+    #[must_use]
+    pub const fn gauge(name: &'static str, unit: Unit, help: &'static str) -> Self {
+        Self {
+            name,
+            kind: Kind::Gauge,
+            unit,
+            help,
+        }
+    }
+
+    #[must_use]
+    pub const fn histogram(name: &'static str, unit: Unit, help: &'static str) -> Self {
+        Self {
+            name,
+            kind: Kind::Histogram,
+            unit,
+            help,
+        }
+    }
+
+    /// Registers the metric's unit and HELP text with the installed recorder.
+    pub fn describe(&self) {
+        match self.kind {
+            Kind::Counter => metrics::describe_counter!(self.name, self.unit, self.help),
+            Kind::Gauge => metrics::describe_gauge!(self.name, self.unit, self.help),
+            Kind::Histogram => metrics::describe_histogram!(self.name, self.unit, self.help),
+        }
+    }
+}
+
+/// Counter: orders written to the stream by submits and retries.
+pub const ORDERS_CREATED: Metric = Metric::counter(
+    "cm_orders_created_total",
+    "Orders written to the orders stream by submits and retries (an idempotent replay creates none).",
+);
+
+/// Counter with labels `to` (the new status, `Status::as_str`) and `via` ([`Via`]).
+pub const ORDER_TRANSITIONS: Metric = Metric::counter(
+    "cm_order_transitions_total",
+    "Orders moved to a new status, by the status they moved to (to) and what moved them (via).",
+);
+
+/// Gauge: long-polls currently waiting.
+pub const OPEN_LONG_POLLS: Metric = Metric::gauge(
+    "cm_long_polls_open",
+    Unit::Count,
+    "Agents' long-polls currently open on this instance.",
+);
+
+/// Counter with label `mode` (`RetentionMode::as_str`).
+pub const ORDERS_PURGED: Metric = Metric::counter(
+    "cm_orders_purged_total",
+    "Finished orders removed from the orders stream by retention, by mode (delete or archive).",
+);
+
+/// Histogram with labels `op` ([`StoreOp`]), `backend` (the name the binary gives the backend:
+/// memory, sqlite, postgres, opensearch) and `outcome` ([`Outcome`]).
+pub const STORE_OPERATION: Metric = Metric::histogram(
+    "cm_store_operation_seconds",
+    Unit::Seconds,
+    "Duration of one storage operation, by operation (op), backend and outcome (ok or error).",
+);
+
+/// Every metric of this crate.
+pub const ALL: [Metric; 5] = [
+    ORDERS_CREATED,
+    ORDER_TRANSITIONS,
+    OPEN_LONG_POLLS,
+    ORDERS_PURGED,
+    STORE_OPERATION,
+];
+
+/// Registers the HELP text of every metric of this crate with the installed recorder.
+pub fn describe() {
+    for metric in ALL {
+        metric.describe();
+    }
+}
+
+/// The `via` label of [`ORDER_TRANSITIONS`]: what moved the orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// Handed to their agent by a poll for the first time (to `sent`).
+    Delivered,
+    /// Handed to their agent again after the redelivery delay (to `sent`).
+    Redelivered,
+    /// The agent reported it is working on the order (to `in_progress`).
+    Progress,
+    /// The agent reported the result (to `success` or `failure`).
+    Reported,
+    /// Never delivered before their deadline (to `failure`).
+    Expired,
+    /// Cancelled while pending, one by one or with their whole request (to `failure`).
+    Cancelled,
+    /// Delivered, but their agent reported nothing before the result deadline (to `failure`).
+    NoResult,
+}
+
+impl Via {
+    pub const ALL: [Self; 7] = [
+        Self::Delivered,
+        Self::Redelivered,
+        Self::Progress,
+        Self::Reported,
+        Self::Expired,
+        Self::Cancelled,
+        Self::NoResult,
+    ];
+
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Redelivered => "redelivered",
+            Self::Progress => "progress",
+            Self::Reported => "reported",
+            Self::Expired => "expired",
+            Self::Cancelled => "cancelled",
+            Self::NoResult => "no_result",
+        }
+    }
+}
+
+/// The `outcome` label: whether the work succeeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Ok,
+    Error,
+}
+
+impl Outcome {
+    /// `Ok` for an `Ok`, `Error` for an `Err`.
+    #[must_use]
+    pub const fn of<T, E>(result: &Result<T, E>) -> Self {
+        match result {
+            Ok(_) => Self::Ok,
+            Err(_) => Self::Error,
+        }
+    }
+
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The `op` label of [`STORE_OPERATION`]: one method of `OrderStore` or `AgentRegistry`.
+/// The registry's methods are prefixed `agent_` where an order method has the same name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreOp {
+    Insert,
+    Get,
+    Query,
+    Claim,
+    Replace,
+    NextDue,
+    CancelPending,
+    ExpireDue,
+    GiveUpUnreported,
+    PurgeFinished,
+    GetArchived,
+    Progress,
+    DeleteRequest,
+    Ping,
+    AgentUpsert,
+    AgentUpsertMany,
+    AgentSetKeyHash,
+    AgentKeyHash,
+    AgentGet,
+    AgentDelete,
+    AgentList,
+    AgentCount,
+}
+
+impl StoreOp {
+    pub const ALL: [Self; 22] = [
+        Self::Insert,
+        Self::Get,
+        Self::Query,
+        Self::Claim,
+        Self::Replace,
+        Self::NextDue,
+        Self::CancelPending,
+        Self::ExpireDue,
+        Self::GiveUpUnreported,
+        Self::PurgeFinished,
+        Self::GetArchived,
+        Self::Progress,
+        Self::DeleteRequest,
+        Self::Ping,
+        Self::AgentUpsert,
+        Self::AgentUpsertMany,
+        Self::AgentSetKeyHash,
+        Self::AgentKeyHash,
+        Self::AgentGet,
+        Self::AgentDelete,
+        Self::AgentList,
+        Self::AgentCount,
+    ];
+
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Insert => "insert",
+            Self::Get => "get",
+            Self::Query => "query",
+            Self::Claim => "claim",
+            Self::Replace => "replace",
+            Self::NextDue => "next_due",
+            Self::CancelPending => "cancel_pending",
+            Self::ExpireDue => "expire_due",
+            Self::GiveUpUnreported => "give_up_unreported",
+            Self::PurgeFinished => "purge_finished",
+            Self::GetArchived => "get_archived",
+            Self::Progress => "progress",
+            Self::DeleteRequest => "delete_request",
+            Self::Ping => "ping",
+            Self::AgentUpsert => "agent_upsert",
+            Self::AgentUpsertMany => "agent_upsert_many",
+            Self::AgentSetKeyHash => "agent_set_key_hash",
+            Self::AgentKeyHash => "agent_key_hash",
+            Self::AgentGet => "agent_get",
+            Self::AgentDelete => "agent_delete",
+            Self::AgentList => "agent_list",
+            Self::AgentCount => "agent_count",
+        }
+    }
+}
+
+/// Counts `n` orders moved to `to` by `via` (nothing when `n` is 0, so no empty series).
+pub(crate) fn count_transition(to: cm_domain::Status, via: Via, n: u64) {
+    if n > 0 {
+        metrics::counter!(
+            ORDER_TRANSITIONS.name,
+            "to" => to.as_str(),
+            "via" => via.as_str(),
+        )
+        .increment(n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn metric_names_are_unique_prefixed_and_described() {
+        let names: HashSet<_> = ALL.iter().map(|m| m.name).collect();
+        assert_eq!(names.len(), ALL.len());
+        for m in ALL {
+            assert!(m.name.starts_with("cm_"), "{}", m.name);
+            assert!(!m.help.is_empty(), "{}", m.name);
+            if m.kind == Kind::Counter {
+                assert!(m.name.ends_with("_total"), "{}", m.name);
+            }
+        }
+    }
+
+    #[test]
+    fn label_values_are_distinct_snake_case() {
+        let ops: HashSet<_> = StoreOp::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(ops.len(), StoreOp::ALL.len());
+        let vias: HashSet<_> = Via::ALL.iter().map(|v| v.as_str()).collect();
+        assert_eq!(vias.len(), Via::ALL.len());
+        for label in ops.iter().chain(&vias) {
+            assert!(
+                label.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+                "{label}"
+            );
+        }
+    }
+}
