@@ -34,7 +34,7 @@ use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
-use crate::HttpSettings;
+use crate::{HttpSettings, metric};
 
 /// File descriptors kept for everything but client connections (the listener, storage
 /// connections, log and database files) when the connection cap is derived from the open-file
@@ -152,14 +152,8 @@ impl Dropped {
     }
 }
 
-/// Gauge: client connections open now.
-pub const CONNECTIONS_OPEN: &str = "cm_http_connections_open";
-/// Counter, label `reason` (over_cap, header_timeout, idle_timeout, tls_failed): connections the
-/// server closed before or between requests.
-pub const CONNECTIONS_DROPPED: &str = "cm_http_connections_dropped_total";
-
 fn count_dropped(why: Dropped) {
-    metrics::counter!(CONNECTIONS_DROPPED, "reason" => why.as_str()).increment(1);
+    metrics::counter!(metric::CONNECTIONS_DROPPED.name, "reason" => why.as_str()).increment(1);
 }
 
 /// Accepts connections on `listener` until `stop` resolves, then waits for the open ones to
@@ -264,7 +258,7 @@ async fn serve_connection<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let _slot = slot;
-    metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
+    metrics::gauge!(metric::CONNECTIONS_OPEN.name).increment(1.0);
     let requests = Arc::new(AtomicU64::new(0));
     let io = TokioIo::new(HeadDeadline::new(
         stream,
@@ -294,7 +288,7 @@ async fn serve_connection<S>(
             tracing::debug!(%peer, error = %e, "connection ended with an error");
         }
     }
-    metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+    metrics::gauge!(metric::CONNECTIONS_OPEN.name).decrement(1.0);
 }
 
 fn is_head_deadline(e: &hyper::Error) -> bool {

@@ -46,9 +46,7 @@ use serde::Deserialize;
 use tokio::sync::{Semaphore, watch};
 
 pub use crate::auth::{AuthSettings, MIN_TOKEN_LEN, check_exposure};
-pub use crate::conn::{
-    CONNECTIONS_DROPPED, CONNECTIONS_OPEN, FdLimit, RESERVED_FDS, fd_limit, raise_fd_limit,
-};
+pub use crate::conn::{FdLimit, RESERVED_FDS, fd_limit, raise_fd_limit};
 pub use crate::tls::TlsSettings;
 
 /// Settings of the HTTP server (`[http]` in the configuration file, `CM_HTTP__*`).

@@ -18,8 +18,28 @@ pub const HTTP_REQUEST_DURATION: Metric = Metric::histogram(
     "Time to answer an HTTP request (a long-poll's wait included), by method and route.",
 );
 
+/// Gauge: client connections open now.
+pub const CONNECTIONS_OPEN: Metric = Metric::gauge(
+    "cm_http_connections_open",
+    Unit::Count,
+    "Client connections open now (long-polls included).",
+);
+
+/// Counter with label `reason` ([`crate::conn`]'s `Dropped`: over_cap, header_timeout,
+/// idle_timeout, tls_failed).
+pub const CONNECTIONS_DROPPED: Metric = Metric::counter(
+    "cm_http_connections_dropped_total",
+    "Connections the server closed before or between requests, by reason: over_cap, \
+     header_timeout, idle_timeout, tls_failed.",
+);
+
 /// Every metric of this crate.
-pub const ALL: [Metric; 2] = [HTTP_REQUESTS, HTTP_REQUEST_DURATION];
+pub const ALL: [Metric; 4] = [
+    HTTP_REQUESTS,
+    HTTP_REQUEST_DURATION,
+    CONNECTIONS_OPEN,
+    CONNECTIONS_DROPPED,
+];
 
 /// Registers the HELP text of every metric of this crate with the installed recorder.
 pub fn describe() {
