@@ -19,8 +19,8 @@ pub use auth::{AgentKey, NoRandomness};
 pub use clock::{Clock, FreshIds, SystemClock};
 pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
 pub use service::{
-    CancelError, CommandManager, Idempotency, MAX_PAGE_SIZE, MaintenanceRun, Ports, Registered,
-    ReportError, RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest, metric,
+    CancelError, CommandManager, Idempotency, MAX_PAGE_SIZE, Ports, Registered, ReportError,
+    RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest, metric,
 };
 pub use store::{
     AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,

@@ -17,7 +17,6 @@ use cm_domain::DeliveryPolicy;
 
 pub use self::agents::Registered;
 pub use self::delivery::ReportError;
-pub use self::maintenance::MaintenanceRun;
 pub use self::orders::{CancelError, MAX_PAGE_SIZE};
 pub use self::requests::RetryError;
 pub use self::submit::{Idempotency, SubmitError, SubmitRequest, SubmittedRequest};
