@@ -2,6 +2,7 @@
 //! over the ports and has its own error type with the variants its callers act on.
 
 mod agents;
+mod cas;
 mod delivery;
 mod maintenance;
 mod orders;
