@@ -423,4 +423,28 @@ mod tests {
         assert_eq!(properties(&doc, "ReportBody"), sorted(dto::REPORT_FIELDS));
         assert_eq!(properties(&doc, "AgentBody"), sorted(dto::AGENT_FIELDS));
     }
+
+    #[test]
+    fn every_size_parameter_states_the_page_size_the_use_cases_apply() {
+        let doc: Value =
+            serde_json::from_str(&document(PollBounds::of(&cm_ports::Settings::default())))
+                .unwrap();
+        let mut sizes = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for op in item.as_object().unwrap().values() {
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["name"] == json!("size") {
+                        sizes += 1;
+                        assert_eq!(
+                            p["schema"]["maximum"],
+                            json!(cm_ports::MAX_PAGE_SIZE),
+                            "{path}"
+                        );
+                        assert_eq!(p["schema"]["minimum"], json!(1), "{path}");
+                    }
+                }
+            }
+        }
+        assert!(sizes >= 3, "{sizes} size parameters");
+    }
 }
