@@ -25,7 +25,9 @@ use crate::clock::Clock;
 use crate::notify::Notifier;
 use crate::store::{AgentRegistry, OrderStore, RetentionMode};
 
-/// The limits and policies the use cases apply. Every field has a safe default.
+/// The limits and policies the use cases apply. Every field has a safe default, and
+/// [`Settings::default`] is the one place those defaults are written: the service's
+/// configuration derives its own from it (docs/configuration.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Most commands one submit may carry.
@@ -40,9 +42,9 @@ pub struct Settings {
     pub expansion_page: usize,
     /// Redelivery and result timeout.
     pub delivery: DeliveryPolicy,
-    /// Longest a poll may wait for orders.
+    /// Longest a poll may wait for orders; the HTTP API refuses a longer `wait` (docs/api.md).
     pub max_poll_wait: Duration,
-    /// Most orders one poll may return.
+    /// Most orders one poll may return; the HTTP API refuses a larger `limit`.
     pub max_poll_limit: usize,
     /// Orders changed per storage call by the maintenance jobs.
     pub maintenance_batch: usize,
