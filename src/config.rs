@@ -62,7 +62,8 @@ impl BackendKind {
     }
 }
 
-/// Bounds on what one request may ask for, and batch sizes.
+/// Bounds on what one request may ask for, and batch sizes. The defaults are
+/// [`Settings::default`]'s, the one place they are written.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct LimitsConfig {
@@ -110,11 +111,13 @@ pub(crate) struct DeliveryConfig {
     pub(crate) result_timeout_secs: u64,
 }
 
+/// The defaults are [`cm_domain::DeliveryPolicy::default`]'s, the one place they are written.
 impl Default for DeliveryConfig {
     fn default() -> Self {
+        let policy = Settings::default().delivery;
         Self {
-            redeliver_after_secs: 120,
-            result_timeout_secs: 3600,
+            redeliver_after_secs: secs_of(policy.redeliver_after),
+            result_timeout_secs: secs_of(policy.result_timeout),
         }
     }
 }
@@ -129,11 +132,13 @@ pub(crate) struct RetentionConfig {
     pub(crate) archive: bool,
 }
 
+/// The defaults are [`Settings::default`]'s, the one place they are written.
 impl Default for RetentionConfig {
     fn default() -> Self {
+        let s = Settings::default();
         Self {
-            max_age_secs: 7 * 24 * 3600,
-            archive: false,
+            max_age_secs: s.retention.map_or(0, |age| age.as_secs()),
+            archive: s.retention_mode == RetentionMode::Archive,
         }
     }
 }
@@ -172,8 +177,14 @@ fn bad(key: &str, why: &str) -> ConfigError {
     ConfigError(format!("{key}: {why}"))
 }
 
+/// A timer of `n` seconds, 0 turning it off.
 fn secs(n: u64) -> Option<chrono::Duration> {
     (n > 0).then(|| chrono::Duration::seconds(i64::try_from(n).unwrap_or(i64::MAX)))
+}
+
+/// The inverse of [`secs`]: an optional timer as seconds, 0 when it is off.
+fn secs_of(timer: Option<chrono::Duration>) -> u64 {
+    timer.map_or(0, |d| u64::try_from(d.num_seconds()).unwrap_or(0))
 }
 
 impl Config {
@@ -293,5 +304,34 @@ impl Config {
                 RetentionMode::Delete
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_configuration_gives_the_use_cases_their_default_settings() {
+        assert_eq!(Config::default().service_settings(), Settings::default());
+    }
+
+    #[test]
+    fn the_default_delivery_timers_are_the_domain_policy() {
+        let d = DeliveryConfig::default();
+        assert_eq!(
+            (secs(d.redeliver_after_secs), secs(d.result_timeout_secs)),
+            {
+                let p = cm_domain::DeliveryPolicy::default();
+                (p.redeliver_after, p.result_timeout)
+            }
+        );
+    }
+
+    #[test]
+    fn a_timer_turned_off_is_zero_seconds_and_back() {
+        assert_eq!(secs_of(None), 0);
+        assert_eq!(secs(0), None);
+        assert_eq!(secs_of(secs(90)), 90);
     }
 }

@@ -35,8 +35,8 @@ pub(crate) enum ApiError {
     /// 422: a well-formed request that has nothing to act on; names the field that selected
     /// nothing (a retry's `status`).
     NothingMatched(FieldError),
-    /// 503: storage failed or the request ran out of time; the cause was logged when this
-    /// value was made.
+    /// 503: storage failed, kept losing a compare-and-set to concurrent writers, or the
+    /// request ran out of time; the cause was logged when this value was made.
     Unavailable,
     /// 503: too many long-polls are open.
     Overloaded,
@@ -48,6 +48,13 @@ impl ApiError {
     /// Logs `cause` and answers 503 without echoing it.
     pub(crate) fn unavailable(cause: &dyn std::fmt::Display) -> Self {
         tracing::error!(error = %cause, "storage unavailable");
+        Self::Unavailable
+    }
+
+    /// Logs `cause` as contention (concurrent writers, not an outage) and answers 503 without
+    /// echoing it: retrying later may succeed.
+    pub(crate) fn contention(cause: &dyn std::fmt::Display) -> Self {
+        tracing::warn!(error = %cause, "storage contention: retry later");
         Self::Unavailable
     }
 
@@ -193,7 +200,8 @@ impl From<StoreError> for ApiError {
             StoreError::Rejected { field, message, .. } => {
                 Self::Invalid(FieldError::new(field, message))
             }
-            other => Self::unavailable(&other),
+            e @ StoreError::Contention(_) => Self::contention(&e),
+            e @ (StoreError::Unavailable(_) | StoreError::Corrupt(_)) => Self::unavailable(&e),
         }
     }
 }

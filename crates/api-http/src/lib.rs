@@ -34,7 +34,7 @@ mod tls;
 use std::fmt;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
@@ -180,6 +180,8 @@ struct Inner {
     metrics: Option<MetricsHandle>,
     shutdown: watch::Sender<bool>,
     open_polls: Semaphore,
+    /// `/openapi.json`, built on first use.
+    openapi: OnceLock<String>,
 }
 
 impl AppState {
@@ -199,6 +201,7 @@ impl AppState {
                 metrics,
                 shutdown: watch::Sender::new(false),
                 open_polls,
+                openapi: OnceLock::new(),
             }),
         }
     }
@@ -217,6 +220,15 @@ impl AppState {
 
     pub(crate) fn metrics(&self) -> Option<&MetricsHandle> {
         self.inner.metrics.as_ref()
+    }
+
+    /// The OpenAPI document, with the bounds this service's settings give its parameters.
+    pub(crate) fn openapi_document(&self) -> &str {
+        self.inner.openapi.get_or_init(|| {
+            openapi::document(handlers::delivery::PollBounds::of(
+                self.manager().settings(),
+            ))
+        })
     }
 
     /// The slots of open long-polls ([`HttpSettings::max_open_polls`]).

@@ -1,6 +1,6 @@
 //! The OpenAPI document, generated from the handlers' annotations.
 
-use std::sync::LazyLock;
+use serde_json::{Value, json};
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{RefOr, ResponseBuilder};
@@ -9,6 +9,7 @@ use utoipa::{Modify, OpenApi};
 use crate::auth::{Role, role_of};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::handlers;
+use crate::handlers::delivery::PollBounds;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -136,15 +137,30 @@ impl Modify for Security {
     }
 }
 
-/// The document as JSON text, built once.
-pub(crate) fn document() -> &'static str {
-    static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
-        ApiDoc::openapi().to_json().unwrap_or_else(|e| {
+/// The document as JSON text, with the bounds of the poll parameters this service applies
+/// (they follow its configuration).
+pub(crate) fn document(poll: PollBounds) -> String {
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(doc) => doc,
+        Err(e) => {
             tracing::error!(error = %e, "cannot serialize the OpenAPI document");
-            String::from("{}")
-        })
-    });
-    &DOCUMENT
+            return String::from("{}");
+        }
+    };
+    let params = doc
+        .pointer_mut("/paths/~1api~1v1~1agents~1{agent_id}~1poll/post/parameters")
+        .and_then(Value::as_array_mut);
+    for param in params.into_iter().flatten() {
+        let maximum = match param["name"].as_str() {
+            Some("wait") => poll.max_wait_secs,
+            Some("limit") => poll.max_limit,
+            _ => continue,
+        };
+        if let Some(schema) = param.get_mut("schema").and_then(Value::as_object_mut) {
+            schema.insert("maximum".to_owned(), json!(maximum));
+        }
+    }
+    doc.to_string()
 }
 
 /// Schema-only descriptions of the bodies: requests are walked as JSON values by
@@ -371,8 +387,6 @@ pub(crate) mod schema {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::Value;
-
     use super::*;
     use crate::dto;
 
@@ -395,7 +409,9 @@ mod tests {
 
     #[test]
     fn request_schemas_list_exactly_the_fields_the_dtos_accept() {
-        let doc: Value = serde_json::from_str(document()).unwrap();
+        let doc: Value =
+            serde_json::from_str(&document(PollBounds::of(&cm_ports::Settings::default())))
+                .unwrap();
         assert_eq!(properties(&doc, "SubmitBody"), sorted(dto::SUBMIT_FIELDS));
         assert_eq!(properties(&doc, "CommandBody"), sorted(dto::COMMAND_FIELDS));
         assert_eq!(properties(&doc, "Target"), sorted(dto::TARGET_FIELDS));
@@ -406,5 +422,29 @@ mod tests {
         );
         assert_eq!(properties(&doc, "ReportBody"), sorted(dto::REPORT_FIELDS));
         assert_eq!(properties(&doc, "AgentBody"), sorted(dto::AGENT_FIELDS));
+    }
+
+    #[test]
+    fn every_size_parameter_states_the_page_size_the_use_cases_apply() {
+        let doc: Value =
+            serde_json::from_str(&document(PollBounds::of(&cm_ports::Settings::default())))
+                .unwrap();
+        let mut sizes = 0;
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for op in item.as_object().unwrap().values() {
+                for p in op["parameters"].as_array().into_iter().flatten() {
+                    if p["name"] == json!("size") {
+                        sizes += 1;
+                        assert_eq!(
+                            p["schema"]["maximum"],
+                            json!(cm_ports::MAX_PAGE_SIZE),
+                            "{path}"
+                        );
+                        assert_eq!(p["schema"]["minimum"], json!(1), "{path}");
+                    }
+                }
+            }
+        }
+        assert!(sizes >= 3, "{sizes} size parameters");
     }
 }

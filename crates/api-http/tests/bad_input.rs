@@ -646,10 +646,15 @@ fn cases() -> Vec<Case> {
         poll("wait=1.5").invalid("wait"),
         poll("wait=1e3").invalid("wait"),
         poll("wait=99999").invalid("wait"),
+        // Beyond the service's `max_poll_wait` (60 s by default): refused, not lowered.
+        poll("wait=61").invalid("wait"),
+        poll("wait=3600").invalid("wait"),
         poll("wait=1&wait=2").invalid("wait"),
         poll("limit=0").invalid("limit"),
         poll("limit=x").invalid("limit"),
         poll("limit=1001").invalid("limit"),
+        // Beyond the service's `max_poll_limit` (100 by default).
+        poll("limit=101").invalid("limit"),
         poll("timeout=3").invalid("timeout"),
         Case::new(M::POST, "/api/v1/agents/../poll?wait=0").invalid("agent_id"),
         Case::new(M::POST, "/api/v1/agents/a%00/poll?wait=0").invalid("agent_id"),
@@ -745,4 +750,87 @@ async fn every_hostile_request_gets_its_documented_4xx_and_nothing_is_written() 
     )
     .await;
     assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+}
+
+/// The message of a 400 answer that names `field`.
+fn refusal_of(a: &crate::support::Answer, field: &str) -> String {
+    let error = a.error(StatusCode::BAD_REQUEST);
+    assert_eq!(error["code"], json!("invalid_field"), "{error}");
+    assert_eq!(error["field"], json!(field), "{error}");
+    error["message"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn poll_bounds_are_the_services_own_and_a_value_beyond_them_is_refused_naming_them() {
+    let settings = cm_ports::Settings {
+        max_poll_wait: std::time::Duration::from_secs(10),
+        max_poll_limit: 5,
+        ..cm_ports::Settings::default()
+    };
+    let app = App::with_settings(cm_api_http::HttpSettings::default(), true, settings);
+    let key = register(&app, "a1", &["g"]).await;
+    let a1 = Cred::agent("a1", &key);
+    let uri = |query: &str| format!("/api/v1/agents/a1/poll?{query}");
+
+    let a = call(&app, Method::POST, &uri("wait=11"), &a1, None).await;
+    assert_eq!(
+        refusal_of(&a, "wait"),
+        "wait: must be an integer from 0 to 10"
+    );
+    let a = call(&app, Method::POST, &uri("wait=0&limit=6"), &a1, None).await;
+    assert_eq!(
+        refusal_of(&a, "limit"),
+        "limit: must be an integer from 1 to 5"
+    );
+
+    // At the bounds a poll is served: with orders waiting it answers at once.
+    for _ in 0..6 {
+        crate::support::submit(&app, command("agent", "a1")).await;
+    }
+    let a = call(&app, Method::POST, &uri("wait=10&limit=5"), &a1, None).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.json()["orders"].as_array().map(Vec::len), Some(5));
+
+    // The OpenAPI document states the same bounds.
+    let doc = call(&app, Method::GET, "/openapi.json", &Cred::None, None)
+        .await
+        .json();
+    let params = doc["paths"]["/api/v1/agents/{agent_id}/poll"]["post"]["parameters"]
+        .as_array()
+        .expect("poll parameters")
+        .clone();
+    let maximum = |name: &str| {
+        params
+            .iter()
+            .find(|p| p["name"] == json!(name))
+            .map(|p| p["schema"]["maximum"].clone())
+    };
+    assert_eq!(maximum("wait"), Some(json!(10)));
+    assert_eq!(maximum("limit"), Some(json!(5)));
+}
+
+#[tokio::test]
+async fn a_poll_without_wait_or_limit_stays_within_lower_service_bounds() {
+    // A service whose longest wait is below the default wait of 30 s: an unsaid wait is the
+    // service's longest, never a 400.
+    let settings = cm_ports::Settings {
+        max_poll_wait: std::time::Duration::ZERO,
+        max_poll_limit: 2,
+        ..cm_ports::Settings::default()
+    };
+    let app = App::with_settings(cm_api_http::HttpSettings::default(), true, settings);
+    let key = register(&app, "a1", &["g"]).await;
+    for _ in 0..3 {
+        crate::support::submit(&app, command("agent", "a1")).await;
+    }
+    let a = call(
+        &app,
+        Method::POST,
+        "/api/v1/agents/a1/poll",
+        &Cred::agent("a1", &key),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.json()["orders"].as_array().map(Vec::len), Some(2));
 }

@@ -1560,6 +1560,32 @@ async fn a_storage_failure_answers_503_with_retry_after_and_a_generic_body() {
 }
 
 #[tokio::test]
+async fn a_cancel_that_keeps_losing_to_concurrent_writers_answers_503_with_retry_after() {
+    // The order is pending, but every compare-and-set finds it changed: contention, not an
+    // outage, yet the client is told the same thing: retry later.
+    let order = cm_ports::testkit::OrderSpec::agent("a1").build();
+    let id = order.order_id().to_string();
+    let mut orders = MockOrderStore::new();
+    orders
+        .expect_get()
+        .returning(move |_| Ok(Some(order.clone())));
+    orders
+        .expect_replace()
+        .returning(|_, _| Err(ReplaceError::Conflict));
+    let app = app_over(
+        Arc::new(orders),
+        Settings::default(),
+        HttpSettings {
+            retry_after_secs: 7,
+            ..HttpSettings::default()
+        },
+    );
+    let a = post_empty(&app, &format!("/api/v1/orders/{id}/cancel")).await;
+    assert_unavailable(&a);
+    assert!(!a.text().contains("kept changing"), "{}", a.text());
+}
+
+#[tokio::test]
 async fn readyz_answers_503_with_retry_after_when_storage_is_down() {
     assert_unavailable(&get(&failing_app(), "/readyz").await);
 }

@@ -110,16 +110,10 @@ pub fn verify_key(presented: &str, stored: &KeyHash) -> bool {
     )
 }
 
-/// Whether two secrets (such as a presented manager token and a configured one) are equal,
-/// comparing their SHA-256 digests in constant time: the time taken depends on neither
-/// secret's content nor its length.
-#[must_use]
-pub fn secrets_match(presented: &str, expected: &str) -> bool {
-    bool::from(digest(presented).ct_eq(&digest(expected)))
-}
-
-/// Whether `presented` equals any of `expected`. Every candidate is compared (no early exit),
-/// so the time taken does not tell which one matched, or whether one did.
+/// Whether `presented` (such as a manager's bearer token) equals any of `expected`, comparing
+/// SHA-256 digests in constant time: the time taken depends on neither secret's content nor
+/// its length. Every candidate is compared (no early exit), so the time taken does not tell
+/// which one matched, or whether one did.
 #[must_use]
 pub fn matches_any<'a>(presented: &str, expected: impl IntoIterator<Item = &'a str>) -> bool {
     let presented = digest(presented);
@@ -185,19 +179,19 @@ mod tests {
     }
 
     #[test]
-    fn secrets_match_only_when_equal() {
-        assert!(secrets_match(
+    fn a_secret_matches_only_an_equal_one() {
+        assert!(matches_any(
             "a-long-token-1234567",
-            "a-long-token-1234567"
+            ["a-long-token-1234567"]
         ));
-        assert!(!secrets_match(
+        assert!(!matches_any(
             "a-long-token-1234567",
-            "a-long-token-1234568"
+            ["a-long-token-1234568"]
         ));
-        assert!(!secrets_match("", "x"));
-        assert!(!secrets_match(
+        assert!(!matches_any("", ["x"]));
+        assert!(!matches_any(
             "a-long-token-1234567",
-            "a-long-token-123456"
+            ["a-long-token-123456"]
         ));
     }
 

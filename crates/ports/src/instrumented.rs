@@ -101,8 +101,9 @@ fn log_failure(op: StoreOp, backend: &'static str, error: &StoreError) {
         StoreError::Unavailable(_) => {
             tracing::warn!(op, backend, %error, "storage operation failed");
         }
-        // `StoreError::Contention`, once the port has it, belongs here at WARN, with the word
-        // contention in the message: "storage operation failed on contention".
+        StoreError::Contention(_) => {
+            tracing::warn!(op, backend, %error, "storage operation lost to contention");
+        }
         StoreError::Corrupt(_) => {
             tracing::error!(op, backend, %error, "storage returned unusable data");
         }

@@ -25,8 +25,8 @@ pub use clock::{Clock, FreshIds, SystemClock};
 pub use instrumented::{InstrumentedAgents, InstrumentedOrders};
 pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
 pub use service::{
-    CancelError, CommandManager, Idempotency, MAX_PAGE_SIZE, MaintenanceRun, Ports, Registered,
-    ReportError, RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest,
+    CancelError, CommandManager, Idempotency, MAX_PAGE_SIZE, Ports, Registered, ReportError,
+    RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest,
 };
 pub use store::{
     AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,

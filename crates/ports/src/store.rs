@@ -13,13 +13,18 @@ use cm_domain::{
     Status, TargetType,
 };
 
-/// Storage could not do what was asked. Both kinds are answered 503 by the HTTP API; nothing
-/// that returned an error may be reported to a caller as done.
+/// Storage could not do what was asked. `Unavailable`, `Contention` and `Corrupt` are answered
+/// 503 by the HTTP API, `Rejected` 400; nothing that returned an error may be reported to a
+/// caller as done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
     /// The backend is unreachable, timed out or refused the work; retrying later may succeed.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A compare-and-set kept losing to concurrent writers: the storage works, but what was
+    /// asked changed under every attempt. Retrying later may succeed.
+    #[error("storage contention: {0}")]
+    Contention(String),
     /// The backend answered with something this adapter cannot interpret (a corrupt document,
     /// an unexpected schema).
     #[error("storage returned unusable data: {0}")]

@@ -250,6 +250,13 @@ impl Scheduler {
                     elapsed_ms,
                     "maintenance job failed; the next tick retries"
                 ),
+                // Not an outage: other writers kept changing the orders this job meant to.
+                StoreError::Contention(_) => tracing::warn!(
+                    job = name,
+                    %error,
+                    elapsed_ms,
+                    "maintenance job lost to storage contention; the next tick retries"
+                ),
                 StoreError::Corrupt(_) | StoreError::Rejected { .. } => tracing::error!(
                     job = name,
                     %error,

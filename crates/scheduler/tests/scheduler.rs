@@ -233,13 +233,18 @@ async fn no_retention_configured_purges_nothing() {
 /// A service whose orders stream fails every expiry and answers the other jobs with "nothing
 /// to do", counting the calls of the expiry and retention jobs.
 fn failing_expiry() -> (CommandManager, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    failing_expiry_with(StoreError::Unavailable("connection refused".to_owned()))
+}
+
+/// Like [`failing_expiry`], every expiry failing with `error`.
+fn failing_expiry_with(error: StoreError) -> (CommandManager, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let expiries = Arc::new(AtomicUsize::new(0));
     let purges = Arc::new(AtomicUsize::new(0));
     let mut store = MockOrderStore::new();
     let n = Arc::clone(&expiries);
     store.expect_expire_due().returning(move |_, _| {
         n.fetch_add(1, Ordering::SeqCst);
-        Err(StoreError::Unavailable("connection refused".to_owned()))
+        Err(error.clone())
     });
     store
         .expect_give_up_unreported()
@@ -313,6 +318,33 @@ async fn a_failing_job_is_logged_and_the_other_jobs_still_run() {
     assert_eq!(runs("expiry", "ok"), 0.0);
     assert_eq!(runs("no_result", "ok"), 1.0);
     assert_eq!(runs("retention", "ok"), 1.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_that_loses_to_contention_is_logged_as_contention_not_as_an_outage() {
+    let contention = StoreError::Contention("the orders kept changing".to_owned());
+    let (manager, _, purges) = failing_expiry_with(contention.clone());
+    let (logs, _guard) = Logs::capture();
+
+    let report = Scheduler::new(manager, every(60)).run_once().await;
+
+    assert_eq!(report.expired, Err(contention));
+    assert_eq!(purges.load(Ordering::SeqCst), 1, "retention ran after it");
+    let failures: Vec<_> = logs
+        .events()
+        .into_iter()
+        .filter(|e| e.level <= tracing::Level::WARN)
+        .collect();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let event = &failures[0];
+    assert_eq!(event.level, tracing::Level::WARN, "{event:?}");
+    assert_eq!(event.field("job"), Some("expiry"));
+    assert!(
+        event
+            .field("message")
+            .is_some_and(|m| m.contains("contention")),
+        "{event:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

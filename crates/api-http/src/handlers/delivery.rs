@@ -15,14 +15,42 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{JsonBody, NoQuery, Param, QueryParams};
 use crate::openapi::schema;
 
-/// How long a poll waits when it does not say (bounded by the service's `max_poll_wait`).
+/// How long a poll waits when it does not say (at most the service's `max_poll_wait`).
 pub(crate) const DEFAULT_WAIT_SECS: u64 = 30;
-/// The longest `wait` accepted; the service bounds it further.
-pub(crate) const MAX_WAIT_SECS: u64 = 3600;
-/// How many orders a poll takes when it does not say (bounded by `max_poll_limit`).
+/// How many orders a poll takes when it does not say (at most the service's `max_poll_limit`).
 pub(crate) const DEFAULT_LIMIT: u64 = 10;
-/// The largest `limit` accepted; the service bounds it further.
-pub(crate) const MAX_LIMIT: u64 = 1000;
+
+/// The bounds of a poll's `wait` and `limit`: the ones the use case applies
+/// ([`cm_ports::Settings::max_poll_wait`], [`cm_ports::Settings::max_poll_limit`]), so that a
+/// value beyond them is refused rather than silently lowered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PollBounds {
+    /// The longest `wait`, in seconds.
+    pub(crate) max_wait_secs: u64,
+    /// The largest `limit`, at least 1.
+    pub(crate) max_limit: u64,
+}
+
+impl PollBounds {
+    pub(crate) fn of(settings: &cm_ports::Settings) -> Self {
+        Self {
+            max_wait_secs: settings.max_poll_wait.as_secs(),
+            max_limit: u64::try_from(settings.max_poll_limit)
+                .unwrap_or(u64::MAX)
+                .max(1),
+        }
+    }
+
+    /// The `wait` of a poll that does not say.
+    pub(crate) fn default_wait_secs(self) -> u64 {
+        DEFAULT_WAIT_SECS.min(self.max_wait_secs)
+    }
+
+    /// The `limit` of a poll that does not say.
+    pub(crate) fn default_limit(self) -> u64 {
+        DEFAULT_LIMIT.min(self.max_limit)
+    }
+}
 
 /// The orders handed to the polling agent, now `sent`.
 #[derive(Debug, Serialize, ToSchema)]
@@ -42,14 +70,16 @@ pub(crate) struct Polled {
     tag = "delivery",
     params(
         ("agent_id" = String, Path, description = "The polling agent's id"),
-        ("wait" = Option<u64>, Query, minimum = 0, maximum = 3600,
-            description = "Seconds to wait for an order when none is waiting; default 30, bounded by the service's longest wait"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000,
-            description = "Most orders to take; default 10, bounded by the service's largest batch"),
+        // The maximums are the service's `limits.max_poll_wait_secs` and
+        // `limits.max_poll_limit`, filled in by `openapi::document`.
+        ("wait" = Option<u64>, Query, minimum = 0,
+            description = "Seconds to wait for an order when none is waiting; default 30 (or the maximum when it is lower); at most the service's longest wait (`limits.max_poll_wait_secs`)"),
+        ("limit" = Option<u64>, Query, minimum = 1,
+            description = "Most orders to take; default 10 (or the maximum when it is lower); at most the service's largest batch (`limits.max_poll_limit`)"),
     ),
     responses(
         (status = 200, description = "The orders handed out (empty when the wait ended)", body = Polled),
-        (status = 400, description = "A parameter out of its rule, or an unknown parameter", body = ErrorBody),
+        (status = 400, description = "A parameter out of its rule (beyond the service's bounds), or an unknown parameter", body = ErrorBody),
         (status = 403, description = "The credentials are another agent's", body = ErrorBody),
         (status = 503, description = "Storage unavailable, or too many long-polls are open; no order was handed out", body = ErrorBody),
     )
@@ -62,10 +92,13 @@ pub(crate) async fn poll(
 ) -> Result<Json<Polled>, ApiError> {
     caller.must_be(&agent)?;
     let q = query.only(&["wait", "limit"])?;
+    let bounds = PollBounds::of(state.manager().settings());
     let wait = q
-        .int("wait", 0, MAX_WAIT_SECS)?
-        .unwrap_or(DEFAULT_WAIT_SECS);
-    let limit = q.int("limit", 1, MAX_LIMIT)?.unwrap_or(DEFAULT_LIMIT);
+        .int("wait", 0, bounds.max_wait_secs)?
+        .unwrap_or(bounds.default_wait_secs());
+    let limit = q
+        .int("limit", 1, bounds.max_limit)?
+        .unwrap_or(bounds.default_limit());
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
     // Held until the answer is built: the slot of this poll among the open ones.
     let _slot = state.open_polls().try_acquire().map_err(|_| {

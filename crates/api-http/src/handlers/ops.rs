@@ -11,7 +11,6 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::NoQuery;
-use crate::openapi;
 
 /// A liveness or readiness answer.
 #[derive(Debug, Serialize, ToSchema)]
@@ -92,8 +91,9 @@ pub(crate) async fn metrics(
         (status = 400, description = "A query parameter was given", body = ErrorBody),
     )
 )]
-pub(crate) async fn openapi(_: NoQuery) -> Response {
-    ([(CONTENT_TYPE, "application/json")], openapi::document()).into_response()
+pub(crate) async fn openapi(State(state): State<AppState>, _: NoQuery) -> Response {
+    let document = state.openapi_document().to_owned();
+    ([(CONTENT_TYPE, "application/json")], document).into_response()
 }
 
 pub(crate) async fn not_found() -> ApiError {

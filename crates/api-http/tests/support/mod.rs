@@ -35,6 +35,11 @@ impl App {
     }
 
     pub fn new(http: HttpSettings, auth: bool) -> Self {
+        Self::with_settings(http, auth, Settings::default())
+    }
+
+    /// Like [`App::new`], with the use cases' `settings`.
+    pub fn with_settings(http: HttpSettings, auth: bool, settings: Settings) -> Self {
         let agents = Arc::new(MemoryAgents::new());
         let manager = CommandManager::new(
             Ports {
@@ -43,7 +48,7 @@ impl App {
                 notifier: Arc::new(LocalNotifier::new()),
                 clock: Arc::new(SystemClock),
             },
-            Settings::default(),
+            settings,
         );
         let auth = AuthSettings {
             enabled: auth,

@@ -6,11 +6,9 @@ use cm_domain::{AgentId, Order, OrderId, Report, ReportOutcome, ReportStatus, St
 use tokio::time::Instant;
 
 use super::CommandManager;
+use super::cas::Changed;
 use crate::metric::{self, Via, count_transition};
-use crate::store::{ReplaceError, StoreError};
-
-/// How many times a compare-and-set is retried when the order changed under us.
-pub(super) const CAS_ATTEMPTS: usize = 5;
+use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportError {
@@ -123,42 +121,39 @@ impl CommandManager {
         report: &Report,
         reporter: Option<&AgentId>,
     ) -> Result<Order, ReportError> {
-        for _ in 0..CAS_ATTEMPTS {
-            let current = self
-                .ports
-                .orders
-                .get(id)
-                .await?
-                .ok_or(ReportError::NotFound)?;
-            if reporter.is_some_and(|r| current.agent_id() != Some(r)) {
-                return Err(ReportError::NotYours);
-            }
-            let next = match current.report(report, self.ports.clock.now()) {
-                Ok(ReportOutcome::AlreadyApplied) => return Ok(current),
-                Ok(ReportOutcome::Applied(next)) => next,
-                Err(e) => return Err(ReportError::Conflict(e.status)),
-            };
-            match self.ports.orders.replace(&current, &next).await {
-                Ok(()) => {
-                    let via = match report.status() {
-                        ReportStatus::InProgress => Via::Progress,
-                        ReportStatus::Success | ReportStatus::Failure => Via::Reported,
-                    };
-                    count_transition(next.status(), via, 1);
-                    return Ok(next);
+        let changed = self
+            .change_order(id, |current| {
+                if reporter.is_some_and(|r| current.agent_id() != Some(r)) {
+                    return Err(ReportError::NotYours);
                 }
-                Err(ReplaceError::Conflict) => {}
-                Err(ReplaceError::NotFound) => return Err(ReportError::NotFound),
-                Err(ReplaceError::Store(e)) => return Err(e.into()),
+                match current.report(report, self.ports.clock.now()) {
+                    Ok(ReportOutcome::AlreadyApplied) => Ok(None),
+                    Ok(ReportOutcome::Applied(next)) => Ok(Some(next)),
+                    Err(e) => Err(ReportError::Conflict(e.status)),
+                }
+            })
+            .await?;
+        match changed {
+            Changed::Written(next) => {
+                let via = match report.status() {
+                    ReportStatus::InProgress => Via::Progress,
+                    ReportStatus::Success | ReportStatus::Failure => Via::Reported,
+                };
+                count_transition(next.status(), via, 1);
+                Ok(next)
+            }
+            Changed::Unchanged(current) => Ok(current),
+            Changed::NotFound => Err(ReportError::NotFound),
+            Changed::Contended => {
+                // The order kept changing under us; report what it is now.
+                let current = self
+                    .ports
+                    .orders
+                    .get(id)
+                    .await?
+                    .ok_or(ReportError::NotFound)?;
+                Err(ReportError::Conflict(current.status()))
             }
         }
-        // The order kept changing under us; report what it is now.
-        let current = self
-            .ports
-            .orders
-            .get(id)
-            .await?
-            .ok_or(ReportError::NotFound)?;
-        Err(ReportError::Conflict(current.status()))
     }
 }

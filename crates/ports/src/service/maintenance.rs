@@ -7,14 +7,6 @@ use super::CommandManager;
 use crate::metric::{self, Via, count_transition};
 use crate::store::{RetentionMode, StoreError};
 
-/// What one maintenance run changed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct MaintenanceRun {
-    pub expired: u64,
-    pub gave_up: u64,
-    pub purged: u64,
-}
-
 /// One kind of maintenance batch.
 #[derive(Debug, Clone, Copy)]
 enum Sweep {
@@ -65,18 +57,6 @@ impl CommandManager {
             metrics::counter!(metric::ORDERS_PURGED.name, "mode" => mode.as_str()).increment(n);
         }
         Ok(n)
-    }
-
-    /// All three jobs, in order.
-    ///
-    /// # Errors
-    /// The first [`StoreError`]; the jobs after it do not run.
-    pub async fn run_maintenance(&self) -> Result<MaintenanceRun, StoreError> {
-        Ok(MaintenanceRun {
-            expired: self.expire_overdue().await?,
-            gave_up: self.give_up_unreported().await?,
-            purged: self.apply_retention().await?,
-        })
     }
 
     /// Repeats `sweep` while it finds full batches and changes something.

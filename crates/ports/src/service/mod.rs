@@ -2,6 +2,7 @@
 //! over the ports and has its own error type with the variants its callers act on.
 
 mod agents;
+mod cas;
 mod delivery;
 mod maintenance;
 mod orders;
@@ -17,7 +18,6 @@ use cm_domain::DeliveryPolicy;
 
 pub use self::agents::Registered;
 pub use self::delivery::ReportError;
-pub use self::maintenance::MaintenanceRun;
 pub use self::orders::{CancelError, MAX_PAGE_SIZE};
 pub use self::requests::RetryError;
 pub use self::submit::{Idempotency, SubmitError, SubmitRequest, SubmittedRequest};
@@ -25,7 +25,9 @@ use crate::clock::Clock;
 use crate::notify::Notifier;
 use crate::store::{AgentRegistry, OrderStore, RetentionMode};
 
-/// The limits and policies the use cases apply. Every field has a safe default.
+/// The limits and policies the use cases apply. Every field has a safe default, and
+/// [`Settings::default`] is the one place those defaults are written: the service's
+/// configuration derives its own from it (docs/configuration.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// Most commands one submit may carry.
@@ -40,9 +42,9 @@ pub struct Settings {
     pub expansion_page: usize,
     /// Redelivery and result timeout.
     pub delivery: DeliveryPolicy,
-    /// Longest a poll may wait for orders.
+    /// Longest a poll may wait for orders; the HTTP API refuses a longer `wait` (docs/api.md).
     pub max_poll_wait: Duration,
-    /// Most orders one poll may return.
+    /// Most orders one poll may return; the HTTP API refuses a larger `limit`.
     pub max_poll_limit: usize,
     /// Orders changed per storage call by the maintenance jobs.
     pub maintenance_batch: usize,

@@ -3,11 +3,9 @@
 use cm_domain::{Order, OrderId, RequestId, Status};
 
 use super::CommandManager;
-use super::delivery::CAS_ATTEMPTS;
+use super::cas::Changed;
 use crate::metric::{Via, count_transition};
-use crate::store::{
-    OrderCursor, OrderFilter, OrderPageRequest, Page, ReplaceError, StatusCounts, StoreError,
-};
+use crate::store::{OrderCursor, OrderFilter, OrderPageRequest, Page, StatusCounts, StoreError};
 
 /// Largest page a query may ask for.
 pub const MAX_PAGE_SIZE: usize = 1000;
@@ -59,32 +57,32 @@ impl CommandManager {
     /// Cancels a pending order (`failure`, `cancelled`).
     ///
     /// # Errors
-    /// [`CancelError`]; `Unavailable` also when the order kept changing under every attempt.
+    /// [`CancelError`]; `Unavailable` with [`StoreError::Contention`] when the order kept
+    /// changing under every attempt.
     pub async fn cancel(&self, id: &OrderId) -> Result<Order, CancelError> {
-        for _ in 0..CAS_ATTEMPTS {
-            let current = self
-                .ports
-                .orders
-                .get(id)
-                .await?
-                .ok_or(CancelError::NotFound)?;
-            let next = current
-                .cancel(self.ports.clock.now())
-                .map_err(|e| CancelError::NotPending(e.status))?;
-            match self.ports.orders.replace(&current, &next).await {
-                Ok(()) => {
-                    count_transition(Status::Failure, Via::Cancelled, 1);
-                    return Ok(next);
-                }
-                // Changed meanwhile: look again; a pending order that was delivered meanwhile
-                // now answers NotPending.
-                Err(ReplaceError::Conflict) => {}
-                Err(ReplaceError::NotFound) => return Err(CancelError::NotFound),
-                Err(ReplaceError::Store(e)) => return Err(e.into()),
+        let changed = self
+            .change_order(id, |current| {
+                // A pending order that was delivered meanwhile answers NotPending.
+                current
+                    .cancel(self.ports.clock.now())
+                    .map(Some)
+                    .map_err(|e| CancelError::NotPending(e.status))
+            })
+            .await?;
+        match changed {
+            Changed::Written(next) => {
+                count_transition(Status::Failure, Via::Cancelled, 1);
+                Ok(next)
             }
+            // `cancel` always asks for a change.
+            Changed::Unchanged(current) => Ok(current),
+            Changed::NotFound => Err(CancelError::NotFound),
+            // Still pending yet changing under us every time: answer "try again later"
+            // rather than spin forever.
+            Changed::Contended => Err(StoreError::Contention(
+                "the order kept changing during the cancel".to_owned(),
+            )
+            .into()),
         }
-        // Still pending yet changing under us every time (a misbehaving store): answer
-        // "try again later" rather than spin forever.
-        Err(StoreError::Unavailable("the order kept changing during the cancel".to_owned()).into())
     }
 }

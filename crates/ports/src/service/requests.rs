@@ -3,7 +3,7 @@
 
 use cm_domain::{Agent, Command, Expander, FieldError, IdSource, Order, RequestId, Status};
 
-use super::delivery::CAS_ATTEMPTS;
+use super::cas::CAS_ATTEMPTS;
 use super::submit::{SubmittedRequest, Writer};
 use super::{CommandManager, MAX_PAGE_SIZE};
 use crate::clock::FreshIds;
@@ -33,8 +33,9 @@ impl CommandManager {
     /// `sent`: the cancel never takes back a delivery.
     ///
     /// # Errors
-    /// [`StoreError`] when storage fails (orders cancelled before the failure stay cancelled),
-    /// or when the request's pending orders keep changing under every batch.
+    /// [`StoreError`] when storage fails (orders cancelled before the failure stay cancelled);
+    /// [`StoreError::Contention`] when the request's pending orders keep changing under every
+    /// batch.
     #[tracing::instrument(skip(self), fields(request = %request))]
     pub async fn cancel_request(
         &self,
@@ -57,7 +58,7 @@ impl CommandManager {
             // meanwhile; the next one looks again. A store that keeps answering so is broken.
             stalled = if batch.changed == 0 { stalled + 1 } else { 0 };
             if stalled >= CAS_ATTEMPTS {
-                break Err(StoreError::Unavailable(
+                break Err(StoreError::Contention(
                     "the request's orders kept changing during the cancel".to_owned(),
                 ));
             }

@@ -61,7 +61,9 @@ fn refusal(error: StoreError, written: &[RequestId]) -> SubmitError {
             );
             SubmitError::Invalid(FieldError::new(path, message))
         }
-        other => SubmitError::Unavailable(other),
+        other @ (StoreError::Unavailable(_)
+        | StoreError::Contention(_)
+        | StoreError::Corrupt(_)) => SubmitError::Unavailable(other),
     }
 }
 

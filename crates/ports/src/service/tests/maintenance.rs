@@ -6,9 +6,9 @@ use chrono::{DateTime, Utc};
 use mockall::Sequence;
 
 use super::{Calls, Doubles, at, t0};
+use crate::Settings;
 use crate::clock::MockClock;
 use crate::store::{Batch, RetentionMode, StoreError};
-use crate::{MaintenanceRun, Settings};
 
 fn batch(examined: usize, changed: usize) -> Batch {
     Batch { examined, changed }
@@ -189,55 +189,6 @@ async fn a_retention_error_propagates() {
     let err = d
         .manager(Settings::default())
         .apply_retention()
-        .await
-        .unwrap_err();
-    assert_eq!(err, down);
-}
-
-#[tokio::test]
-async fn run_maintenance_runs_the_three_jobs_in_order() {
-    let mut d = Doubles::new();
-    let mut seq = Sequence::new();
-    d.orders
-        .expect_expire_due()
-        .times(1)
-        .in_sequence(&mut seq)
-        .return_const(Ok(batch(3, 3)));
-    d.orders
-        .expect_give_up_unreported()
-        .times(1)
-        .in_sequence(&mut seq)
-        .return_const(Ok(batch(2, 2)));
-    d.orders
-        .expect_purge_finished()
-        .times(1)
-        .in_sequence(&mut seq)
-        .return_const(Ok(batch(1, 1)));
-    let run = d
-        .manager(Settings::default())
-        .run_maintenance()
-        .await
-        .unwrap();
-    assert_eq!(
-        run,
-        MaintenanceRun {
-            expired: 3,
-            gave_up: 2,
-            purged: 1,
-        }
-    );
-}
-
-#[tokio::test]
-async fn run_maintenance_stops_at_the_first_error() {
-    let mut d = Doubles::new();
-    let down = StoreError::Unavailable("down".to_owned());
-    d.orders.expect_expire_due().return_const(Err(down.clone()));
-    d.orders.expect_give_up_unreported().never();
-    d.orders.expect_purge_finished().never();
-    let err = d
-        .manager(Settings::default())
-        .run_maintenance()
         .await
         .unwrap_err();
     assert_eq!(err, down);

@@ -142,7 +142,7 @@ async fn a_cancel_that_keeps_conflicting_gives_up_after_bounded_retries() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, CancelError::Unavailable(StoreError::Unavailable(_))),
+        matches!(err, CancelError::Unavailable(StoreError::Contention(_))),
         "{err:?}"
     );
 }

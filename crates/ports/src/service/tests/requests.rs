@@ -91,7 +91,7 @@ async fn a_full_batch_that_lost_every_order_to_deliveries_looks_again() {
 }
 
 #[tokio::test]
-async fn a_store_that_never_changes_a_full_batch_ends_the_cancel_as_unavailable() {
+async fn a_store_that_never_changes_a_full_batch_ends_the_cancel_as_contention() {
     let mut d = Doubles::new();
     d.orders
         .expect_cancel_pending()
@@ -108,7 +108,7 @@ async fn a_store_that_never_changes_a_full_batch_ends_the_cancel_as_unavailable(
         .cancel_request(&request_id())
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(matches!(err, StoreError::Contention(_)), "{err:?}");
 }
 
 #[tokio::test]
