@@ -683,6 +683,10 @@ async fn credentials_and_keys_never_reach_the_logs_even_at_trace_level() {
         .with_max_level(tracing::Level::TRACE)
         .with_writer(move || writer.clone())
         .finish();
+    // A second live dispatch: with only one, tracing-core computes a callsite's interest from
+    // the default of the thread that first reaches it (tokio-rs/tracing#3611), so a test running
+    // alongside, on a thread without a subscriber, would turn our callsites off for good.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let app = App::with_auth();
