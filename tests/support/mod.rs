@@ -69,11 +69,12 @@ impl Service {
                 }
             });
         }
-        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        // Only the readers send: the channel ends when the process's output does.
+        drop(tx);
+        // Until the `listening` line, or until the process's output ends (it exited).
         let mut seen = Vec::new();
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            match rx.recv_timeout(left) {
+            match rx.recv() {
                 Ok(line) => {
                     let listening = serde_json::from_str::<Value>(&line)
                         .ok()
@@ -104,18 +105,8 @@ impl Service {
     /// Stops the process with SIGTERM and waits for a clean exit.
     pub fn stop(mut self) -> Vec<(String, String)> {
         terminate(&self.child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                assert!(status.success(), "service exited with {status}");
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "service did not stop after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "service exited with {status}");
         std::mem::take(&mut self.env)
     }
 
@@ -154,6 +145,31 @@ fn terminate(child: &Child) {
         .status();
 }
 
+/// The longest `wait` a poll may ask for, and the `limits.max_poll_wait_secs` that allows it
+/// (`("CM_LIMITS__MAX_POLL_WAIT_SECS", LONG_WAIT_SECS_TEXT)`). A poll given this wait that
+/// returns with an order before it ended was woken, not ended by its wait (a poll looks in
+/// storage once more when its wait ends).
+pub const LONG_WAIT_SECS: u64 = 3600;
+pub const LONG_WAIT_SECS_TEXT: &str = "3600";
+
+/// The `cm_long_polls_open` gauge of the service: its polls parked, waiting for a wake-up.
+pub async fn open_polls(c: &Client, svc: &Service) -> u64 {
+    let (_, text) = c.get(&svc.url("/metrics")).await;
+    text.as_str()
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("cm_long_polls_open "))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Waits until at least `n` polls of the service are parked.
+pub async fn until_polls_open(c: &Client, svc: &Service, n: u64) {
+    while open_polls(c, svc).await < n {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A small JSON client.
 #[derive(Clone)]
 pub struct Client {
@@ -172,6 +188,13 @@ impl Default for Client {
 }
 
 impl Client {
+    /// A client without a request timeout, for a long-poll of [`LONG_WAIT_SECS`].
+    pub fn patient() -> Self {
+        Self {
+            http: reqwest::Client::new(),
+        }
+    }
+
     pub async fn send(&self, method: &str, url: &str, body: Option<Value>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(method, url);

@@ -26,7 +26,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
 
-use super::{Client, Service};
+use super::{Client, Service, until_polls_open};
 
 /// Agents in the fleet.
 pub const FLEET: usize = 1000;
@@ -184,17 +184,6 @@ async fn register(c: &Client, svc: &Service) {
     }
 }
 
-/// The `cm_long_polls_open` gauge of the service.
-async fn open_polls(c: &Client, svc: &Service) -> u64 {
-    let (_, text) = c.get(&svc.url("/metrics")).await;
-    text.as_str()
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("cm_long_polls_open"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
 async fn submit(c: &Client, svc: &Service, action: &str, start_at: DateTime<Utc>) -> String {
     let (status, body) = c
         .post(
@@ -265,17 +254,8 @@ fn delivered(log: &Shared, request: &str) -> Vec<Delivery> {
 }
 
 /// Waits until `n` orders of `request` have reached their agents.
-async fn await_deliveries(log: &Shared, request: &str, n: usize, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let got = delivered(log, request).len();
-        if got >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {got} of {n} orders of {request} arrived"
-        );
+async fn await_deliveries(log: &Shared, request: &str, n: usize) {
+    while delivered(log, request).len() < n {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -287,16 +267,11 @@ async fn await_progress(
     request: &str,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let p = progress(c, svc, request).await;
         if check(&p) {
             return p;
         }
-        assert!(
-            Instant::now() < deadline,
-            "progress of {request} stuck at {p}"
-        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -332,20 +307,13 @@ pub async fn staggered_rollout_cancel_and_retry(env: &[(&str, &str)]) -> Timings
             Arc::clone(&stop),
         ));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while open_polls(&c, &svc).await < FLEET as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "the fleet's long-polls never all opened"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_polls_open(&c, &svc, FLEET as u64).await;
 
     // ---- 1. A staggered restart: start in 5 s (time for the whole fleet's polls, woken by the
     // submit, to look and go back to sleep until their order is due), spread over 10 s.
     let start = in_secs(5);
     let first = submit(&c, &svc, "rollout", start).await;
-    await_deliveries(&log, &first, FLEET, Duration::from_secs(60)).await;
+    await_deliveries(&log, &first, FLEET).await;
     let got = delivered(&log, &first);
     assert_eq!(got.len(), FLEET, "each order handed out once");
     let agents_served: BTreeSet<&str> = got.iter().map(|d| d.agent.as_str()).collect();
@@ -434,13 +402,7 @@ pub async fn staggered_rollout_cancel_and_retry(env: &[(&str, &str)]) -> Timings
         Utc::now(),
     ))
     .await;
-    await_deliveries(
-        &log,
-        &second,
-        usize::try_from(handed_out).expect("small"),
-        Duration::from_secs(30),
-    )
-    .await;
+    await_deliveries(&log, &second, usize::try_from(handed_out).expect("small")).await;
     let got2 = delivered(&log, &second);
     assert_eq!(
         got2.len() as u64,
@@ -505,7 +467,7 @@ pub async fn staggered_rollout_cancel_and_retry(env: &[(&str, &str)]) -> Timings
         failing,
         "orders only for the agents that failed"
     );
-    await_deliveries(&log, &retry, 100, Duration::from_secs(30)).await;
+    await_deliveries(&log, &retry, 100).await;
     let got3 = delivered(&log, &retry);
     assert_eq!(got3.len(), 100);
     for d in &got3 {

@@ -84,4 +84,8 @@ impl Notifier for OpenSearchNotifier {
             self.poll_interval
         })
     }
+
+    fn polls_waiting(&self, agent: &AgentId) -> usize {
+        self.hub.polls_waiting(agent)
+    }
 }

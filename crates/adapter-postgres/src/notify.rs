@@ -253,6 +253,10 @@ impl Notifier for PostgresNotifier {
     fn recheck_interval(&self) -> Option<Duration> {
         Some(RECHECK_INTERVAL)
     }
+
+    fn polls_waiting(&self, agent: &AgentId) -> usize {
+        self.hub.polls_waiting(agent)
+    }
 }
 
 #[cfg(test)]

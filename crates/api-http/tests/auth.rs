@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
@@ -14,6 +14,7 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use cm_api_http::{AuthSettings, HttpSettings, TlsSettings, check_exposure, serve};
 use cm_domain::{Agent, AgentId};
 use cm_ports::AgentRegistry;
+use cm_ports::testkit::until_poll_waits;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
@@ -682,6 +683,10 @@ async fn credentials_and_keys_never_reach_the_logs_even_at_trace_level() {
         .with_max_level(tracing::Level::TRACE)
         .with_writer(move || writer.clone())
         .finish();
+    // A second live dispatch: with only one, tracing-core computes a callsite's interest from
+    // the default of the thread that first reaches it (tokio-rs/tracing#3611), so a test running
+    // alongside, on a thread without a subscriber, would turn our callsites off for good.
+    let _second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let _guard = tracing::subscriber::set_default(subscriber);
 
     let app = App::with_auth();
@@ -770,27 +775,35 @@ fn spawn_poll(app: &App, uri: &str) -> tokio::task::JoinHandle<Answer> {
     })
 }
 
+/// Waits until the poll `task` of `agent` is parked in the service.
+async fn until_parked(app: &App, agent: &str, task: &tokio::task::JoinHandle<Answer>) {
+    let agent = AgentId::parse(agent, "agent").expect("agent id");
+    until_poll_waits(app.notifier.as_ref(), &agent, task).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poll_beyond_the_cap_of_open_long_polls_answers_503_with_retry_after_at_once() {
     let app = capped(2);
-    let first = spawn_poll(&app, "/api/v1/agents/a1/poll?wait=2");
-    let second = spawn_poll(&app, "/api/v1/agents/a2/poll?wait=2");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let first = spawn_poll(&app, "/api/v1/agents/a1/poll?wait=60");
+    let second = spawn_poll(&app, "/api/v1/agents/a2/poll?wait=60");
+    until_parked(&app, "a1", &first).await;
+    until_parked(&app, "a2", &second).await;
 
-    let started = Instant::now();
+    // `wait=0`, and both slots are held for a minute: an answer now is a refusal at once.
     let a = poll(&app, "a3", &Cred::None).await;
-    assert!(
-        started.elapsed() < Duration::from_millis(500),
-        "refused at once"
-    );
     let error = a.error(StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(error["code"], json!("overloaded"));
     assert_eq!(a.headers[header::RETRY_AFTER], "3");
 
+    // End the two open polls the way polls end: an order for each.
+    for agent in ["a1", "a2"] {
+        register(&app, agent, &["g"]).await;
+        submit(&app, command("agent", agent)).await;
+    }
     for open in [first, second] {
         let a = open.await.expect("poll task");
         assert_eq!(a.status, StatusCode::OK, "{}", a.text());
-        assert_eq!(a.json(), json!({"orders": []}));
+        assert_eq!(a.json()["orders"].as_array().map(Vec::len), Some(1));
     }
     assert_eq!(
         poll(&app, "a3", &Cred::None).await.status,
@@ -803,7 +816,7 @@ async fn a_poll_beyond_the_cap_of_open_long_polls_answers_503_with_retry_after_a
 async fn a_long_poll_whose_client_went_away_frees_its_slot() {
     let app = capped(1);
     let gone = spawn_poll(&app, "/api/v1/agents/a1/poll?wait=30");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_parked(&app, "a1", &gone).await;
     poll(&app, "a2", &Cred::None)
         .await
         .error(StatusCode::SERVICE_UNAVAILABLE);

@@ -1,5 +1,6 @@
 //! Criterion micro-benchmarks of the pure rules: validating a command as the HTTP driver does,
-//! expanding a group into orders, serialising orders (their document form is what every backend
+//! expanding a group into orders (with [`Expander`], page by page, as the service's submit
+//! does), serialising orders (their document form is what every backend
 //! stores) and expiring them. `cargo xtask bench` runs them and summarises them in
 //! `BENCHMARKS.md`; `cargo bench -p cm-domain` runs them alone.
 
@@ -7,8 +8,8 @@ use std::hint::black_box;
 
 use chrono::{DateTime, TimeZone, Utc};
 use cm_domain::{
-    Action, Agent, AgentId, Command, GroupName, IdSource, IdempotencyKey, KeyedIds, OrderId,
-    RequestId, Source, Target, TargetType, Timeout, expand,
+    Action, Agent, AgentId, Command, Expander, GroupName, IdSource, IdempotencyKey, KeyedIds,
+    Order, OrderId, RequestId, Source, Target, TargetType, Timeout,
 };
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
@@ -78,6 +79,34 @@ fn fleet(n: usize) -> Vec<Agent> {
         .collect()
 }
 
+/// Group members per registry page: the service's default `expansion_page`.
+const EXPANSION_PAGE: usize = 1_000;
+
+/// A group's members as the registry hands them to the service, one page at a time.
+fn pages(members: &[Agent]) -> Vec<Vec<Agent>> {
+    members
+        .chunks(EXPANSION_PAGE)
+        .map(<[Agent]>::to_vec)
+        .collect()
+}
+
+/// A group command's orders, built as `CommandManager::submit` builds them: a request id, an
+/// [`Expander`] spread over the member count, then every page of members in turn, each member
+/// in its rollout slot, staged for the write.
+fn expand_group(command: &Command, pages: &[Vec<Agent>], ids: &mut dyn IdSource) -> Vec<Order> {
+    let members: usize = pages.iter().map(Vec::len).sum();
+    let ex = Expander::new(command, 0, ids.request_id(0), now()).spread_over(members as u64);
+    let mut staged = Vec::with_capacity(members);
+    let mut slot = 0;
+    for page in pages {
+        for agent in page {
+            staged.push(ex.agent_order_at(slot, agent, ids));
+            slot += 1;
+        }
+    }
+    staged
+}
+
 fn validation(c: &mut Criterion) {
     let mut g = c.benchmark_group("validate");
     let one = raw_command("agent", "agent-000001");
@@ -105,31 +134,19 @@ fn expansion(c: &mut Criterion) {
     g.sample_size(20);
     let command = validate(&raw_command("group", "Test"));
     for n in [1_000usize, 10_000] {
-        let agents = fleet(n);
+        let pages = pages(&fleet(n));
         g.throughput(Throughput::Elements(n as u64));
         g.bench_function(format!("group of {n}, counter ids"), |b| {
-            b.iter(|| {
-                expand(
-                    black_box(&command),
-                    0,
-                    black_box(&agents),
-                    &mut CountingIds(0),
-                    now(),
-                )
-                .unwrap()
-            });
+            b.iter(|| expand_group(black_box(&command), black_box(&pages), &mut CountingIds(0)));
         });
         let key = IdempotencyKey::parse("retry-42", "key").unwrap();
         g.bench_function(format!("group of {n}, keyed ids (UUID v5)"), |b| {
             b.iter(|| {
-                expand(
+                expand_group(
                     black_box(&command),
-                    0,
-                    black_box(&agents),
+                    black_box(&pages),
                     &mut KeyedIds::new(&key, "fingerprint"),
-                    now(),
                 )
-                .unwrap()
             });
         });
     }
@@ -141,7 +158,7 @@ fn documents(c: &mut Criterion) {
     g.sample_size(20);
     let n = 10_000usize;
     let command = validate(&raw_command("group", "Test"));
-    let orders = expand(&command, 0, &fleet(n), &mut CountingIds(0), now()).unwrap();
+    let orders = expand_group(&command, &pages(&fleet(n)), &mut CountingIds(0));
     g.throughput(Throughput::Elements(n as u64));
     g.bench_function("serialise 10000 documents", |b| {
         b.iter(|| {

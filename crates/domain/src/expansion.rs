@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use crate::agent::Agent;
 use crate::command::{Command, Target, TargetType};
 use crate::error::ExpansionError;
-use crate::ids::{GroupName, IdSource, RequestId};
+use crate::ids::{IdSource, RequestId};
 use crate::order::{NewOrder, Order};
 use crate::schedule::Rollout;
 
@@ -134,46 +134,6 @@ impl<'a> Expander<'a> {
     }
 }
 
-/// Expands one command against a known set of agents (the registry's content), all at once.
-/// The service streams large groups through [`Expander`] instead; this is the same rule in one
-/// call, for small inputs and for tests.
-///
-/// # Errors
-/// [`ExpansionError`] naming `index` when the command expands to nothing.
-pub fn expand(
-    command: &Command,
-    index: usize,
-    agents: &[Agent],
-    ids: &mut dyn IdSource,
-    now: DateTime<Utc>,
-) -> Result<Vec<Order>, ExpansionError> {
-    let request_id = ids.request_id(index);
-    let ex = Expander::new(command, index, request_id, now);
-    let orders: Vec<Order> = match command.target().kind() {
-        TargetType::Server => vec![ex.server_order(ids)],
-        TargetType::Agent => agents
-            .iter()
-            .find(|a| a.id().as_str() == command.target().id())
-            .map(|a| ex.agent_order(a, ids))
-            .into_iter()
-            .collect(),
-        TargetType::Group => {
-            let group = GroupName::parse(command.target().id(), "target.id")
-                .map_err(|_| ex.nothing_to_expand())?;
-            let members: Vec<&Agent> = agents.iter().filter(|a| a.is_member_of(&group)).collect();
-            let ex = ex.clone().spread_over(members.len() as u64);
-            (0u64..)
-                .zip(members)
-                .map(|(slot, a)| ex.agent_order_at(slot, a, ids))
-                .collect()
-        }
-    };
-    if orders.is_empty() {
-        return Err(ex.nothing_to_expand());
-    }
-    Ok(orders)
-}
-
 #[cfg(test)]
 mod tests {
     use chrono::TimeZone;
@@ -181,7 +141,7 @@ mod tests {
 
     use super::*;
     use crate::command::{Action, Source, Timeout};
-    use crate::ids::{AgentId, IdempotencyKey, KeyedIds};
+    use crate::ids::{AgentId, GroupName, IdempotencyKey, KeyedIds};
     use crate::order::Status;
 
     fn now() -> DateTime<Utc> {
@@ -213,24 +173,40 @@ mod tests {
         KeyedIds::new(&IdempotencyKey::parse("k", "k").unwrap(), "b")
     }
 
-    fn fleet() -> Vec<Agent> {
-        vec![
-            agent("a1", &["Test"]),
-            agent("a2", &["Test", "X"]),
-            agent("a3", &[]),
-        ]
+    /// The members of group `Test`, in the order the registry pages them.
+    fn members() -> Vec<Agent> {
+        vec![agent("a1", &["Test"]), agent("a2", &["Test", "X"])]
+    }
+
+    /// The expander of command `index` of a request, with its request id drawn from `ids`, as
+    /// the service makes it.
+    fn expander<'a>(command: &'a Command, index: usize, ids: &mut dyn IdSource) -> Expander<'a> {
+        Expander::new(command, index, ids.request_id(index), now())
+    }
+
+    /// A group's orders as the service builds them: the expander spread over the member count,
+    /// then each page of members in turn, slot after slot.
+    fn group_orders(command: &Command, pages: &[&[Agent]], ids: &mut dyn IdSource) -> Vec<Order> {
+        let members: usize = pages.iter().map(|p| p.len()).sum();
+        let ex = expander(command, 0, ids).spread_over(members as u64);
+        let mut slot = 0;
+        let mut orders = Vec::new();
+        for page in pages {
+            for member in *page {
+                orders.push(ex.agent_order_at(slot, member, ids));
+                slot += 1;
+            }
+        }
+        orders
     }
 
     #[test]
     fn group_command_expands_to_one_order_per_member() {
-        let orders = expand(
+        let orders = group_orders(
             &command(TargetType::Group, "Test"),
-            0,
-            &fleet(),
+            &[&members()],
             &mut ids(),
-            now(),
-        )
-        .unwrap();
+        );
         let agents: Vec<_> = orders
             .iter()
             .map(|o| o.agent_id().unwrap().as_str())
@@ -246,71 +222,47 @@ mod tests {
 
     #[test]
     fn orders_of_one_command_share_the_request_id_and_have_their_own_order_ids() {
-        let orders = expand(
+        let orders = group_orders(
             &command(TargetType::Group, "Test"),
-            0,
-            &fleet(),
+            &[&members()],
             &mut ids(),
-            now(),
-        )
-        .unwrap();
+        );
         assert_eq!(orders[0].request_id(), orders[1].request_id());
         assert_ne!(orders[0].order_id(), orders[1].order_id());
     }
 
     #[test]
     fn agent_command_carries_the_agents_groups() {
-        let orders = expand(
-            &command(TargetType::Agent, "a2"),
-            0,
-            &fleet(),
-            &mut ids(),
-            now(),
-        )
-        .unwrap();
-        assert_eq!(orders.len(), 1);
-        assert_eq!(orders[0].agent().unwrap().groups()[1].as_str(), "X");
+        let cmd = command(TargetType::Agent, "a2");
+        let mut ids = ids();
+        let order = expander(&cmd, 0, &mut ids).agent_order(&agent("a2", &["Test", "X"]), &mut ids);
+        assert_eq!(order.agent_id().unwrap().as_str(), "a2");
+        assert_eq!(order.agent().unwrap().groups()[1].as_str(), "X");
+        assert_eq!(order.target(), cmd.target());
     }
 
     #[test]
     fn server_command_expands_to_one_order_without_agent() {
-        let orders = expand(
-            &command(TargetType::Server, "indexer"),
-            0,
-            &[],
-            &mut ids(),
-            now(),
-        )
-        .unwrap();
-        assert_eq!(orders.len(), 1);
-        assert!(orders[0].agent().is_none());
-        assert_eq!(orders[0].target().kind(), TargetType::Server);
+        let cmd = command(TargetType::Server, "indexer");
+        let mut ids = ids();
+        let order = expander(&cmd, 0, &mut ids).server_order(&mut ids);
+        assert!(order.agent().is_none());
+        assert_eq!(order.target().kind(), TargetType::Server);
+        assert_eq!(order.target().id(), "indexer");
     }
 
     #[test]
     fn unknown_agent_is_an_error_naming_the_command_index() {
-        let err = expand(
-            &command(TargetType::Agent, "nope"),
-            3,
-            &fleet(),
-            &mut ids(),
-            now(),
-        )
-        .unwrap_err();
+        let cmd = command(TargetType::Agent, "nope");
+        let err = expander(&cmd, 3, &mut ids()).nothing_to_expand();
         assert_eq!(err.index(), 3);
         assert!(matches!(err, ExpansionError::UnknownAgent { .. }));
     }
 
     #[test]
     fn empty_group_is_an_error_naming_the_command_index() {
-        let err = expand(
-            &command(TargetType::Group, "Empty"),
-            1,
-            &fleet(),
-            &mut ids(),
-            now(),
-        )
-        .unwrap_err();
+        let cmd = command(TargetType::Group, "Empty");
+        let err = expander(&cmd, 1, &mut ids()).nothing_to_expand();
         assert_eq!(
             err,
             ExpansionError::EmptyGroup {
@@ -323,24 +275,21 @@ mod tests {
 
     #[test]
     fn keyed_expansion_is_deterministic() {
-        let a = expand(
-            &command(TargetType::Group, "Test"),
-            0,
-            &fleet(),
-            &mut ids(),
-            now(),
-        )
-        .unwrap();
-        let b = expand(
-            &command(TargetType::Group, "Test"),
-            0,
-            &fleet(),
-            &mut ids(),
-            now(),
-        )
-        .unwrap();
+        let cmd = command(TargetType::Group, "Test");
+        let a = group_orders(&cmd, &[&members()], &mut ids());
+        let b = group_orders(&cmd, &[&members()], &mut ids());
         let ids_of = |v: &[Order]| v.iter().map(|o| *o.order_id()).collect::<Vec<_>>();
         assert_eq!(ids_of(&a), ids_of(&b));
+    }
+
+    #[test]
+    fn a_group_read_in_pages_expands_as_it_would_in_one() {
+        let schedule = crate::Schedule::parse(None, Some(10)).unwrap();
+        let cmd = command(TargetType::Group, "Test").with_schedule(schedule);
+        let fleet: Vec<Agent> = (0..5).map(|i| agent(&format!("a{i}"), &["Test"])).collect();
+        let whole = group_orders(&cmd, &[&fleet], &mut ids());
+        let paged = group_orders(&cmd, &[&fleet[..2], &fleet[2..4], &fleet[4..]], &mut ids());
+        assert_eq!(whole, paged);
     }
 
     #[test]
@@ -348,14 +297,11 @@ mod tests {
         let start = now() + chrono::Duration::seconds(60);
         let schedule = crate::Schedule::parse(Some("2026-11-27T10:01:00Z"), Some(10)).unwrap();
         let fleet: Vec<Agent> = (0..4).map(|i| agent(&format!("a{i}"), &["Test"])).collect();
-        let orders = expand(
+        let orders = group_orders(
             &command(TargetType::Group, "Test").with_schedule(schedule),
-            0,
-            &fleet,
+            &[&fleet[..3], &fleet[3..]],
             &mut ids(),
-            now(),
-        )
-        .unwrap();
+        );
         let starts: Vec<_> = orders.iter().map(|o| o.not_before().unwrap()).collect();
         let ms = chrono::Duration::milliseconds;
         assert_eq!(
@@ -374,14 +320,11 @@ mod tests {
 
     #[test]
     fn an_unscheduled_command_is_deliverable_at_once() {
-        let orders = expand(
+        let orders = group_orders(
             &command(TargetType::Group, "Test"),
-            0,
-            &fleet(),
+            &[&members()],
             &mut ids(),
-            now(),
-        )
-        .unwrap();
+        );
         assert!(orders.iter().all(|o| o.not_before().is_none()));
         assert!(orders.iter().all(|o| o.available_from() == now()));
     }
@@ -389,14 +332,11 @@ mod tests {
     #[test]
     fn a_rollout_from_now_leaves_the_first_order_without_not_before() {
         let schedule = crate::Schedule::parse(None, Some(10)).unwrap();
-        let orders = expand(
+        let orders = group_orders(
             &command(TargetType::Group, "Test").with_schedule(schedule),
-            0,
-            &fleet(),
+            &[&members()],
             &mut ids(),
-            now(),
-        )
-        .unwrap();
+        );
         assert_eq!(orders[0].not_before(), None, "due at once");
         assert_eq!(
             orders[1].not_before(),

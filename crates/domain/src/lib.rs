@@ -20,7 +20,7 @@ pub use command::{
     Action, Command, MAX_KEYWORD_LEN, Source, Target, TargetType, Timeout, check_text,
 };
 pub use error::{ExpansionError, FieldError, TransitionError};
-pub use expansion::{Expander, expand};
+pub use expansion::Expander;
 pub use ids::{
     AgentId, GroupName, IdSource, IdempotencyKey, KeyHash, KeyedIds, MAX_NAME_LEN, OrderId,
     RequestId,

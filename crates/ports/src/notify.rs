@@ -2,6 +2,7 @@
 //! notifier uses to reach the polls waiting on its own instance.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,9 +31,23 @@ pub trait Notifier: Send + Sync + 'static {
     /// How often a waiting poll should look at storage by itself, for backends whose
     /// notifications can be missed or do not cross instances. `None`: never.
     fn recheck_interval(&self) -> Option<Duration>;
+
+    /// How many polls of `agent` in this process are parked right now: waiting on their
+    /// subscription for a wake-up (not subscribing, not looking in storage). A test waits until
+    /// this is non-zero before it creates the order that must wake the poll, so that the test
+    /// exercises the wake-up rather than the poll's first look.
+    fn polls_waiting(&self, agent: &AgentId) -> usize;
 }
 
-type Senders = Arc<Mutex<HashMap<AgentId, watch::Sender<u64>>>>;
+/// One agent's wake-up channel, and how many of its subscriptions are parked in
+/// [`Subscription::notified`].
+#[derive(Debug)]
+struct Channel {
+    tx: watch::Sender<u64>,
+    parked: Arc<AtomicUsize>,
+}
+
+type Senders = Arc<Mutex<HashMap<AgentId, Channel>>>;
 
 /// Per-agent wake-up channels for the polls waiting in this process.
 #[derive(Debug, Clone, Default)]
@@ -50,12 +65,13 @@ impl WakeHub {
     #[must_use]
     pub fn subscribe(&self, agent: &AgentId) -> Subscription {
         let mut map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        let rx = map
-            .entry(agent.clone())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe();
+        let channel = map.entry(agent.clone()).or_insert_with(|| Channel {
+            tx: watch::channel(0).0,
+            parked: Arc::default(),
+        });
         Subscription {
-            rx,
+            rx: channel.tx.subscribe(),
+            parked: Arc::clone(&channel.parked),
             owner: Some((Arc::clone(&self.senders), agent.clone())),
         }
     }
@@ -67,8 +83,8 @@ impl WakeHub {
             return;
         }
         for agent in agents {
-            if let Some(tx) = map.get(agent) {
-                tx.send_modify(|n| *n = n.wrapping_add(1));
+            if let Some(channel) = map.get(agent) {
+                channel.tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
     }
@@ -77,8 +93,8 @@ impl WakeHub {
     /// messages).
     pub fn wake_all(&self) {
         let map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        for tx in map.values() {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+        for channel in map.values() {
+            channel.tx.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 
@@ -103,19 +119,50 @@ impl WakeHub {
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }
+
+    /// How many subscriptions of `agent` are parked in [`Subscription::notified`] right now
+    /// ([`Notifier::polls_waiting`]).
+    #[must_use]
+    pub fn polls_waiting(&self, agent: &AgentId) -> usize {
+        self.senders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(agent)
+            .map_or(0, |channel| channel.parked.load(Ordering::SeqCst))
+    }
 }
 
 /// One poll's interest in one agent's wake-ups. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
     rx: watch::Receiver<u64>,
+    /// Shared with the agent's channel: counts the subscriptions inside [`Self::notified`].
+    parked: Arc<AtomicUsize>,
     owner: Option<(Senders, AgentId)>,
+}
+
+/// Counts one subscription as parked while it lives (however `notified` ends: woken, or
+/// dropped by the caller's timeout).
+struct Parked(Arc<AtomicUsize>);
+
+impl Parked {
+    fn enter(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(Arc::clone(count))
+    }
+}
+
+impl Drop for Parked {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Subscription {
     /// Resolves at the first wake-up sent after this subscription was taken (or after the
     /// previous call returned).
     pub async fn notified(&mut self) {
+        let _parked = Parked::enter(&self.parked);
         if self.rx.changed().await.is_err() {
             // The sender is gone: nothing will ever wake us; wait forever (the caller's timeout
             // ends the wait).
@@ -128,7 +175,11 @@ impl Subscription {
     pub fn never() -> Self {
         let (tx, rx) = watch::channel(0);
         std::mem::forget(tx);
-        Self { rx, owner: None }
+        Self {
+            rx,
+            parked: Arc::default(),
+            owner: None,
+        }
     }
 }
 
@@ -137,7 +188,10 @@ impl Drop for Subscription {
         if let Some((senders, agent)) = self.owner.take() {
             let mut map = senders.lock().unwrap_or_else(PoisonError::into_inner);
             // Our own receiver is still alive here, so 1 means "only us".
-            if map.get(&agent).is_some_and(|tx| tx.receiver_count() <= 1) {
+            if map
+                .get(&agent)
+                .is_some_and(|channel| channel.tx.receiver_count() <= 1)
+            {
                 map.remove(&agent);
             }
         }
@@ -171,6 +225,10 @@ impl Notifier for LocalNotifier {
 
     fn recheck_interval(&self) -> Option<Duration> {
         None
+    }
+
+    fn polls_waiting(&self, agent: &AgentId) -> usize {
+        self.hub.polls_waiting(agent)
     }
 }
 
@@ -230,6 +288,39 @@ mod tests {
         assert_eq!(waiting, vec![agent("a1"), agent("a2")]);
         drop(a);
         assert_eq!(hub.waiting_agents(), vec![agent("a2")]);
+    }
+
+    #[tokio::test]
+    async fn a_subscription_counts_as_waiting_only_while_it_waits() {
+        let hub = WakeHub::new();
+        let mut sub = hub.subscribe(&agent("a1"));
+        assert_eq!(
+            hub.polls_waiting(&agent("a1")),
+            0,
+            "subscribed, not waiting yet"
+        );
+        let waiter = tokio::spawn(async move {
+            sub.notified().await;
+            sub
+        });
+        while hub.polls_waiting(&agent("a1")) == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(hub.polls_waiting(&agent("a2")), 0);
+        hub.wake(&[agent("a1")]);
+        let sub = waiter.await.expect("waiter");
+        assert_eq!(hub.polls_waiting(&agent("a1")), 0, "woken");
+        drop(sub);
+        assert_eq!(hub.polls_waiting(&agent("a1")), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ended_by_a_timeout_no_longer_counts() {
+        let hub = WakeHub::new();
+        let mut sub = hub.subscribe(&agent("a1"));
+        let timed_out = tokio::time::timeout(Duration::from_secs(5), sub.notified()).await;
+        assert!(timed_out.is_err());
+        assert_eq!(hub.polls_waiting(&agent("a1")), 0);
     }
 
     #[tokio::test]

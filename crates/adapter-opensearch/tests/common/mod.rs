@@ -5,7 +5,6 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use cm_adapter_opensearch::{OpenSearchBackend, OpenSearchSettings};
 use cm_ports::testkit::Backend;
@@ -139,19 +138,5 @@ pub async fn backend() -> Backend {
         agents: Arc::new(b.clone()),
         notifier: Arc::new(b.notifier()),
         guard: Some(cleanup),
-    }
-}
-
-/// Waits up to `within` for `check` to hold.
-pub async fn eventually(within: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -26,6 +26,9 @@ pub struct App {
     pub state: AppState,
     /// The registry behind the API, to register an agent the way Wazuh would: without a key.
     pub agents: Arc<MemoryAgents>,
+    /// The notifier behind the API, to wait until a long-poll is parked
+    /// (`cm_ports::testkit::until_poll_waits`).
+    pub notifier: Arc<LocalNotifier>,
 }
 
 impl App {
@@ -41,11 +44,12 @@ impl App {
     /// Like [`App::new`], with the use cases' `settings`.
     pub fn with_settings(http: HttpSettings, auth: bool, settings: Settings) -> Self {
         let agents = Arc::new(MemoryAgents::new());
+        let notifier = Arc::new(LocalNotifier::new());
         let manager = CommandManager::new(
             Ports {
                 orders: Arc::new(MemoryOrders::new()),
                 agents: agents.clone(),
-                notifier: Arc::new(LocalNotifier::new()),
+                notifier: notifier.clone(),
                 clock: Arc::new(SystemClock),
             },
             settings,
@@ -60,6 +64,7 @@ impl App {
             router: router(state.clone()),
             state,
             agents,
+            notifier,
         }
     }
 }

@@ -215,6 +215,41 @@ impl OrderSpec {
     }
 }
 
+/// A poll wait no test comes near. A poll given this wait that returns with an order was woken
+/// (by a notification, or because the order became due), not ended by its wait: a poll looks in
+/// storage once more when its wait ends, so only how long it took tells the two apart, and an
+/// hour is beyond any test on any machine. Use it with [`long_wait_settings`].
+pub const LONG_WAIT: Duration = Duration::from_secs(3600);
+
+/// Default settings that let a poll wait [`LONG_WAIT`].
+#[must_use]
+pub fn long_wait_settings() -> Settings {
+    Settings {
+        max_poll_wait: LONG_WAIT,
+        ..Settings::default()
+    }
+}
+
+/// Waits until a poll of `agent` is parked on its subscription ([`Notifier::polls_waiting`]),
+/// so that the order the test creates next reaches the poll through a wake-up, not through the
+/// poll's first look in storage. `poll` is the task running the poll.
+///
+/// # Panics
+/// When `poll` ends before it waits (it found orders at once, or failed).
+pub async fn until_poll_waits<T>(
+    notifier: &dyn Notifier,
+    agent: &AgentId,
+    poll: &tokio::task::JoinHandle<T>,
+) {
+    while notifier.polls_waiting(agent) == 0 {
+        assert!(
+            !poll.is_finished(),
+            "the poll of {agent} ended before it waited"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Expands to one `#[tokio::test]` per conformance case, each on a fresh backend built by
 /// `$factory` (an async expression evaluating to a [`Backend`]).
 #[macro_export]
