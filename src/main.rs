@@ -36,6 +36,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // ring is the one TLS crypto provider compiled in (the OpenSearch client's HTTPS and the
+    // HTTP listener's TLS); clients built later find it installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let cfg = match Config::load(cli.config.as_deref()) {
         Ok(cfg) => cfg,

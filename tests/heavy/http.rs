@@ -23,6 +23,8 @@ pub(crate) struct Http {
 impl Http {
     /// A client that gives up on a request after `timeout` (a hang, for the tests).
     pub(crate) fn new(timeout: Duration) -> Self {
+        // ring, the workspace's one TLS crypto provider: a client panics without one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             client: reqwest::Client::builder()
                 .timeout(timeout)

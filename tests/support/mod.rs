@@ -178,6 +178,8 @@ pub struct Client {
 
 impl Default for Client {
     fn default() -> Self {
+        // ring, the workspace's one TLS crypto provider: a client panics without one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))

@@ -80,7 +80,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let criterion = target.join("criterion");
     let _ = fs::remove_dir_all(&criterion);
     let mut bench = process::cargo();
-    bench.args(["bench", "-p", "cm-domain", "--bench", "domain", "--"]);
+    bench.args([
+        "bench",
+        "-p",
+        "cm-domain",
+        "--features",
+        "bench",
+        "--bench",
+        "domain",
+        "--",
+    ]);
     if quick {
         bench.args(["--warm-up-time", "1", "--measurement-time", "2"]);
     }

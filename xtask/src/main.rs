@@ -1,9 +1,10 @@
 //! Developer automation: `cargo xtask <command>` (see `cargo xtask help`).
 //!
-//! Kept small and quick to compile: the standard library and nothing else.
+//! Kept small and quick to compile: the standard library, and serde_json to read `cargo metadata`.
 
 mod bench;
 mod fuzz;
+mod lint;
 mod opensearch;
 mod postgres;
 mod process;
@@ -16,6 +17,8 @@ const HELP: &str = "\
 cargo xtask <command>
 
 commands:
+  lint        every check CI makes before the tests: cargo fmt --check, the architecture of the
+              crate graph (xtask/src/lint.rs), cargo clippy on every target and feature
   test        run every test, starting and stopping the backends they need
               [--heavy] [-- <arguments for cargo test>]
   postgres    run a throwaway PostgreSQL in the foreground [--port P] [--data DIR]; prints
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         }
         "postgres" => postgres::run(rest),
         "bench" => bench::run(rest),
+        "lint" => lint::run(rest),
         "test" => test::run(rest),
         "fuzz" => fuzz::run(rest),
         "opensearch" => opensearch::run(rest),

@@ -72,6 +72,8 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    // The workspace compiles one TLS crypto provider, ring; an HTTP client panics without it.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

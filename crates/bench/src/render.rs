@@ -670,10 +670,10 @@ fn criterion_section(p: &mut String, estimates: &[Estimate]) {
     }
     let _ = writeln!(
         p,
-        "`crates/domain/benches/domain.rs` (`cargo bench -p cm-domain`), pure functions without \
-         I/O: validating commands as the HTTP driver does, expanding a group into orders (with \
-         counter ids, and with the UUID v5 ids of an idempotent submit), serialising and parsing \
-         order documents, expiring orders. Median time per iteration.\n"
+        "`crates/domain/benches/domain.rs` (`cargo bench -p cm-domain --features bench`), pure \
+         functions without I/O: validating commands as the HTTP driver does, expanding a group \
+         into orders (with counter ids, and with the UUID v5 ids of an idempotent submit), \
+         serialising and parsing order documents, expiring orders. Median time per iteration.\n"
     );
     let _ = writeln!(
         p,

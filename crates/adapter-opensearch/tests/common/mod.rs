@@ -49,6 +49,8 @@ pub struct Raw {
 
 impl Raw {
     pub fn new() -> Self {
+        // ring, the workspace's one TLS crypto provider: a client panics without one.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let transport = Transport::single_node(&node_url()).expect("a URL");
         Self {
             client: OpenSearch::new(transport),
