@@ -57,7 +57,11 @@ async fn an_embedding_service_drives_the_whole_loop_through_the_use_cases() {
     assert_eq!(orders.len(), 1);
     let report = Report::new(ReportStatus::Success, 0, "restarted", "").unwrap();
     let done = manager
-        .report(orders[0].order_id(), &report, Some(&a1))
+        .report(
+            orders[0].order_id(),
+            &report,
+            &Reporter::Consumer(Consumer::Agent(a1.clone())),
+        )
         .await
         .unwrap();
     assert_eq!(done.status(), Status::Success);

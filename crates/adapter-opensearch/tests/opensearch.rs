@@ -126,7 +126,7 @@ async fn documents_read_back_raw_have_exactly_the_wazuh_layout() {
 
     // Delivered and reported: `result` appears, the additions stay beside Wazuh's fields.
     let sent = b
-        .claim(&agent_id("a1"), 10, at(1), &policy())
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(1), &policy())
         .await
         .expect("claim");
     let report =
@@ -836,7 +836,7 @@ async fn an_orders_index_made_by_the_wazuh_plugin_stays_usable() {
         .expect("open on the plugin's index");
     let got = b
         .claim(
-            &agent_id("d5b250c4-dfa1-4d94-827f-9f99210dbe6c"),
+            &Consumers::agent(&agent_id("d5b250c4-dfa1-4d94-827f-9f99210dbe6c")),
             10,
             at(1),
             &policy(),

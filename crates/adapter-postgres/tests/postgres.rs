@@ -99,9 +99,12 @@ fn test_databases_carry_their_creation_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_wakes_a_poll_on_another_instance_within_a_second() {
     let (a, b, _) = two_instances().await;
-    let mut mine = b.notifier.subscribe(&agent_id("a1"));
-    let mut other = b.notifier.subscribe(&agent_id("a2"));
-    a.notifier.notify(&[agent_id("a1")]).await.expect("notify");
+    let mut mine = b.notifier.subscribe(&Consumers::agent(&agent_id("a1")));
+    let mut other = b.notifier.subscribe(&Consumers::agent(&agent_id("a2")));
+    a.notifier
+        .notify(&[Consumer::Agent(agent_id("a1"))])
+        .await
+        .expect("notify");
     timeout(Duration::from_secs(1), mine.notified())
         .await
         .expect("woken through LISTEN/NOTIFY within 1 s");
@@ -172,7 +175,7 @@ async fn a_long_poll_on_one_instance_returns_when_another_instance_submits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_whose_connection_is_killed_reconnects_and_wakes_every_poll() {
     let (a, b, settings) = two_instances().await;
-    let mut waiting = a.notifier.subscribe(&agent_id("a1"));
+    let mut waiting = a.notifier.subscribe(&Consumers::agent(&agent_id("a1")));
     let mut admin = admin().await;
     let killed: i64 = sqlx::query(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -193,12 +196,15 @@ async fn a_listener_whose_connection_is_killed_reconnects_and_wakes_every_poll()
         .expect("woken after the listener reconnected");
 
     // And it listens again: a notification sent now arrives.
-    let mut later = a.notifier.subscribe(&agent_id("a2"));
+    let mut later = a.notifier.subscribe(&Consumers::agent(&agent_id("a2")));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         // b's listener may still be reconnecting; a's is back (it woke us). Send until heard:
         // a lost notification here would be the bug under test only if a had not reconnected.
-        b.notifier.notify(&[agent_id("a2")]).await.expect("notify");
+        b.notifier
+            .notify(&[Consumer::Agent(agent_id("a2"))])
+            .await
+            .expect("notify");
         if timeout(Duration::from_millis(500), later.notified())
             .await
             .is_ok()
@@ -226,7 +232,7 @@ async fn a_listener_whose_connection_is_killed_reconnects_and_wakes_every_poll()
 async fn a_listener_that_cannot_reconnect_at_once_keeps_retrying_and_then_wakes_every_poll() {
     let (a, b, settings) = two_instances().await;
     let database = database_of(&settings);
-    let mut waiting = a.notifier.subscribe(&agent_id("a1"));
+    let mut waiting = a.notifier.subscribe(&Consumers::agent(&agent_id("a1")));
     let mut admin = admin().await;
     // Refuse new connections to the database, then cut the listeners off: their immediate
     // reconnection fails and they fall back to retrying with backoff.
@@ -260,8 +266,11 @@ async fn a_listener_that_cannot_reconnect_at_once_keeps_retrying_and_then_wakes_
     timeout(Duration::from_secs(15), waiting.notified())
         .await
         .expect("woken once the listener is back");
-    let mut later = a.notifier.subscribe(&agent_id("a2"));
-    b.notifier.notify(&[agent_id("a2")]).await.expect("notify");
+    let mut later = a.notifier.subscribe(&Consumers::agent(&agent_id("a2")));
+    b.notifier
+        .notify(&[Consumer::Agent(agent_id("a2"))])
+        .await
+        .expect("notify");
     timeout(Duration::from_secs(2), later.notified())
         .await
         .expect("a notification sent after reconnection arrives");
@@ -308,7 +317,7 @@ async fn two_instances_claiming_for_one_agent_never_hand_out_the_same_order() {
                 let mut got = Vec::new();
                 loop {
                     let batch = store
-                        .claim(&agent_id("a1"), 7, at(1), &policy())
+                        .claim(&Consumers::agent(&agent_id("a1")), 7, at(1), &policy())
                         .await
                         .expect("claim");
                     if batch.is_empty() {
@@ -339,7 +348,7 @@ async fn expiry_on_one_instance_and_claims_on_another_move_each_order_once() {
             let mut n = 0;
             loop {
                 let batch = store
-                    .claim(&agent_id("a1"), 5, at(9), &policy())
+                    .claim(&Consumers::agent(&agent_id("a1")), 5, at(9), &policy())
                     .await
                     .expect("claim");
                 if batch.is_empty() {

@@ -1,43 +1,58 @@
 //! Waking long-polls: the [`Notifier`] port and [`WakeHub`], the in-process building block every
-//! notifier uses to reach the polls waiting on its own instance.
+//! notifier uses to reach the polls waiting on its own instance. Wake-ups are keyed by
+//! [`Consumer`] (an agent or a server component); one subscription may cover many consumers (a
+//! relay's claim), and any of them wakes it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cm_domain::AgentId;
-use tokio::sync::watch;
+use cm_domain::Consumer;
+use tokio::sync::Notify;
 
-/// Tells long-polls that orders may be waiting for their agent.
+use crate::store::Consumers;
+
+/// Tells long-polls that orders may be waiting for their consumers.
 ///
 /// A poll subscribes *before* it looks for orders, then waits on the subscription; a
 /// notification sent after the subscription was taken is never lost.
 #[cfg_attr(any(test, feature = "testkit"), mockall::automock)]
 #[async_trait]
 pub trait Notifier: Send + Sync + 'static {
-    /// Wakes the polls of `agents` on this instance and, where the backend carries
+    /// Wakes the polls of `consumers` on this instance and, where the backend carries
     /// notifications, on every other instance.
     ///
     /// # Errors
     /// A [`crate::StoreError`] when other instances could not be told; local polls are woken
     /// regardless, and remote ones still find the orders at their next re-check.
-    async fn notify(&self, agents: &[AgentId]) -> Result<(), crate::StoreError>;
+    async fn notify(&self, consumers: &[Consumer]) -> Result<(), crate::StoreError>;
 
-    /// A subscription that fires when `agent` is notified.
-    fn subscribe(&self, agent: &AgentId) -> Subscription;
+    /// A subscription that fires when any of `consumers` is notified.
+    fn subscribe(&self, consumers: &Consumers) -> Subscription;
 
     /// How often a waiting poll should look at storage by itself, for backends whose
     /// notifications can be missed or do not cross instances. `None`: never.
     fn recheck_interval(&self) -> Option<Duration>;
 }
 
-type Senders = Arc<Mutex<HashMap<AgentId, watch::Sender<u64>>>>;
+#[derive(Debug, Default)]
+struct Waiters {
+    next_id: u64,
+    /// Per consumer, the subscriptions waiting for it, by subscription id.
+    by_consumer: HashMap<Consumer, HashMap<u64, Arc<Notify>>>,
+}
 
-/// Per-agent wake-up channels for the polls waiting in this process.
+type Shared = Arc<Mutex<Waiters>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Waiters> {
+    shared.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Per-consumer wake-up channels for the polls waiting in this process.
 #[derive(Debug, Clone, Default)]
 pub struct WakeHub {
-    senders: Senders,
+    waiters: Shared,
 }
 
 impl WakeHub {
@@ -46,29 +61,35 @@ impl WakeHub {
         Self::default()
     }
 
-    /// Subscribes to wake-ups of `agent`.
+    /// Subscribes to wake-ups of any of `consumers`.
     #[must_use]
-    pub fn subscribe(&self, agent: &AgentId) -> Subscription {
-        let mut map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        let rx = map
-            .entry(agent.clone())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe();
+    pub fn subscribe(&self, consumers: &Consumers) -> Subscription {
+        let notify = Arc::new(Notify::new());
+        let keys: Vec<Consumer> = consumers.iter().collect();
+        let mut w = lock(&self.waiters);
+        let id = w.next_id;
+        w.next_id = w.next_id.wrapping_add(1);
+        for k in &keys {
+            w.by_consumer
+                .entry(k.clone())
+                .or_default()
+                .insert(id, Arc::clone(&notify));
+        }
         Subscription {
-            rx,
-            owner: Some((Arc::clone(&self.senders), agent.clone())),
+            notify,
+            owner: Some((Arc::clone(&self.waiters), keys, id)),
         }
     }
 
-    /// Wakes every subscription of these agents.
-    pub fn wake(&self, agents: &[AgentId]) {
-        let map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        if map.is_empty() {
+    /// Wakes every subscription of these consumers.
+    pub fn wake(&self, consumers: &[Consumer]) {
+        let w = lock(&self.waiters);
+        if w.by_consumer.is_empty() {
             return;
         }
-        for agent in agents {
-            if let Some(tx) = map.get(agent) {
-                tx.send_modify(|n| *n = n.wrapping_add(1));
+        for c in consumers {
+            for n in w.by_consumer.get(c).into_iter().flat_map(HashMap::values) {
+                n.notify_one();
             }
         }
     }
@@ -76,69 +97,63 @@ impl WakeHub {
     /// Wakes every subscription (after a notification channel was lost and may have dropped
     /// messages).
     pub fn wake_all(&self) {
-        let map = self.senders.lock().unwrap_or_else(PoisonError::into_inner);
-        for tx in map.values() {
-            tx.send_modify(|n| *n = n.wrapping_add(1));
+        let w = lock(&self.waiters);
+        for n in w.by_consumer.values().flat_map(HashMap::values) {
+            n.notify_one();
         }
     }
 
-    /// The agents that have at least one waiting subscription, in no particular order. For
+    /// The consumers that have at least one waiting subscription, in no particular order. For
     /// notifiers that must look in storage on behalf of the waiting polls (one look for all of
-    /// them, instead of one per poll) and then [`Self::wake`] the agents they found orders for.
+    /// them, instead of one per poll) and then [`Self::wake`] the consumers they found orders
+    /// for.
     #[must_use]
-    pub fn waiting_agents(&self) -> Vec<AgentId> {
-        self.senders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keys()
-            .cloned()
-            .collect()
+    pub fn waiting_consumers(&self) -> Vec<Consumer> {
+        lock(&self.waiters).by_consumer.keys().cloned().collect()
     }
 
-    /// How many agents have at least one waiting subscription.
+    /// How many consumers (agents and components) have at least one waiting subscription.
     #[must_use]
     pub fn agents_waiting(&self) -> usize {
-        self.senders
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.waiters).by_consumer.len()
     }
 }
 
-/// One poll's interest in one agent's wake-ups. Dropping it unsubscribes.
+/// One poll's interest in the wake-ups of its consumers. Dropping it unsubscribes.
 #[derive(Debug)]
 pub struct Subscription {
-    rx: watch::Receiver<u64>,
-    owner: Option<(Senders, AgentId)>,
+    notify: Arc<Notify>,
+    owner: Option<(Shared, Vec<Consumer>, u64)>,
 }
 
 impl Subscription {
     /// Resolves at the first wake-up sent after this subscription was taken (or after the
-    /// previous call returned).
+    /// previous call returned). Wake-ups sent meanwhile are coalesced into one.
     pub async fn notified(&mut self) {
-        if self.rx.changed().await.is_err() {
-            // The sender is gone: nothing will ever wake us; wait forever (the caller's timeout
-            // ends the wait).
-            std::future::pending::<()>().await;
-        }
+        self.notify.notified().await;
     }
 
     /// A subscription that never fires, for notifiers that have nothing to offer.
     #[must_use]
     pub fn never() -> Self {
-        let (tx, rx) = watch::channel(0);
-        std::mem::forget(tx);
-        Self { rx, owner: None }
+        Self {
+            notify: Arc::new(Notify::new()),
+            owner: None,
+        }
     }
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Some((senders, agent)) = self.owner.take() {
-            let mut map = senders.lock().unwrap_or_else(PoisonError::into_inner);
-            // Our own receiver is still alive here, so 1 means "only us".
-            if map.get(&agent).is_some_and(|tx| tx.receiver_count() <= 1) {
-                map.remove(&agent);
+        if let Some((shared, keys, id)) = self.owner.take() {
+            let mut w = lock(&shared);
+            for k in keys {
+                if let Some(subs) = w.by_consumer.get_mut(&k) {
+                    subs.remove(&id);
+                    if subs.is_empty() {
+                        w.by_consumer.remove(&k);
+                    }
+                }
             }
         }
     }
@@ -160,13 +175,13 @@ impl LocalNotifier {
 
 #[async_trait]
 impl Notifier for LocalNotifier {
-    async fn notify(&self, agents: &[AgentId]) -> Result<(), crate::StoreError> {
-        self.hub.wake(agents);
+    async fn notify(&self, consumers: &[Consumer]) -> Result<(), crate::StoreError> {
+        self.hub.wake(consumers);
         Ok(())
     }
 
-    fn subscribe(&self, agent: &AgentId) -> Subscription {
-        self.hub.subscribe(agent)
+    fn subscribe(&self, consumers: &Consumers) -> Subscription {
+        self.hub.subscribe(consumers)
     }
 
     fn recheck_interval(&self) -> Option<Duration> {
@@ -178,16 +193,25 @@ impl Notifier for LocalNotifier {
 mod tests {
     use std::time::Duration;
 
+    use cm_domain::{AgentId, ComponentName};
+
     use super::*;
 
-    fn agent(id: &str) -> AgentId {
-        AgentId::parse(id, "id").unwrap()
+    fn agent(id: &str) -> Consumer {
+        Consumer::Agent(AgentId::parse(id, "id").unwrap())
+    }
+
+    fn one(c: &Consumer) -> Consumers {
+        match c {
+            Consumer::Agent(a) => Consumers::agent(a),
+            Consumer::Component(c) => Consumers::component(c),
+        }
     }
 
     #[tokio::test]
     async fn a_wake_after_subscribing_is_not_lost_even_before_waiting() {
         let hub = WakeHub::new();
-        let mut sub = hub.subscribe(&agent("a1"));
+        let mut sub = hub.subscribe(&one(&agent("a1")));
         hub.wake(&[agent("a1")]);
         tokio::time::timeout(Duration::from_secs(1), sub.notified())
             .await
@@ -195,10 +219,12 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_wake_for_another_agent_does_not_fire() {
+    async fn a_wake_for_another_consumer_does_not_fire() {
         let hub = WakeHub::new();
-        let mut sub = hub.subscribe(&agent("a1"));
-        hub.wake(&[agent("a2")]);
+        let mut sub = hub.subscribe(&one(&agent("a1")));
+        // The same name as a component is another consumer.
+        let component = Consumer::Component(ComponentName::parse("a1", "id").unwrap());
+        hub.wake(&[agent("a2"), component]);
         assert!(
             tokio::time::timeout(Duration::from_secs(5), sub.notified())
                 .await
@@ -207,10 +233,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dropping_the_last_subscription_forgets_the_agent() {
+    async fn a_subscription_for_many_consumers_wakes_for_any_of_them() {
         let hub = WakeHub::new();
-        let a = hub.subscribe(&agent("a1"));
-        let b = hub.subscribe(&agent("a1"));
+        let agents: Vec<AgentId> = (0..10_000)
+            .map(|i| AgentId::parse(&format!("a{i}"), "id").unwrap())
+            .collect();
+        let component = ComponentName::parse("vd", "id").unwrap();
+        let set = Consumers::new(agents, vec![component.clone()]);
+        let mut sub = hub.subscribe(&set);
+        assert_eq!(hub.agents_waiting(), 10_001);
+        for c in [agent("a9999"), Consumer::Component(component)] {
+            hub.wake(&[c]);
+            tokio::time::timeout(Duration::from_secs(1), sub.notified())
+                .await
+                .expect("wake-up lost");
+        }
+        drop(sub);
+        assert_eq!(hub.agents_waiting(), 0);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_subscription_forgets_the_consumer() {
+        let hub = WakeHub::new();
+        let a = hub.subscribe(&one(&agent("a1")));
+        let b = hub.subscribe(&one(&agent("a1")));
         assert_eq!(hub.agents_waiting(), 1);
         drop(a);
         assert_eq!(hub.agents_waiting(), 1);
@@ -219,24 +265,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waiting_agents_are_those_with_a_subscription() {
+    async fn waiting_consumers_are_those_with_a_subscription() {
         let hub = WakeHub::new();
-        assert!(hub.waiting_agents().is_empty());
-        let a = hub.subscribe(&agent("a1"));
-        let _b = hub.subscribe(&agent("a2"));
-        let _c = hub.subscribe(&agent("a2"));
-        let mut waiting = hub.waiting_agents();
-        waiting.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert!(hub.waiting_consumers().is_empty());
+        let a = hub.subscribe(&one(&agent("a1")));
+        let _b = hub.subscribe(&one(&agent("a2")));
+        let _c = hub.subscribe(&one(&agent("a2")));
+        let mut waiting = hub.waiting_consumers();
+        waiting.sort();
         assert_eq!(waiting, vec![agent("a1"), agent("a2")]);
         drop(a);
-        assert_eq!(hub.waiting_agents(), vec![agent("a2")]);
+        assert_eq!(hub.waiting_consumers(), vec![agent("a2")]);
     }
 
     #[tokio::test]
-    async fn wake_all_reaches_every_agent() {
+    async fn wake_all_reaches_every_consumer() {
         let hub = WakeHub::new();
-        let mut a = hub.subscribe(&agent("a1"));
-        let mut b = hub.subscribe(&agent("a2"));
+        let mut a = hub.subscribe(&one(&agent("a1")));
+        let mut b = hub.subscribe(&one(&agent("a2")));
         hub.wake_all();
         tokio::time::timeout(Duration::from_secs(1), async {
             a.notified().await;
