@@ -6,7 +6,7 @@ mod common;
 use cm_adapter_sqlite::SqliteBackend;
 use cm_domain::{DeliveryPolicy, KeyHash, Status};
 use cm_ports::testkit::{OrderSpec, agent, agent_id, at, group};
-use cm_ports::{AgentRegistry, OrderFilter, OrderPageRequest, OrderStore, StoreError};
+use cm_ports::{AgentRegistry, Consumers, OrderFilter, OrderPageRequest, OrderStore, StoreError};
 
 #[tokio::test]
 async fn orders_and_agents_survive_closing_and_reopening_the_file() {

@@ -4,7 +4,7 @@ mod common;
 
 use cm_domain::{DeliveryPolicy, Status};
 use cm_ports::testkit::{OrderSpec, agent, agent_id, at, group};
-use cm_ports::{AgentPageRequest, ReplaceError};
+use cm_ports::{AgentPageRequest, Consumers, ReplaceError};
 
 #[tokio::test]
 async fn upsert_many_with_an_id_twice_keeps_the_last_and_counts_it_once() {
