@@ -11,9 +11,11 @@ use std::time::Duration;
 use cm_adapter_postgres::{
     LISTENER_APPLICATION_NAME, PostgresBackend, PostgresNotifier, PostgresSettings,
 };
-use cm_domain::{Action, AgentId, Command, DeliveryPolicy, Source, Target, TargetType, Timeout};
+use cm_domain::{Action, Command, Consumer, DeliveryPolicy, Source, Target, TargetType, Timeout};
 use cm_ports::testkit::{Backend, OrderSpec, agent, agent_id, at};
-use cm_ports::{AgentRegistry, Notifier, OrderStore, Settings, StoreError, SubmitRequest};
+use cm_ports::{
+    AgentRegistry, Consumers, Notifier, OrderStore, Settings, StoreError, SubmitRequest,
+};
 use common::{admin, fresh_settings, open_fresh};
 use sqlx::Row;
 use tokio::time::timeout;
@@ -42,6 +44,7 @@ impl Instance {
         Backend {
             orders: Arc::new(self.backend.clone()),
             agents: Arc::new(self.backend.clone()),
+            components: Arc::new(self.backend.clone()),
             notifier: Arc::clone(&self.notifier) as Arc<dyn Notifier>,
             guard: None,
         }
@@ -119,11 +122,15 @@ async fn a_notification_wakes_a_poll_on_another_instance_within_a_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_fan_out_still_reaches_every_instance() {
     let (a, b, _) = two_instances().await;
-    let fleet: Vec<AgentId> = (0..20_000)
-        .map(|i| agent_id(&format!("agent-{i:05}")))
+    let fleet: Vec<Consumer> = (0..20_000)
+        .map(|i| Consumer::Agent(agent_id(&format!("agent-{i:05}"))))
         .collect();
-    let mut first = b.notifier.subscribe(&fleet[0]);
-    let mut last = b.notifier.subscribe(&fleet[19_999]);
+    let one = |c: &Consumer| match c {
+        Consumer::Agent(a) => Consumers::agent(a),
+        Consumer::Component(c) => Consumers::component(c),
+    };
+    let mut first = b.notifier.subscribe(&one(&fleet[0]));
+    let mut last = b.notifier.subscribe(&one(&fleet[19_999]));
     a.notifier.notify(&fleet).await.expect("notify");
     timeout(Duration::from_secs(2), async {
         first.notified().await;
