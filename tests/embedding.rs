@@ -20,6 +20,7 @@ async fn an_embedding_service_drives_the_whole_loop_through_the_use_cases() {
         Ports {
             orders: Arc::new(MemoryOrders::new()),
             agents: Arc::new(MemoryAgents::new()),
+            components: Arc::new(cm_adapter_memory::MemoryComponents::new()),
             notifier: Arc::new(LocalNotifier::new()),
             clock: Arc::new(SystemClock),
         }
@@ -60,7 +61,7 @@ async fn an_embedding_service_drives_the_whole_loop_through_the_use_cases() {
         .report(
             orders[0].order_id(),
             &report,
-            &Reporter::Consumer(Consumer::Agent(a1.clone())),
+            &cm_ports::Reporter::Consumer(cm_domain::Consumer::Agent(a1.clone())),
         )
         .await
         .unwrap();

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use chrono::{DateTime, Utc};
 use cm_adapter_memory::{MemoryAgents, MemoryOrders};
 use cm_api_http::{AppState, AuthSettings, HttpSettings, install_metrics_recorder, router, serve};
-use cm_domain::{AgentId, DeliveryPolicy, Order, OrderId, RequestId};
+use cm_domain::{DeliveryPolicy, Order, OrderId, RequestId};
 use cm_ports::testkit::MockOrderStore;
 use cm_ports::{
     Batch, CommandManager, LocalNotifier, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,
@@ -34,6 +34,7 @@ fn manager_over(orders: Arc<dyn OrderStore>, settings: Settings) -> CommandManag
         Ports {
             orders,
             agents: Arc::new(MemoryAgents::new()),
+            components: Arc::new(cm_adapter_memory::MemoryComponents::new()),
             notifier: Arc::new(LocalNotifier::new()),
             clock: Arc::new(SystemClock),
         },
@@ -1595,7 +1596,7 @@ impl OrderStore for SlowPing {
     }
     async fn claim(
         &self,
-        agent: &AgentId,
+        agent: &cm_ports::Consumers,
         limit: usize,
         now: DateTime<Utc>,
         policy: &DeliveryPolicy,
@@ -1607,7 +1608,7 @@ impl OrderStore for SlowPing {
     }
     async fn next_due(
         &self,
-        agent: &AgentId,
+        agent: &cm_ports::Consumers,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.0.next_due(agent, now).await
@@ -1711,6 +1712,12 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
         ("/api/v1/agents/{agent_id}", &["put", "get", "delete"]),
         ("/api/v1/agents/{agent_id}/key", &["post"]),
         ("/api/v1/agents/{agent_id}/poll", &["post"]),
+        ("/api/v1/servers", &["get"]),
+        ("/api/v1/servers/{component}", &["put", "delete"]),
+        ("/api/v1/servers/{component}/key", &["post"]),
+        ("/api/v1/servers/{component}/poll", &["post"]),
+        ("/api/v1/relay/claim", &["post"]),
+        ("/api/v1/results", &["post"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
@@ -1723,7 +1730,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 18);
+    assert_eq!(paths.len(), 24);
     let mut operation_ids: Vec<&str> = paths
         .values()
         .flat_map(|item| item.as_object().unwrap().values())
@@ -1733,7 +1740,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
     operation_ids.sort_unstable();
     operation_ids.dedup();
     assert_eq!(operation_ids.len(), count, "operation ids are unique");
-    assert_eq!(count, 20);
+    assert_eq!(count, 27);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "ErrorBody",

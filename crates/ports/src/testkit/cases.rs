@@ -132,6 +132,41 @@ pub async fn documents_keep_their_arguments_verbatim(b: Backend) {
     assert!(stored.agent().is_none());
 }
 
+/// `action.args` as an array (Wazuh's own examples: the absolute path of the executable and its
+/// arguments) or an object: stored, delivered and read back verbatim, whatever the values, and
+/// however they differ from order to order.
+pub async fn array_and_object_args_are_kept_verbatim_on_every_backend(b: Backend) {
+    let shapes = [
+        json!(["/path/to/executable/arg8"]),
+        json!(["/bin/run", "-v", 3, {"k": [true, null]}]),
+        json!({"offset": 1234}),
+        json!({"offset": "not a number"}),
+        json!([]),
+    ];
+    let orders: Vec<Order> = shapes
+        .iter()
+        .map(|args| OrderSpec::agent("a1").action("run", args.clone()).build())
+        .collect();
+    insert(&b, &orders).await;
+    let claimed = b
+        .orders
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(1), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), shapes.len());
+    for o in &orders {
+        let delivered = claimed
+            .iter()
+            .find(|c| c.order_id() == o.order_id())
+            .expect("delivered");
+        assert_eq!(delivered.action().args(), o.action().args());
+        assert_eq!(
+            get(&b, o.order_id()).await.action().args(),
+            o.action().args()
+        );
+    }
+}
+
 // ---- claiming ----------------------------------------------------------------------------
 
 pub async fn claim_marks_pending_orders_sent_and_returns_them(b: Backend) {

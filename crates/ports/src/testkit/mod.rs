@@ -278,6 +278,7 @@ macro_rules! conformance_suite {
             request_progress_follows_delivery_and_reports,
             a_rollout_hands_out_orders_slot_by_slot_and_a_request_cancel_stops_the_rest,
             a_retry_re_runs_only_the_targets_that_ended_in_the_status_linked_to_the_request,
+            array_and_object_args_are_kept_verbatim_on_every_backend,
             claim_for_many_consumers_takes_their_orders_oldest_first_and_no_others,
             component_orders_are_delivered_only_to_their_component,
             next_due_for_many_consumers_is_the_earliest_among_them,
