@@ -8,6 +8,7 @@
 mod support;
 
 use serde_json::{Value, json};
+use support::consumers::components_and_relays;
 use support::rollout::staggered_rollout_cancel_and_retry;
 use support::scenario::whole_command_loop;
 use support::{Client, Service};
@@ -28,6 +29,7 @@ struct Indices {
     orders: String,
     agents: String,
     archive: String,
+    servers: String,
 }
 
 impl Indices {
@@ -42,6 +44,7 @@ impl Indices {
             orders: format!("{prefix}-wazuh-commands"),
             agents: format!("{prefix}-wazuh-agents"),
             archive: format!("{prefix}-wazuh-commands-archive"),
+            servers: format!("{prefix}-wazuh-servers"),
         }
     }
 
@@ -55,6 +58,10 @@ impl Indices {
                 "CM_STORAGE__OPENSEARCH__ARCHIVE_INDEX",
                 self.archive.clone(),
             ),
+            (
+                "CM_STORAGE__OPENSEARCH__SERVERS_INDEX",
+                self.servers.clone(),
+            ),
         ]
     }
 
@@ -67,8 +74,8 @@ impl Drop for Indices {
     fn drop(&mut self) {
         let urls = [
             self.url(&format!(
-                "/{},{},{}?ignore_unavailable=true",
-                self.orders, self.agents, self.archive
+                "/{},{},{},{}?ignore_unavailable=true",
+                self.orders, self.agents, self.archive, self.servers
             )),
             self.url(&format!("/_index_template/{}", self.orders)),
         ];
@@ -95,6 +102,14 @@ async fn whole_command_loop_on_opensearch_survives_a_restart() {
     let env = indices.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     whole_command_loop(&env, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_and_relays_consume_their_orders_on_opensearch() {
+    let indices = Indices::fresh();
+    let env = indices.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    components_and_relays(&env).await;
 }
 
 /// The Wazuh plugin's request examples (its README and API spec), one request each.
