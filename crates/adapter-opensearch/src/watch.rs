@@ -6,7 +6,8 @@
 //! poll re-claiming each interval (a search per poll per interval), each tick of the watch
 //! costs one refresh and one search, whatever the number of waiting polls:
 //!
-//! 1. the agents with a waiting poll ([`cm_ports::WakeHub::waiting_agents`]); none: nothing to do;
+//! 1. the consumers (agents, components) with a waiting poll or relay claim
+//!    ([`cm_ports::WakeHub::waiting_consumers`]); none: nothing to do;
 //! 2. a refresh of the orders index (unless one started since the tick began), so that every
 //!    order written before the tick, by any instance, is searchable;
 //! 3. one search for the orders of those agents that are deliverable now (the claim's own

@@ -241,6 +241,10 @@ pub(crate) fn relay_claim(
     ))
 }
 
+/// One item of a batch report: its `order_id` as sent (echoed in the answer), and the parsed
+/// item or what is wrong with it.
+pub(crate) type ResultEntry = (Value, Result<ResultItem, FieldError>);
+
 /// The items of a batch report, `{"results": [{"order_id", "status", "code", "message"?,
 /// "data"?}, ...]}` (1 to `max` items): each item parsed on its own, so that one bad item is
 /// that item's outcome (`invalid`) and never fails the others. Each entry is the item's
@@ -248,10 +252,7 @@ pub(crate) fn relay_claim(
 ///
 /// # Errors
 /// A [`FieldError`] when the body itself is not a list of 1 to `max` results.
-pub(crate) fn results(
-    body: &Value,
-    max: usize,
-) -> Result<Vec<(Value, Result<ResultItem, FieldError>)>, FieldError> {
+pub(crate) fn results(body: &Value, max: usize) -> Result<Vec<ResultEntry>, FieldError> {
     let o = Obj::new(body, "", &["results"]).map_err(at_body)?;
     let items = o.array("results")?;
     if items.is_empty() || items.len() > max {
