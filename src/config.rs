@@ -215,6 +215,7 @@ impl Config {
                 .try_parsing(true)
                 .list_separator(",")
                 .with_list_parse_key("auth.manager_tokens")
+                .with_list_parse_key("auth.relay_tokens")
                 .source(Some(settings)),
         );
         let raw = builder.build().map_err(|e| ConfigError(e.to_string()))?;

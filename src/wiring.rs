@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use cm_adapter_memory::{MemoryAgents, MemoryOrders};
+use cm_adapter_memory::{MemoryAgents, MemoryComponents, MemoryOrders};
 use cm_adapter_opensearch::OpenSearchBackend;
 use cm_adapter_postgres::PostgresBackend;
 use cm_adapter_sqlite::SqliteBackend;
 use cm_ports::{
-    AgentRegistry, Clock, LocalNotifier, Notifier, OrderStore, Ports, StoreError, SystemClock,
+    AgentRegistry, Clock, ComponentRegistry, LocalNotifier, Notifier, OrderStore, Ports,
+    StoreError, SystemClock,
 };
 
 use crate::config::{BackendKind, StorageConfig};
@@ -42,13 +43,14 @@ impl Storage {
 fn ports(
     backend: BackendKind,
     orders: Arc<dyn OrderStore>,
-    agents: Arc<dyn AgentRegistry>,
+    (agents, components): (Arc<dyn AgentRegistry>, Arc<dyn ComponentRegistry>),
     notifier: Arc<dyn Notifier>,
 ) -> Ports {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     Ports {
         orders,
         agents,
+        components,
         notifier,
         clock,
     }
@@ -65,7 +67,10 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
             ports: ports(
                 storage.backend,
                 Arc::new(MemoryOrders::new()),
-                Arc::new(MemoryAgents::new()),
+                (
+                    Arc::new(MemoryAgents::new()),
+                    Arc::new(MemoryComponents::new()),
+                ),
                 Arc::new(LocalNotifier::new()),
             ),
             closer: Closer::Nothing,
@@ -76,7 +81,7 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
                 ports: ports(
                     storage.backend,
                     Arc::new(b.clone()),
-                    Arc::new(b.clone()),
+                    (Arc::new(b.clone()), Arc::new(b.clone())),
                     Arc::new(LocalNotifier::new()),
                 ),
                 closer: Closer::Sqlite(b),
@@ -89,7 +94,7 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
                 ports: ports(
                     storage.backend,
                     Arc::new(b.clone()),
-                    Arc::new(b.clone()),
+                    (Arc::new(b.clone()), Arc::new(b.clone())),
                     Arc::new(notifier),
                 ),
                 closer: Closer::Postgres(Box::new(b)),
@@ -102,7 +107,7 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
                 ports: ports(
                     storage.backend,
                     Arc::new(b.clone()),
-                    Arc::new(b.clone()),
+                    (Arc::new(b.clone()), Arc::new(b.clone())),
                     Arc::new(notifier),
                 ),
                 closer: Closer::Opensearch(b),

@@ -3,6 +3,7 @@
 
 mod support;
 
+use support::consumers::components_and_relays;
 use support::rollout::staggered_rollout_cancel_and_retry;
 use support::scenario::whole_command_loop;
 
@@ -19,6 +20,23 @@ async fn whole_command_loop_on_sqlite_survives_a_restart() {
         true,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_and_relays_consume_their_orders_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("orders.db");
+    let path = path.to_str().expect("utf-8 path");
+    components_and_relays(&[
+        ("CM_STORAGE__BACKEND", "sqlite"),
+        ("CM_STORAGE__SQLITE__PATH", path),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_and_relays_consume_their_orders_on_memory() {
+    components_and_relays(&[("CM_STORAGE__BACKEND", "memory")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,7 @@ async fn an_embedding_service_drives_the_whole_loop_through_the_use_cases() {
         Ports {
             orders: Arc::new(MemoryOrders::new()),
             agents: Arc::new(MemoryAgents::new()),
+            components: Arc::new(cm_adapter_memory::MemoryComponents::new()),
             notifier: Arc::new(LocalNotifier::new()),
             clock: Arc::new(SystemClock),
         }
@@ -57,7 +58,11 @@ async fn an_embedding_service_drives_the_whole_loop_through_the_use_cases() {
     assert_eq!(orders.len(), 1);
     let report = Report::new(ReportStatus::Success, 0, "restarted", "").unwrap();
     let done = manager
-        .report(orders[0].order_id(), &report, Some(&a1))
+        .report(
+            orders[0].order_id(),
+            &report,
+            &cm_ports::Reporter::Consumer(cm_domain::Consumer::Agent(a1.clone())),
+        )
         .await
         .unwrap();
     assert_eq!(done.status(), Status::Success);

@@ -8,6 +8,7 @@
 mod support;
 
 use serde_json::{Value, json};
+use support::consumers::components_and_relays;
 use support::rollout::staggered_rollout_cancel_and_retry;
 use support::scenario::whole_command_loop;
 use support::{Client, Service};
@@ -28,6 +29,7 @@ struct Indices {
     orders: String,
     agents: String,
     archive: String,
+    servers: String,
 }
 
 impl Indices {
@@ -42,6 +44,7 @@ impl Indices {
             orders: format!("{prefix}-wazuh-commands"),
             agents: format!("{prefix}-wazuh-agents"),
             archive: format!("{prefix}-wazuh-commands-archive"),
+            servers: format!("{prefix}-wazuh-servers"),
         }
     }
 
@@ -55,6 +58,10 @@ impl Indices {
                 "CM_STORAGE__OPENSEARCH__ARCHIVE_INDEX",
                 self.archive.clone(),
             ),
+            (
+                "CM_STORAGE__OPENSEARCH__SERVERS_INDEX",
+                self.servers.clone(),
+            ),
         ]
     }
 
@@ -67,8 +74,8 @@ impl Drop for Indices {
     fn drop(&mut self) {
         let urls = [
             self.url(&format!(
-                "/{},{},{}?ignore_unavailable=true",
-                self.orders, self.agents, self.archive
+                "/{},{},{},{}?ignore_unavailable=true",
+                self.orders, self.agents, self.archive, self.servers
             )),
             self.url(&format!("/_index_template/{}", self.orders)),
         ];
@@ -95,6 +102,14 @@ async fn whole_command_loop_on_opensearch_survives_a_restart() {
     let env = indices.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     whole_command_loop(&env, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_and_relays_consume_their_orders_on_opensearch() {
+    let indices = Indices::fresh();
+    let env = indices.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    components_and_relays(&env).await;
 }
 
 /// The Wazuh plugin's request examples (its README and API spec), one request each.
@@ -329,13 +344,24 @@ async fn a_group_submit_through_another_instance_finds_agents_registered_just_be
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn arguments_the_wazuh_mapping_cannot_index_get_a_400_naming_the_field_and_nothing_is_written()
+async fn arguments_an_earlier_mapping_cannot_index_get_a_400_naming_the_field_and_nothing_is_written()
  {
     let indices = Indices::fresh();
     let env = indices.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let svc = Service::start(&env);
     let c = Client::default();
+    // An orders index made by an earlier template (the Wazuh plugin's): `args` an indexed
+    // `object`. Indices this service makes store `args` without indexing it, and take any shape.
+    let (status, body) = c
+        .put(
+            &indices.url(&format!("/{}", indices.orders)),
+            json!({"mappings": {"dynamic": true, "properties": {"command": {"properties": {
+                "action": {"properties": {"args": {"type": "object"}}}
+            }}}}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let svc = Service::start(&env);
     for id in ["a1", "a2"] {
         let (status, body) = c
             .put(
@@ -351,8 +377,8 @@ async fn arguments_the_wazuh_mapping_cannot_index_get_a_400_naming_the_field_and
             "action": {"name": "refresh", "args": args, "version": "v5"}, "timeout": 100
         })
     };
-    // The second command's arguments are an array of strings: docs/orders.md allows one, Wazuh's
-    // `object` mapping cannot index one of plain values.
+    // The second command's arguments are an array of strings: docs/orders.md allows one, the
+    // earlier indexed `object` mapping cannot index one of plain values.
     let (status, body) = c
         .post(
             &svc.url("/api/v1/commands"),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::{Connection, Executor};
+use support::consumers::components_and_relays;
 use support::rollout::staggered_rollout_cancel_and_retry;
 use support::scenario::whole_command_loop;
 use support::{Client, Service, until_polls_open};
@@ -53,6 +54,16 @@ async fn whole_command_loop_on_postgres_survives_a_restart() {
         ],
         true,
     )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_and_relays_consume_their_orders_on_postgres() {
+    let url = fresh_database().await;
+    components_and_relays(&[
+        ("CM_STORAGE__BACKEND", "postgres"),
+        ("CM_STORAGE__POSTGRES__URL", &url),
+    ])
     .await;
 }
 

@@ -58,6 +58,7 @@ fn app() -> &'static (Runtime, Router) {
             Ports {
                 orders: Arc::new(MemoryOrders::new()),
                 agents: Arc::new(MemoryAgents::new()),
+                components: Arc::new(cm_adapter_memory::MemoryComponents::new()),
                 notifier: Arc::new(LocalNotifier::new()),
                 clock: Arc::new(SystemClock),
             },

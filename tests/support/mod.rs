@@ -2,6 +2,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod consumers;
 pub mod rollout;
 pub mod scenario;
 

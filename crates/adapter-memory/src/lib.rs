@@ -1,4 +1,5 @@
-//! In-memory implementations of the storage ports: [`MemoryOrders`] and [`MemoryAgents`].
+//! In-memory implementations of the storage ports: [`MemoryOrders`], [`MemoryAgents`] and
+//! [`MemoryComponents`].
 //!
 //! They keep the same contract as the durable adapters (the conformance suite runs against
 //! them), so a service embedding the command manager can swap its storage for these in tests.
@@ -10,11 +11,13 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cm_domain::{
-    Agent, AgentId, DeliveryPolicy, GroupName, KeyHash, Order, OrderId, RequestId, Status,
+    Agent, AgentId, ComponentName, Consumer, DeliveryPolicy, GroupName, KeyHash, Order, OrderId,
+    RequestId, Status,
 };
 use cm_ports::{
-    AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,
-    Page, ReplaceError, RetentionMode, StatusCounts, StoreError, Upserted,
+    AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,
+    OrderPageRequest, OrderStore, Page, ReplaceError, RetentionMode, StatusCounts, StoreError,
+    Upserted,
 };
 
 type Key = (DateTime<Utc>, OrderId);
@@ -30,8 +33,8 @@ struct Orders {
     by_id: HashMap<OrderId, Order>,
     /// Every order in query order.
     by_time: BTreeSet<Key>,
-    /// Orders that a claim may hand out now or later (`pending`, `sent`), per agent.
-    open_by_agent: HashMap<AgentId, BTreeSet<Key>>,
+    /// Orders that a claim may hand out now or later (`pending`, `sent`), per consumer.
+    open_by_consumer: HashMap<Consumer, BTreeSet<Key>>,
     /// `pending` orders by delivery deadline.
     pending_by_deadline: BTreeSet<Key>,
     /// `sent` / `in_progress` orders by result deadline.
@@ -52,9 +55,9 @@ impl Orders {
             .insert(id);
         match o.status() {
             Status::Pending | Status::Sent => {
-                if let Some(agent) = o.agent_id() {
-                    self.open_by_agent
-                        .entry(agent.clone())
+                if let Some(consumer) = o.consumer() {
+                    self.open_by_consumer
+                        .entry(consumer)
                         .or_default()
                         .insert((o.created_at(), id));
                 }
@@ -81,12 +84,12 @@ impl Orders {
                 self.by_request.remove(o.request_id());
             }
         }
-        if let Some(agent) = o.agent_id()
-            && let Some(set) = self.open_by_agent.get_mut(agent)
+        if let Some(consumer) = o.consumer()
+            && let Some(set) = self.open_by_consumer.get_mut(&consumer)
         {
             set.remove(&(o.created_at(), id));
             if set.is_empty() {
-                self.open_by_agent.remove(agent);
+                self.open_by_consumer.remove(&consumer);
             }
         }
         self.pending_by_deadline
@@ -195,20 +198,30 @@ impl OrderStore for MemoryOrders {
 
     async fn claim(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         limit: usize,
         now: DateTime<Utc>,
         policy: &DeliveryPolicy,
     ) -> Result<Vec<Order>, StoreError> {
         let mut s = self.lock();
-        let Some(open) = s.open_by_agent.get(agent) else {
-            return Ok(Vec::new());
-        };
-        let picked: Vec<Order> = open
+        // The oldest `limit` deliverable orders of each consumer, then the oldest of those.
+        let mut keys: Vec<Key> = Vec::new();
+        for consumer in consumers.iter() {
+            let Some(open) = s.open_by_consumer.get(&consumer) else {
+                continue;
+            };
+            keys.extend(
+                open.iter()
+                    .filter(|(_, id)| s.by_id.get(id).is_some_and(|o| o.is_deliverable(now)))
+                    .take(limit)
+                    .copied(),
+            );
+        }
+        keys.sort_unstable();
+        let picked: Vec<Order> = keys
             .iter()
-            .filter_map(|(_, id)| s.by_id.get(id))
-            .filter(|o| o.is_deliverable(now))
             .take(limit)
+            .filter_map(|(_, id)| s.by_id.get(id))
             .filter_map(|o| o.deliver(now, policy).ok())
             .collect();
         for o in &picked {
@@ -231,13 +244,13 @@ impl OrderStore for MemoryOrders {
 
     async fn next_due(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let s = self.lock();
-        Ok(s.open_by_agent
-            .get(agent)
-            .into_iter()
+        Ok(consumers
+            .iter()
+            .filter_map(|c| s.open_by_consumer.get(&c))
             .flatten()
             .filter_map(|(_, id)| s.by_id.get(id))
             .filter_map(|o| o.becomes_deliverable_after(now))
@@ -470,5 +483,65 @@ impl AgentRegistry for MemoryAgents {
             Some(g) => s.members.get(&g).map_or(0, BTreeSet::len),
             None => s.by_id.len(),
         } as u64)
+    }
+}
+
+/// The components registry, in memory: each registered component and its key's hash.
+#[derive(Debug, Default)]
+pub struct MemoryComponents {
+    keys: Mutex<BTreeMap<ComponentName, KeyHash>>,
+}
+
+impl MemoryComponents {
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<ComponentName, KeyHash>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait]
+impl ComponentRegistry for MemoryComponents {
+    async fn register(&self, name: &ComponentName, hash: &KeyHash) -> Result<Upserted, StoreError> {
+        let mut keys = self.lock();
+        if keys.contains_key(name) {
+            return Ok(Upserted::Updated);
+        }
+        keys.insert(name.clone(), hash.clone());
+        Ok(Upserted::Created)
+    }
+
+    async fn set_key_hash(&self, name: &ComponentName, hash: &KeyHash) -> Result<bool, StoreError> {
+        Ok(self
+            .lock()
+            .get_mut(name)
+            .map(|k| *k = hash.clone())
+            .is_some())
+    }
+
+    async fn key_hash(&self, name: &ComponentName) -> Result<Option<KeyHash>, StoreError> {
+        Ok(self.lock().get(name).cloned())
+    }
+
+    async fn list(
+        &self,
+        after: Option<ComponentName>,
+        size: usize,
+    ) -> Result<Page<ComponentName, ComponentName>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let keys = self.lock();
+        let items: Vec<ComponentName> = keys
+            .range((after.map_or(Unbounded, Excluded), Unbounded))
+            .take(size)
+            .map(|(name, _)| name.clone())
+            .collect();
+        Ok(Page::read(items, size, Clone::clone))
+    }
+
+    async fn delete(&self, name: &ComponentName) -> Result<bool, StoreError> {
+        Ok(self.lock().remove(name).is_some())
     }
 }

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cm_adapter_memory::{MemoryAgents, MemoryOrders};
+use cm_adapter_memory::{MemoryAgents, MemoryComponents, MemoryOrders};
 use cm_ports::LocalNotifier;
 use cm_ports::testkit::Backend;
 
@@ -10,6 +10,7 @@ async fn backend() -> Backend {
     Backend {
         orders: Arc::new(MemoryOrders::new()),
         agents: Arc::new(MemoryAgents::new()),
+        components: Arc::new(MemoryComponents::new()),
         notifier: Arc::new(LocalNotifier::new()),
         guard: None,
     }

@@ -31,6 +31,7 @@
 mod agents;
 mod bulk;
 mod client;
+mod components;
 mod error;
 mod mapping;
 mod notify;
@@ -71,6 +72,8 @@ struct Inner {
     orders: String,
     agents: String,
     archive: String,
+    /// The registry of server components.
+    servers: String,
     fields: Fields,
     poll_interval: Duration,
     /// What searches of the orders index may not see yet.
@@ -123,6 +126,7 @@ impl OpenSearchBackend {
                 orders: settings.orders_index.clone(),
                 agents: settings.agents_index.clone(),
                 archive: settings.archive_index.clone(),
+                servers: settings.servers_index.clone(),
                 fields: ensured.fields,
                 poll_interval: settings.poll_interval(),
                 visibility: Visibility::new(),

@@ -47,7 +47,12 @@ pub(crate) fn order_properties() -> Value {
         (Fields::TARGET_TYPE, keyword()),
         (Fields::TARGET_ID, keyword()),
         (Fields::ACTION_NAME, keyword()),
-        ("command.action.args", json!({"type": "object"})),
+        // Stored, never indexed: arguments are an object or an array of any values (docs/orders.md),
+        // and no two orders' arguments can conflict in the mapping.
+        (
+            Fields::ACTION_ARGS,
+            json!({"type": "object", "enabled": false}),
+        ),
         ("command.action.version", keyword()),
         ("command.timeout", json!({"type": "short"})),
         (Fields::STATUS, keyword()),
@@ -174,6 +179,9 @@ pub(crate) struct Fields {
     /// `agent.id` and `agent.groups` of the agents index.
     pub(crate) agent_id: String,
     pub(crate) agent_groups: String,
+    /// Whether the orders index indexes `command.action.args` (an index made by an earlier
+    /// template, the Wazuh plugin's included): then arrays of scalars cannot be stored there.
+    pub(crate) args_indexed: bool,
 }
 
 impl Fields {
@@ -188,6 +196,7 @@ impl Fields {
     pub(crate) const SOURCE: &str = "command.source";
     pub(crate) const TARGET_TYPE: &str = "command.target.type";
     pub(crate) const TARGET_ID: &str = "command.target.id";
+    pub(crate) const ACTION_ARGS: &str = "command.action.args";
     pub(crate) const ACTION_NAME: &str = "command.action.name";
     pub(crate) const STATUS: &str = "command.status";
     pub(crate) const REQUEST_ID: &str = "command.request_id";
@@ -318,8 +327,12 @@ pub(crate) async fn ensure(http: &Http, s: &OpenSearchSettings) -> Result<Ensure
         if create_index(http, index, &json!({})).await? {
             created += 1;
         } else {
-            let fields =
-                extend_mapping(http, index, order_properties(), &[Fields::AGENT_ID]).await?;
+            // An existing index keeps the `args` mapping it has (OpenSearch cannot turn indexing
+            // of an object off in place): orders its mapping cannot take get a 400 naming the
+            // field, and the README says how to reindex into a new index.
+            let mut properties = order_properties();
+            remove_path(&mut properties, Fields::ACTION_ARGS);
+            let fields = extend_mapping(http, index, properties, &[Fields::AGENT_ID]).await?;
             if index == &s.orders_index {
                 order_agent = fields[0].clone();
             }
@@ -343,12 +356,42 @@ pub(crate) async fn ensure(http: &Http, s: &OpenSearchSettings) -> Result<Ensure
         .await?;
         (fields[0].clone(), fields[1].clone())
     };
+    let args_indexed = {
+        let answer = http
+            .ok(
+                Method::Get,
+                &format!("/{}/_mapping", s.orders_index),
+                &[],
+                None,
+            )
+            .await?;
+        let mapping = answer
+            .as_object()
+            .and_then(|m| m.values().next())
+            .map(|v| v["mappings"].clone())
+            .unwrap_or(Value::Null);
+        let args = Fields::ACTION_ARGS
+            .split('.')
+            .fold(&mapping, |node, part| &node["properties"][part]);
+        args["enabled"] != json!(false)
+    };
+    let servers_body = json!({
+        "settings": {"index": {"number_of_shards": 1}},
+        "mappings": {"dynamic": "strict", "properties": {
+            "name": keyword(),
+            "key_hash": {"type": "keyword", "index": false}
+        }}
+    });
+    if create_index(http, &s.servers_index, &servers_body).await? {
+        created += 1;
+    }
     Ok(Ensured {
         created,
         fields: Fields {
             order_agent,
             agent_id,
             agent_groups,
+            args_indexed,
         },
     })
 }
@@ -411,9 +454,11 @@ mod tests {
         ] {
             assert_eq!(mapping_of(&props, path)["type"], kind, "{path}");
         }
+        let args = &props["command"]["properties"]["action"]["properties"]["args"];
+        assert_eq!(args["type"], "object");
         assert_eq!(
-            props["command"]["properties"]["action"]["properties"]["args"]["type"],
-            "object"
+            args["enabled"], false,
+            "stored, not indexed: arrays fit too"
         );
         let agents = agent_properties();
         assert_eq!(mapping_of(&agents, Fields::AGENT_ID)["type"], "keyword");

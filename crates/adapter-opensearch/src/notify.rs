@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cm_domain::AgentId;
-use cm_ports::{Notifier, StoreError, Subscription, WakeHub};
+use cm_domain::Consumer;
+use cm_ports::{Consumers, Notifier, StoreError, Subscription, WakeHub};
 
 use crate::watch::Watch;
 
@@ -68,13 +68,13 @@ impl OpenSearchNotifier {
 
 #[async_trait]
 impl Notifier for OpenSearchNotifier {
-    async fn notify(&self, agents: &[AgentId]) -> Result<(), StoreError> {
-        self.hub.wake(agents);
+    async fn notify(&self, consumers: &[Consumer]) -> Result<(), StoreError> {
+        self.hub.wake(consumers);
         Ok(())
     }
 
-    fn subscribe(&self, agent: &AgentId) -> Subscription {
-        self.hub.subscribe(agent)
+    fn subscribe(&self, consumers: &Consumers) -> Subscription {
+        self.hub.subscribe(consumers)
     }
 
     fn recheck_interval(&self) -> Option<Duration> {
@@ -85,7 +85,7 @@ impl Notifier for OpenSearchNotifier {
         })
     }
 
-    fn polls_waiting(&self, agent: &AgentId) -> usize {
-        self.hub.polls_waiting(agent)
+    fn polls_waiting(&self, consumer: &Consumer) -> usize {
+        self.hub.polls_waiting(consumer)
     }
 }

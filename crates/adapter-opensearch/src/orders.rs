@@ -4,9 +4,11 @@ use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use cm_domain::{AgentId, DeliveryPolicy, Order, OrderId, RequestId, Status};
+use cm_domain::{
+    AgentId, ComponentName, DeliveryPolicy, Order, OrderId, RequestId, Status, TargetType,
+};
 use cm_ports::{
-    Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
+    Batch, Consumers, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
     RetentionMode, StatusCounts, StoreError,
 };
 use opensearch::http::Method;
@@ -81,9 +83,10 @@ pub(crate) fn deliverable_at(now: DateTime<Utc>) -> Value {
     }})
 }
 
-/// Why an order cannot be indexed under Wazuh's mapping, if it cannot: `command.action.args`
-/// is mapped `object`, so an array of args must hold only objects (OpenSearch refuses an array
-/// of strings or numbers there).
+/// Why an order cannot be indexed under an earlier mapping (the Wazuh plugin's) that indexes
+/// `command.action.args` as an `object`, if it cannot: an array of args must then hold only
+/// objects (OpenSearch refuses an array of strings or numbers there). This service's template
+/// stores `args` without indexing it, so indices it made take any shape.
 fn unindexable(order: &Order) -> Option<StoreError> {
     fn only_objects(v: &Value) -> bool {
         match v {
@@ -96,9 +99,10 @@ fn unindexable(order: &Order) -> Option<StoreError> {
     (args.is_array() && !only_objects(args)).then(|| StoreError::Rejected {
         request_id: *order.request_id(),
         field: "action.args".to_owned(),
-        message: "is an array holding non-object values, which the Wazuh mapping of \
-                  command.action.args (object) cannot index; send an object (e.g. \
-                  {\"items\": [...]}) or an array of objects"
+        message: "is an array holding non-object values, which this index's mapping of \
+                  command.action.args (an indexed object, from an earlier template) cannot \
+                  index; send an object (e.g. {\"items\": [...]}) or an array of objects, or \
+                  reindex into an index made by this service (see the README)"
             .to_owned(),
     })
 }
@@ -114,6 +118,29 @@ struct Written {
 impl OpenSearchBackend {
     fn agent_term(&self, agent: &AgentId) -> Value {
         term(&self.inner.fields.order_agent, agent.as_str())
+    }
+
+    /// The orders of `consumers` (`Consumers::takes`): an agent's by `agent.id`, a component's
+    /// by the `server` target naming it. A relay's 10,000 ids fit one `terms` clause each
+    /// (`index.max_terms_count` is 65,536).
+    pub(crate) fn consumers_filter(&self, consumers: &Consumers) -> Value {
+        let mut should = Vec::new();
+        if !consumers.agents().is_empty() {
+            let ids: Vec<&str> = consumers.agents().iter().map(AgentId::as_str).collect();
+            should.push(json!({"terms": {self.inner.fields.order_agent.as_str(): ids}}));
+        }
+        if !consumers.components().is_empty() {
+            let names: Vec<&str> = consumers
+                .components()
+                .iter()
+                .map(ComponentName::as_str)
+                .collect();
+            should.push(json!({"bool": {"filter": [
+                term(Fields::TARGET_TYPE, TargetType::Server.as_str()),
+                {"terms": {Fields::TARGET_ID: names}}
+            ]}}));
+        }
+        json!({"bool": {"should": should, "minimum_should_match": 1}})
     }
 
     /// Writes each `next` only if the stored order still has the version it was computed from.
@@ -145,11 +172,12 @@ impl OpenSearchBackend {
         Ok(written)
     }
 
-    /// Ids, versions of a claim's candidates: `agent`'s orders that the index (as of its last
-    /// refresh) says are deliverable at `now`, oldest first, except `skip` (read by id instead).
+    /// Ids, versions of a claim's candidates: the orders of `consumers` that the index (as of its
+    /// last refresh) says are deliverable at `now`, oldest first, except `skip` (read by id
+    /// instead).
     async fn deliverable_candidates(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         now: DateTime<Utc>,
         size: usize,
         skip: &[String],
@@ -161,7 +189,7 @@ impl OpenSearchBackend {
             "track_total_hits": false,
             "sort": stream_order(),
             "query": {"bool": {
-                "filter": [self.agent_term(agent), deliverable_at(now)],
+                "filter": [self.consumers_filter(consumers), deliverable_at(now)],
                 "must_not": [{"ids": {"values": skip}}]
             }}
         });
@@ -181,9 +209,14 @@ impl OpenSearchBackend {
             .collect()
     }
 
-    /// The recent orders of `agent` (written by this instance since the last refresh), as ids.
-    fn recent_ids(&self, agent: &AgentId) -> Vec<String> {
-        self.visibility().recent(agent).iter().map(doc_id).collect()
+    /// The recent orders of `consumers` (written by this instance since the last refresh), as
+    /// ids.
+    fn recent_ids(&self, consumers: &Consumers) -> Vec<String> {
+        self.visibility()
+            .recent(consumers)
+            .iter()
+            .map(doc_id)
+            .collect()
     }
 
     /// One maintenance batch: refresh, search up to `limit` candidates with their versions,
@@ -365,7 +398,13 @@ fn min_value(agg: &Value) -> Option<DateTime<Utc>> {
 #[async_trait]
 impl OrderStore for OpenSearchBackend {
     async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
-        if let Some(refused) = orders.iter().find_map(unindexable) {
+        if let Some(refused) = self
+            .inner
+            .fields
+            .args_indexed
+            .then(|| orders.iter().find_map(unindexable))
+            .flatten()
+        {
             return Err(refused);
         }
         // Each order goes straight into the NDJSON body: its id (serialised as `doc_id` writes
@@ -466,12 +505,12 @@ impl OrderStore for OpenSearchBackend {
 
     async fn claim(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         limit: usize,
         now: DateTime<Utc>,
         policy: &DeliveryPolicy,
     ) -> Result<Vec<Order>, StoreError> {
-        if limit == 0 {
+        if limit == 0 || consumers.is_empty() {
             return Ok(Vec::new());
         }
         // Other instances' orders: visible once the index refreshed after they were written.
@@ -481,10 +520,10 @@ impl OrderStore for OpenSearchBackend {
         let mut refreshed = false;
         for _ in 0..MAX_CLAIM_ROUNDS {
             let want = limit - claimed.len();
-            let recent = self.recent_ids(agent);
+            let recent = self.recent_ids(consumers);
             let page = (want.saturating_mul(2) + 16).min(MAX_WINDOW);
             let hits = self
-                .deliverable_candidates(agent, now, page, &recent)
+                .deliverable_candidates(consumers, now, page, &recent)
                 .await?;
             let full_page = hits.len() == page;
             let taken: HashSet<String> = claimed.iter().map(|o| doc_id(o.order_id())).collect();
@@ -506,7 +545,7 @@ impl OrderStore for OpenSearchBackend {
             });
             let mut due: Vec<&Versioned> = current
                 .iter()
-                .filter(|v| v.order.agent_id() == Some(agent) && v.order.is_deliverable(now))
+                .filter(|v| consumers.takes(&v.order) && v.order.is_deliverable(now))
                 .collect();
             due.sort_by_key(|v| (v.order.created_at(), *v.order.order_id()));
             due.truncate(want);
@@ -584,18 +623,21 @@ impl OrderStore for OpenSearchBackend {
 
     async fn next_due(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        if consumers.is_empty() {
+            return Ok(None);
+        }
         self.make_fresh(Fresh::IfOlder(self.inner.poll_interval))
             .await?;
-        let recent = self.recent_ids(agent);
+        let recent = self.recent_ids(consumers);
         let pending = term(Fields::STATUS, Status::Pending.as_str());
         let body = json!({
             "size": 0,
             "track_total_hits": false,
             "query": {"bool": {
-                "filter": [self.agent_term(agent)],
+                "filter": [self.consumers_filter(consumers)],
                 "must_not": [{"ids": {"values": recent}}]
             }},
             "aggs": {
@@ -629,7 +671,7 @@ impl OrderStore for OpenSearchBackend {
             .mget(&recent)
             .await?
             .iter()
-            .filter(|v| v.order.agent_id() == Some(agent))
+            .filter(|v| consumers.takes(&v.order))
             .filter_map(|v| v.order.becomes_deliverable_after(now))
             .min();
         Ok(from_index.into_iter().chain(from_recent).min())

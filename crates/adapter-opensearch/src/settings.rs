@@ -22,6 +22,9 @@ pub struct OpenSearchSettings {
     pub agents_index: String,
     /// Where retention moves finished orders when archiving is on.
     pub archive_index: String,
+    /// The registry of server components (their names and key hashes). Not under
+    /// `<orders_index>*`, which the orders template covers.
+    pub servers_index: String,
     /// How often this instance looks in the index for orders its waiting long-polls may claim
     /// (one refresh and one search per interval for all of them), in milliseconds: the delay
     /// within which an order created through another service instance reaches a waiting agent.
@@ -45,6 +48,7 @@ impl Default for OpenSearchSettings {
             orders_index: "wazuh-commands".to_owned(),
             agents_index: "wazuh-agents".to_owned(),
             archive_index: "wazuh-commands-archive".to_owned(),
+            servers_index: "wazuh-servers".to_owned(),
             poll_interval_ms: 1000,
             request_timeout_secs: 30,
             max_connections: 32,
@@ -62,6 +66,7 @@ impl fmt::Debug for OpenSearchSettings {
             .field("orders_index", &self.orders_index)
             .field("agents_index", &self.agents_index)
             .field("archive_index", &self.archive_index)
+            .field("servers_index", &self.servers_index)
             .field("poll_interval_ms", &self.poll_interval_ms)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("max_connections", &self.max_connections)
@@ -87,6 +92,7 @@ impl OpenSearchSettings {
             ("orders_index", &self.orders_index),
             ("agents_index", &self.agents_index),
             ("archive_index", &self.archive_index),
+            ("servers_index", &self.servers_index),
         ] {
             check_index_name(value).map_err(|why| format!("{}: {why}", key(name)))?;
         }
@@ -101,13 +107,28 @@ impl OpenSearchSettings {
                 key("archive_index")
             ));
         }
-        if self.agents_index.starts_with(&self.orders_index) {
+        for name in ["agents_index", "servers_index"] {
+            let index = if name == "agents_index" {
+                &self.agents_index
+            } else {
+                &self.servers_index
+            };
+            if index.starts_with(&self.orders_index) {
+                return Err(format!(
+                    "{}: must not start with the orders index name ({:?}): the orders template \
+                     (`{}*`) would apply to it",
+                    key(name),
+                    self.orders_index,
+                    self.orders_index
+                ));
+            }
+        }
+        if [&self.orders_index, &self.agents_index, &self.archive_index]
+            .contains(&&self.servers_index)
+        {
             return Err(format!(
-                "{}: must not start with the orders index name ({:?}): the orders template \
-                 (`{}*`) would apply to it",
-                key("agents_index"),
-                self.orders_index,
-                self.orders_index
+                "{}: must differ from the orders, agents and archive indices",
+                key("servers_index")
             ));
         }
         if self.poll_interval_ms == 0 {

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use cm_domain::{AgentId, Order, OrderId};
+use cm_domain::{Consumer, Order, OrderId};
+use cm_ports::Consumers;
 
 /// When a search needs a refresh first.
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +37,7 @@ pub(crate) const RECENT_CAP: usize = 50_000;
 
 #[derive(Debug, Default)]
 struct Recent {
-    by_agent: HashMap<AgentId, HashMap<OrderId, u64>>,
+    by_consumer: HashMap<Consumer, HashMap<OrderId, u64>>,
     len: usize,
 }
 
@@ -89,17 +90,17 @@ impl Visibility {
         self.written.fetch_add(1, Ordering::SeqCst) + 1
     }
 
-    /// Remembers the agent orders of write `number` until a refresh covers it.
+    /// Remembers the orders of write `number` that have a consumer until a refresh covers it.
     pub(crate) fn remember<'a>(&self, number: u64, orders: impl IntoIterator<Item = &'a Order>) {
         if number <= self.covered.load(Ordering::SeqCst) {
             return;
         }
         let mut r = self.recent_lock();
         for o in orders {
-            if let Some(agent) = o.agent_id() {
+            if let Some(consumer) = o.consumer() {
                 let added = r
-                    .by_agent
-                    .entry(agent.clone())
+                    .by_consumer
+                    .entry(consumer)
                     .or_default()
                     .insert(*o.order_id(), number)
                     .is_none();
@@ -110,19 +111,18 @@ impl Visibility {
         }
     }
 
-    /// The orders of `agent` written since the last refresh that covers them.
-    pub(crate) fn recent(&self, agent: &AgentId) -> Vec<OrderId> {
+    /// The orders of `consumers` written since the last refresh that covers them.
+    pub(crate) fn recent(&self, consumers: &Consumers) -> Vec<OrderId> {
         let covered = self.covered.load(Ordering::SeqCst);
-        self.recent_lock()
-            .by_agent
-            .get(agent)
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, n)| **n > covered)
-                    .map(|(id, _)| *id)
-                    .collect()
-            })
-            .unwrap_or_default()
+        let r = self.recent_lock();
+        if r.by_consumer.is_empty() {
+            return Vec::new();
+        }
+        consumers
+            .iter()
+            .filter_map(|c| r.by_consumer.get(&c))
+            .flat_map(|m| m.iter().filter(|(_, n)| **n > covered).map(|(id, _)| *id))
+            .collect()
     }
 
     pub(crate) fn recent_len(&self) -> usize {
@@ -170,7 +170,7 @@ impl Visibility {
         let covered = self.covered.load(Ordering::SeqCst);
         let mut r = self.recent_lock();
         let mut len = 0;
-        r.by_agent.retain(|_, m| {
+        r.by_consumer.retain(|_, m| {
             m.retain(|_, n| *n > covered);
             len += m.len();
             !m.is_empty()
@@ -181,7 +181,7 @@ impl Visibility {
 
 #[cfg(test)]
 mod tests {
-    use cm_domain::{Action, NewOrder, RequestId, Source, Target, Timeout};
+    use cm_domain::{Action, AgentId, NewOrder, RequestId, Source, Target, Timeout};
     use uuid::Uuid;
 
     use super::*;
@@ -215,7 +215,10 @@ mod tests {
         let n = v.wrote();
         v.remember(n, [&second]);
         v.refreshed(covers, started);
-        assert_eq!(v.recent(&a1), vec![*second.order_id()]);
+        assert_eq!(
+            v.recent(&cm_ports::Consumers::agent(&a1)),
+            vec![*second.order_id()]
+        );
         assert_eq!(v.recent_len(), 1);
     }
 

@@ -6,7 +6,8 @@
 //! poll re-claiming each interval (a search per poll per interval), each tick of the watch
 //! costs one refresh and one search, whatever the number of waiting polls:
 //!
-//! 1. the agents with a waiting poll ([`cm_ports::WakeHub::waiting_agents`]); none: nothing to do;
+//! 1. the consumers (agents, components) with a waiting poll or relay claim
+//!    ([`cm_ports::WakeHub::waiting_consumers`]); none: nothing to do;
 //! 2. a refresh of the orders index (unless one started since the tick began), so that every
 //!    order written before the tick, by any instance, is searchable;
 //! 3. one search for the orders of those agents that are deliverable now (the claim's own
@@ -35,7 +36,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
-use cm_domain::AgentId;
+use cm_domain::{AgentId, ComponentName, Consumer};
 use cm_ports::StoreError;
 use serde_json::{Value, json};
 use tokio::sync::watch;
@@ -144,7 +145,7 @@ async fn run(backend: OpenSearchBackend, every: Duration, mut stopped: watch::Re
 /// One look on behalf of every waiting poll; returns how many agents it woke.
 async fn tick(backend: &OpenSearchBackend, seen: &mut Seen) -> Result<usize, StoreError> {
     let hub = &backend.inner.hub;
-    let waiting = hub.waiting_agents();
+    let waiting = hub.waiting_consumers();
     if waiting.is_empty() {
         seen.forget_all();
         return Ok(0);
@@ -154,7 +155,7 @@ async fn tick(backend: &OpenSearchBackend, seen: &mut Seen) -> Result<usize, Sto
     let mut body = json!({
         "size": MAX_WINDOW,
         "_source": false,
-        "docvalue_fields": [field],
+        "docvalue_fields": [field, Fields::TARGET_TYPE, Fields::TARGET_ID],
         "track_total_hits": false,
         "sort": stream_order(),
         "query": watch_query(field, &waiting, Utc::now())
@@ -176,31 +177,51 @@ async fn tick(backend: &OpenSearchBackend, seen: &mut Seen) -> Result<usize, Sto
     Ok(wake.len())
 }
 
-/// The orders of `agents` deliverable at `now`.
-fn watch_query(field: &str, agents: &[AgentId], now: chrono::DateTime<Utc>) -> Value {
-    let clauses: Vec<Value> = agents
+/// The orders of the `waiting` consumers deliverable at `now`: agents by `field`, components by
+/// the `server` target naming them.
+fn watch_query(field: &str, waiting: &[Consumer], now: chrono::DateTime<Utc>) -> Value {
+    let mut agents: Vec<&str> = Vec::new();
+    let mut components: Vec<&str> = Vec::new();
+    for c in waiting {
+        match c {
+            Consumer::Agent(a) => agents.push(a.as_str()),
+            Consumer::Component(n) => components.push(n.as_str()),
+        }
+    }
+    let mut clauses: Vec<Value> = agents
         .chunks(AGENTS_PER_CLAUSE)
-        .map(|chunk| {
-            let ids: Vec<&str> = chunk.iter().map(AgentId::as_str).collect();
-            json!({"terms": {field: ids}})
-        })
+        .map(|ids| json!({"terms": {field: ids}}))
         .collect();
+    for names in components.chunks(AGENTS_PER_CLAUSE) {
+        clauses.push(json!({"bool": {"filter": [
+            {"term": {Fields::TARGET_TYPE: "server"}},
+            {"terms": {Fields::TARGET_ID: names}}
+        ]}}));
+    }
     json!({"bool": {"filter": [
         {"bool": {"should": clauses, "minimum_should_match": 1}},
         deliverable_at(now)
     ]}})
 }
 
-/// A hit's document id and agent.
-fn read_hit(hit: &Value, field: &str) -> Result<(String, Option<AgentId>), StoreError> {
+/// A hit's document id and consumer.
+fn read_hit(hit: &Value, field: &str) -> Result<(String, Option<Consumer>), StoreError> {
     let id = hit["_id"]
         .as_str()
         .ok_or_else(|| corrupt(format!("search hit without _id: {hit}")))?;
-    // An agent id the domain refuses cannot have a waiting poll either.
+    // A name the domain refuses cannot have a waiting poll either.
     let agent = hit["fields"][field][0]
         .as_str()
-        .and_then(|a| AgentId::parse(a, Fields::AGENT_ID).ok());
-    Ok((id.to_owned(), agent))
+        .and_then(|a| AgentId::parse(a, Fields::AGENT_ID).ok())
+        .map(Consumer::Agent);
+    let component = || {
+        (hit["fields"][Fields::TARGET_TYPE][0].as_str() == Some("server"))
+            .then(|| hit["fields"][Fields::TARGET_ID][0].as_str())
+            .flatten()
+            .and_then(|n| ComponentName::parse(n, Fields::TARGET_ID).ok())
+            .map(Consumer::Component)
+    };
+    Ok((id.to_owned(), agent.or_else(component)))
 }
 
 /// The orders the last tick found: each wakes its agent once, at the first tick that finds it.
@@ -210,9 +231,9 @@ struct Seen {
 }
 
 impl Seen {
-    /// Remembers exactly `found` (orders no longer found are forgotten) and returns the agents
-    /// of those that are new, each once.
-    fn update(&mut self, found: Vec<(String, Option<AgentId>)>) -> Vec<AgentId> {
+    /// Remembers exactly `found` (orders no longer found are forgotten) and returns the
+    /// consumers of those that are new, each once.
+    fn update(&mut self, found: Vec<(String, Option<Consumer>)>) -> Vec<Consumer> {
         let mut agents = HashSet::new();
         let mut ids = HashSet::with_capacity(found.len());
         for (id, agent) in found {
@@ -236,18 +257,18 @@ impl Seen {
 mod tests {
     use super::*;
 
-    fn agent(id: &str) -> AgentId {
-        AgentId::parse(id, "a").unwrap()
+    fn agent(id: &str) -> Consumer {
+        Consumer::Agent(AgentId::parse(id, "a").unwrap())
     }
 
-    fn found(pairs: &[(&str, &str)]) -> Vec<(String, Option<AgentId>)> {
+    fn found(pairs: &[(&str, &str)]) -> Vec<(String, Option<Consumer>)> {
         pairs
             .iter()
             .map(|(id, a)| ((*id).to_owned(), Some(agent(a))))
             .collect()
     }
 
-    fn sorted(mut v: Vec<AgentId>) -> Vec<AgentId> {
+    fn sorted(mut v: Vec<Consumer>) -> Vec<Consumer> {
         v.sort();
         v
     }
@@ -285,15 +306,23 @@ mod tests {
 
     #[test]
     fn agents_are_split_into_clauses_of_bounded_size() {
-        let agents: Vec<AgentId> = (0..AGENTS_PER_CLAUSE * 2 + 1)
+        let mut waiting: Vec<Consumer> = (0..AGENTS_PER_CLAUSE * 2 + 1)
             .map(|i| agent(&format!("a{i}")))
             .collect();
-        let q = watch_query(Fields::AGENT_ID, &agents, Utc::now());
+        waiting.push(Consumer::Component(
+            ComponentName::parse("vd", "c").unwrap(),
+        ));
+        let q = watch_query(Fields::AGENT_ID, &waiting, Utc::now());
         let clauses = q["bool"]["filter"][0]["bool"]["should"].as_array().unwrap();
-        let sizes: Vec<usize> = clauses
+        let sizes: Vec<usize> = clauses[..3]
             .iter()
             .map(|c| c["terms"][Fields::AGENT_ID].as_array().unwrap().len())
             .collect();
         assert_eq!(sizes, vec![AGENTS_PER_CLAUSE, AGENTS_PER_CLAUSE, 1]);
+        assert_eq!(
+            clauses[3]["bool"]["filter"][1]["terms"][Fields::TARGET_ID],
+            serde_json::json!(["vd"]),
+            "components by their server target"
+        );
     }
 }

@@ -16,6 +16,7 @@
 //! (`convert_sqlx_err`).
 
 mod agents;
+mod components;
 mod error;
 mod notify;
 mod orders;

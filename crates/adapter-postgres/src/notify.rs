@@ -1,8 +1,8 @@
 //! [`PostgresNotifier`]: wakes long-polls on every instance through `LISTEN/NOTIFY`.
 //!
-//! `notify` wakes this instance's polls at once through its [`WakeHub`] and sends the agent ids
+//! `notify` wakes this instance's polls at once through its [`WakeHub`] and sends the consumers' keys
 //! on channel [`CHANNEL`]; a background task holds a `LISTEN` connection and wakes the local
-//! polls of every agent named in a notification from another instance. Notifications are not
+//! polls of every consumer (agent or component) named in a notification from another instance. Notifications are not
 //! queued for a listener that is disconnected, so after the task reconnects it wakes every
 //! waiting poll (they re-check storage), and polls also re-check every
 //! [`RECHECK_INTERVAL`] as a last resort (a connection that dies silently).
@@ -12,8 +12,8 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cm_domain::AgentId;
-use cm_ports::{Notifier, StoreError, Subscription, WakeHub};
+use cm_domain::Consumer;
+use cm_ports::{Consumers, Notifier, StoreError, Subscription, WakeHub};
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgNotification};
 use tokio::sync::oneshot;
@@ -38,11 +38,13 @@ const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 // at their 30 s re-check; a reconnect attempt every 2 s costs the database next to nothing.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// The payloads that tell other instances about `agents`: `<instance> <id>,<id>,…` (agent ids
-/// never contain spaces or commas), each under [`MAX_PAYLOAD`] bytes, or one
-/// `<instance> *` when there would be more than [`MAX_PAYLOADS`].
-pub(crate) fn payloads(instance: &str, agents: &[AgentId]) -> Vec<String> {
-    let unique: BTreeSet<&str> = agents.iter().map(AgentId::as_str).collect();
+/// The payloads that tell other instances about `consumers`: `<instance> <key>,<key>,…` (the
+/// consumers' keys, `agent:<id>` or `server:<component>`, which never contain spaces or commas),
+/// each under [`MAX_PAYLOAD`] bytes, or one `<instance> *` when there would be more than
+/// [`MAX_PAYLOADS`].
+pub(crate) fn payloads(instance: &str, consumers: &[Consumer]) -> Vec<String> {
+    let keys: BTreeSet<String> = consumers.iter().map(Consumer::key).collect();
+    let unique = keys.iter().map(String::as_str);
     let mut out: Vec<String> = Vec::new();
     let mut current = String::new();
     for id in unique {
@@ -219,21 +221,18 @@ fn deliver(hub: &WakeHub, instance: &str, notification: &PgNotification) {
         Wake::Nothing => {}
         Wake::All => hub.wake_all(),
         Wake::Agents(ids) => {
-            let agents: Vec<AgentId> = ids
-                .into_iter()
-                .filter_map(|id| AgentId::parse(id, "agent").ok())
-                .collect();
-            hub.wake(&agents);
+            let consumers: Vec<Consumer> = ids.into_iter().filter_map(Consumer::from_key).collect();
+            hub.wake(&consumers);
         }
     }
 }
 
 #[async_trait]
 impl Notifier for PostgresNotifier {
-    #[tracing::instrument(skip(self, agents), fields(agents = agents.len()))]
-    async fn notify(&self, agents: &[AgentId]) -> Result<(), StoreError> {
-        self.hub.wake(agents);
-        let payloads = payloads(&self.instance, agents);
+    #[tracing::instrument(skip(self, consumers), fields(consumers = consumers.len()))]
+    async fn notify(&self, consumers: &[Consumer]) -> Result<(), StoreError> {
+        self.hub.wake(consumers);
+        let payloads = payloads(&self.instance, consumers);
         if payloads.is_empty() {
             return Ok(());
         }
@@ -246,16 +245,16 @@ impl Notifier for PostgresNotifier {
             .map_err(convert_sqlx_err)
     }
 
-    fn subscribe(&self, agent: &AgentId) -> Subscription {
-        self.hub.subscribe(agent)
+    fn subscribe(&self, consumers: &Consumers) -> Subscription {
+        self.hub.subscribe(consumers)
     }
 
     fn recheck_interval(&self) -> Option<Duration> {
         Some(RECHECK_INTERVAL)
     }
 
-    fn polls_waiting(&self, agent: &AgentId) -> usize {
-        self.hub.polls_waiting(agent)
+    fn polls_waiting(&self, consumer: &Consumer) -> usize {
+        self.hub.polls_waiting(consumer)
     }
 }
 
@@ -263,9 +262,11 @@ impl Notifier for PostgresNotifier {
 mod tests {
     use super::*;
 
-    fn ids(n: usize) -> Vec<AgentId> {
+    use cm_domain::AgentId;
+
+    fn ids(n: usize) -> Vec<Consumer> {
         (0..n)
-            .map(|i| AgentId::parse(&format!("agent-{i:06}"), "id").unwrap())
+            .map(|i| Consumer::Agent(AgentId::parse(&format!("agent-{i:06}"), "id").unwrap()))
             .collect()
     }
 
@@ -284,7 +285,7 @@ mod tests {
             };
             seen.extend(got.into_iter().map(str::to_owned));
         }
-        let want: Vec<String> = agents.iter().map(|a| a.as_str().to_owned()).collect();
+        let want: Vec<String> = agents.iter().map(Consumer::key).collect();
         assert_eq!(seen, want);
     }
 

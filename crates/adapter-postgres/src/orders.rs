@@ -10,9 +10,9 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cm_domain::{AgentId, DeliveryPolicy, Order, OrderId, RequestId, Status};
+use cm_domain::{AgentId, ComponentName, DeliveryPolicy, Order, OrderId, RequestId, Status};
 use cm_ports::{
-    Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
+    Batch, Consumers, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
     RetentionMode, StatusCounts, StoreError,
 };
 use sqlx::postgres::PgArguments;
@@ -50,12 +50,16 @@ const INSERT: &str = insert_unnest!("");
 /// [`INSERT`], leaving out the orders that exist already (by id).
 const INSERT_SKIPPING_EXISTING: &str = insert_unnest!(" ON CONFLICT (order_id) DO NOTHING");
 
-/// The agent's orders that `Order::is_deliverable` accepts at `$2`: pending from `not_before`
-/// until (excluding) the deadline, or sent with a redelivery due. Server orders have no
-/// `agent_id` and never match.
+/// The orders of the consumers (`$1` the agents' ids, `$4` the components' names) that
+/// `Order::is_deliverable` accepts at `$2`: pending from `not_before` until (excluding) the
+/// deadline, or sent with a redelivery due; an agent's by `agent_id`, a component's by the
+/// `server` target naming it (`Consumers::takes`). One statement, so that `SKIP LOCKED` skips
+/// the rows other claims hold before `LIMIT` counts; each side of the `OR` reads its partial
+/// index (`orders_open_by_agent`, `orders_open_by_server`).
 const SELECT_CLAIMABLE: &str = "
 SELECT doc FROM orders
-WHERE agent_id = $1
+WHERE (agent_id = ANY($1::text[])
+       OR (target_type = 'server' AND target_id = ANY($4::text[])))
   AND status IN ('pending', 'sent')
   AND ((status = 'pending' AND available_at <= $2 AND deadline > $2)
        OR (status = 'sent' AND redeliver_at <= $2))
@@ -63,16 +67,35 @@ ORDER BY created_at, order_id
 LIMIT $3
 FOR UPDATE SKIP LOCKED";
 
-/// The earliest instant after `$2` at which one of the agent's orders becomes deliverable by
-/// itself (`Order::becomes_deliverable_after`): a pending order's `not_before` or a sent order's
-/// redelivery. Each `min` is one seek into its partial index (`orders_pending_by_agent_available`,
-/// `orders_sent_by_agent_redeliver`); `LEAST` ignores the one that is `NULL`.
+/// The earliest instant after `$2` at which one of the orders of the consumers (`$1`, `$3` as in
+/// [`SELECT_CLAIMABLE`]) becomes deliverable by itself (`Order::becomes_deliverable_after`): a
+/// pending order's `not_before` or a sent order's redelivery. Each `min` reads its partial index
+/// (`orders_pending_by_agent_available`, `orders_sent_by_agent_redeliver` and their `server`
+/// twins); `LEAST` ignores the ones that are `NULL`.
 const NEXT_DUE: &str = "
 SELECT LEAST(
     (SELECT min(available_at) FROM orders
-     WHERE agent_id = $1 AND status = 'pending' AND available_at > $2),
+     WHERE agent_id = ANY($1::text[]) AND status = 'pending' AND available_at > $2),
     (SELECT min(redeliver_at) FROM orders
-     WHERE agent_id = $1 AND status = 'sent' AND redeliver_at > $2))";
+     WHERE agent_id = ANY($1::text[]) AND status = 'sent' AND redeliver_at > $2),
+    (SELECT min(available_at) FROM orders
+     WHERE target_id = ANY($3::text[]) AND target_type = 'server'
+       AND status = 'pending' AND available_at > $2),
+    (SELECT min(redeliver_at) FROM orders
+     WHERE target_id = ANY($3::text[]) AND target_type = 'server'
+       AND status = 'sent' AND redeliver_at > $2))";
+
+/// A consumer set as the two text arrays the claim and next-due queries bind.
+fn consumer_arrays(consumers: &Consumers) -> (Vec<&str>, Vec<&str>) {
+    (
+        consumers.agents().iter().map(AgentId::as_str).collect(),
+        consumers
+            .components()
+            .iter()
+            .map(ComponentName::as_str)
+            .collect(),
+    )
+}
 
 /// The pending orders of request `$1` (`Order::cancel` accepts exactly these), oldest first,
 /// from `orders_pending_by_request`.
@@ -357,19 +380,21 @@ impl OrderStore for PostgresBackend {
 
     async fn claim(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         limit: usize,
         now: DateTime<Utc>,
         policy: &DeliveryPolicy,
     ) -> Result<Vec<Order>, StoreError> {
-        if limit == 0 {
+        if limit == 0 || consumers.is_empty() {
             return Ok(Vec::new());
         }
+        let (agents, components) = consumer_arrays(consumers);
         let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
         let rows = sqlx::query(SELECT_CLAIMABLE)
-            .bind(agent.as_str())
+            .bind(agents)
             .bind(now)
             .bind(sql_limit(limit))
+            .bind(components)
             .fetch_all(&mut *tx)
             .await
             .map_err(convert_sqlx_err)?;
@@ -453,12 +478,17 @@ impl OrderStore for PostgresBackend {
 
     async fn next_due(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        if consumers.is_empty() {
+            return Ok(None);
+        }
+        let (agents, components) = consumer_arrays(consumers);
         sqlx::query_scalar(NEXT_DUE)
-            .bind(agent.as_str())
+            .bind(agents)
             .bind(now)
+            .bind(components)
             .fetch_one(&self.pool)
             .await
             .map_err(convert_sqlx_err)

@@ -11,11 +11,13 @@ use std::time::Duration;
 use cm_adapter_postgres::{
     LISTENER_APPLICATION_NAME, PostgresBackend, PostgresNotifier, PostgresSettings,
 };
-use cm_domain::{Action, AgentId, Command, DeliveryPolicy, Source, Target, TargetType, Timeout};
+use cm_domain::{Action, Command, Consumer, DeliveryPolicy, Source, Target, TargetType, Timeout};
 use cm_ports::testkit::{
     Backend, LONG_WAIT, OrderSpec, agent, agent_id, at, long_wait_settings, until_poll_waits,
 };
-use cm_ports::{AgentRegistry, Notifier, OrderStore, Settings, StoreError, SubmitRequest};
+use cm_ports::{
+    AgentRegistry, Consumers, Notifier, OrderStore, Settings, StoreError, SubmitRequest,
+};
 use common::{admin, fresh_settings, open_fresh};
 use sqlx::Row;
 use tokio::time::timeout;
@@ -44,6 +46,7 @@ impl Instance {
         Backend {
             orders: Arc::new(self.backend.clone()),
             agents: Arc::new(self.backend.clone()),
+            components: Arc::new(self.backend.clone()),
             notifier: Arc::clone(&self.notifier) as Arc<dyn Notifier>,
             guard: None,
         }
@@ -105,9 +108,12 @@ fn test_databases_carry_their_creation_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_wakes_a_poll_on_another_instance() {
     let (a, b, _) = two_instances().await;
-    let mut mine = b.notifier.subscribe(&agent_id("a1"));
-    let mut other = b.notifier.subscribe(&agent_id("a2"));
-    a.notifier.notify(&[agent_id("a1")]).await.expect("notify");
+    let mut mine = b.notifier.subscribe(&Consumers::agent(&agent_id("a1")));
+    let mut other = b.notifier.subscribe(&Consumers::agent(&agent_id("a2")));
+    a.notifier
+        .notify(&[Consumer::Agent(agent_id("a1"))])
+        .await
+        .expect("notify");
     // Only LISTEN/NOTIFY can wake it; a lost notification leaves the test waiting.
     mine.notified().await;
     assert!(
@@ -121,11 +127,15 @@ async fn a_notification_wakes_a_poll_on_another_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_fan_out_still_reaches_every_instance() {
     let (a, b, _) = two_instances().await;
-    let fleet: Vec<AgentId> = (0..20_000)
-        .map(|i| agent_id(&format!("agent-{i:05}")))
+    let fleet: Vec<Consumer> = (0..20_000)
+        .map(|i| Consumer::Agent(agent_id(&format!("agent-{i:05}"))))
         .collect();
-    let mut first = b.notifier.subscribe(&fleet[0]);
-    let mut last = b.notifier.subscribe(&fleet[19_999]);
+    let one = |c: &Consumer| match c {
+        Consumer::Agent(a) => Consumers::agent(a),
+        Consumer::Component(c) => Consumers::component(c),
+    };
+    let mut first = b.notifier.subscribe(&one(&fleet[0]));
+    let mut last = b.notifier.subscribe(&one(&fleet[19_999]));
     a.notifier.notify(&fleet).await.expect("notify");
     first.notified().await;
     last.notified().await;
@@ -179,27 +189,27 @@ struct NoRecheck(Arc<PostgresNotifier>);
 
 #[async_trait::async_trait]
 impl Notifier for NoRecheck {
-    async fn notify(&self, agents: &[AgentId]) -> Result<(), StoreError> {
-        self.0.notify(agents).await
+    async fn notify(&self, consumers: &[Consumer]) -> Result<(), StoreError> {
+        self.0.notify(consumers).await
     }
 
-    fn subscribe(&self, agent: &AgentId) -> cm_ports::Subscription {
-        self.0.subscribe(agent)
+    fn subscribe(&self, consumers: &Consumers) -> cm_ports::Subscription {
+        self.0.subscribe(consumers)
     }
 
     fn recheck_interval(&self) -> Option<Duration> {
         None
     }
 
-    fn polls_waiting(&self, agent: &AgentId) -> usize {
-        self.0.polls_waiting(agent)
+    fn polls_waiting(&self, consumer: &Consumer) -> usize {
+        self.0.polls_waiting(consumer)
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_whose_connection_is_killed_reconnects_and_wakes_every_poll() {
     let (a, b, settings) = two_instances().await;
-    let mut waiting = a.notifier.subscribe(&agent_id("a1"));
+    let mut waiting = a.notifier.subscribe(&Consumers::agent(&agent_id("a1")));
     let mut admin = admin().await;
     let killed: i64 = sqlx::query(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
@@ -218,12 +228,15 @@ async fn a_listener_whose_connection_is_killed_reconnects_and_wakes_every_poll()
     waiting.notified().await;
 
     // And it listens again: a notification sent now arrives.
-    let mut later = a.notifier.subscribe(&agent_id("a2"));
+    let mut later = a.notifier.subscribe(&Consumers::agent(&agent_id("a2")));
     loop {
         // b's listener may still be reconnecting; a's is back (it woke us). Send until heard:
         // a lost notification here would be the bug under test only if a had not reconnected
         // (then the test never ends).
-        b.notifier.notify(&[agent_id("a2")]).await.expect("notify");
+        b.notifier
+            .notify(&[Consumer::Agent(agent_id("a2"))])
+            .await
+            .expect("notify");
         if timeout(Duration::from_millis(500), later.notified())
             .await
             .is_ok()
@@ -247,7 +260,7 @@ async fn a_listener_whose_connection_is_killed_reconnects_and_wakes_every_poll()
 async fn a_listener_that_cannot_reconnect_at_once_keeps_retrying_and_then_wakes_every_poll() {
     let (a, b, settings) = two_instances().await;
     let database = database_of(&settings);
-    let mut waiting = a.notifier.subscribe(&agent_id("a1"));
+    let mut waiting = a.notifier.subscribe(&Consumers::agent(&agent_id("a1")));
     let mut admin = admin().await;
     // Refuse new connections to the database, then cut the listeners off: their immediate
     // reconnection fails and they fall back to retrying with backoff.
@@ -280,8 +293,11 @@ async fn a_listener_that_cannot_reconnect_at_once_keeps_retrying_and_then_wakes_
     .expect("accept connections again");
     // Woken once the listener is back (it listens again before it wakes every poll).
     waiting.notified().await;
-    let mut later = a.notifier.subscribe(&agent_id("a2"));
-    b.notifier.notify(&[agent_id("a2")]).await.expect("notify");
+    let mut later = a.notifier.subscribe(&Consumers::agent(&agent_id("a2")));
+    b.notifier
+        .notify(&[Consumer::Agent(agent_id("a2"))])
+        .await
+        .expect("notify");
     later.notified().await;
 }
 
@@ -322,7 +338,7 @@ async fn two_instances_claiming_for_one_agent_never_hand_out_the_same_order() {
                 let mut got = Vec::new();
                 loop {
                     let batch = store
-                        .claim(&agent_id("a1"), 7, at(1), &policy())
+                        .claim(&Consumers::agent(&agent_id("a1")), 7, at(1), &policy())
                         .await
                         .expect("claim");
                     if batch.is_empty() {
@@ -353,7 +369,7 @@ async fn expiry_on_one_instance_and_claims_on_another_move_each_order_once() {
             let mut n = 0;
             loop {
                 let batch = store
-                    .claim(&agent_id("a1"), 5, at(9), &policy())
+                    .claim(&Consumers::agent(&agent_id("a1")), 5, at(9), &policy())
                     .await
                     .expect("claim");
                 if batch.is_empty() {

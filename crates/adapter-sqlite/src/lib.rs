@@ -20,6 +20,7 @@
 //! [`cm_ports::LocalNotifier`].
 
 mod agents;
+mod components;
 mod error;
 mod orders;
 

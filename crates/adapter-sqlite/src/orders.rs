@@ -4,9 +4,9 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cm_domain::{AgentId, DeliveryPolicy, Order, OrderId, RequestId, Status};
+use cm_domain::{AgentId, ComponentName, DeliveryPolicy, Order, OrderId, RequestId, Status};
 use cm_ports::{
-    Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
+    Batch, Consumers, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
     RetentionMode, StatusCounts, StoreError,
 };
 use sqlx::query_builder::Separated;
@@ -21,10 +21,12 @@ const MAX_BOUND_PARAMETERS: usize = 32_766;
 const CHUNK: usize = 1000;
 const _: () = assert!(CHUNK * 15 <= MAX_BOUND_PARAMETERS);
 
-/// An agent's deliverable orders, oldest first. Agrees with `Order::is_deliverable`: pending from
-/// `not_before` until (excluding) the deadline; sent once redelivery is due. The two kinds are
-/// read from their own indexes, so a poll walks neither the agent's history nor the orders it
-/// holds without a redelivery being due.
+/// The deliverable orders of a set of consumers, oldest first: `?1` is the JSON array of the
+/// agents' ids, `?2` that of the components' names, `?3` now, `?4` the limit. Agrees with
+/// `Consumers::takes` and `Order::is_deliverable`: pending from `not_before` until (excluding)
+/// the deadline; sent once redelivery is due; an agent's orders by `agent_id`, a component's by
+/// the `server` target naming it. Each kind is read from its own partial index, each consumer
+/// by one seek (the `IN` list), so a claim walks neither history nor the orders already held.
 ///
 /// `INDEXED BY`: without statistics the planner rates `orders_agent` (every order of the agent)
 /// as good as these; a poll must not degrade into a scan of the agent's history, and a schema
@@ -32,30 +34,72 @@ const _: () = assert!(CHUNK * 15 <= MAX_BOUND_PARAMETERS);
 const CLAIM_CANDIDATES: &str = "SELECT revision, document FROM ( \
       SELECT * FROM ( \
         SELECT created_ms, order_id, revision, document FROM orders INDEXED BY orders_claim \
-        WHERE agent_id = ?1 AND status = 'pending' AND available_ms <= ?2 AND deadline_ms > ?2 \
-        ORDER BY created_ms, order_id LIMIT ?3) \
+        WHERE agent_id IN (SELECT value FROM json_each(?1)) AND status = 'pending' \
+          AND available_ms <= ?3 AND deadline_ms > ?3 \
+        ORDER BY created_ms, order_id LIMIT ?4) \
       UNION ALL \
       SELECT * FROM ( \
         SELECT created_ms, order_id, revision, document FROM orders INDEXED BY orders_redeliver \
-        WHERE agent_id = ?1 AND status = 'sent' AND redeliver_ms <= ?2 \
-        ORDER BY created_ms, order_id LIMIT ?3)) \
-    ORDER BY created_ms, order_id LIMIT ?3";
-
-/// The earliest instant after `?2` at which one of the agent's orders becomes deliverable by
-/// itself (`Order::becomes_deliverable_after`): a pending order's `not_before` or a sent order's
-/// redelivery. Each half is one seek into its partial index (`INDEXED BY` as in
-/// [`CLAIM_CANDIDATES`]: a long-poll asks this on every wait, and must never scan the agent's
-/// history). `MIN` of no row is `NULL`.
-const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
-      SELECT * FROM ( \
-        SELECT available_ms AS t FROM orders INDEXED BY orders_available \
-        WHERE agent_id = ?1 AND status = 'pending' AND available_ms > ?2 \
-        ORDER BY available_ms LIMIT 1) \
+        WHERE agent_id IN (SELECT value FROM json_each(?1)) AND status = 'sent' \
+          AND redeliver_ms <= ?3 \
+        ORDER BY created_ms, order_id LIMIT ?4) \
       UNION ALL \
       SELECT * FROM ( \
-        SELECT redeliver_ms AS t FROM orders INDEXED BY orders_redeliver \
-        WHERE agent_id = ?1 AND status = 'sent' AND redeliver_ms > ?2 \
-        ORDER BY redeliver_ms LIMIT 1))";
+        SELECT created_ms, order_id, revision, document FROM orders \
+        INDEXED BY orders_claim_server \
+        WHERE target_id IN (SELECT value FROM json_each(?2)) AND status = 'pending' \
+          AND target_type = 'server' \
+          AND available_ms <= ?3 AND deadline_ms > ?3 \
+        ORDER BY created_ms, order_id LIMIT ?4) \
+      UNION ALL \
+      SELECT * FROM ( \
+        SELECT created_ms, order_id, revision, document FROM orders \
+        INDEXED BY orders_redeliver_server \
+        WHERE target_id IN (SELECT value FROM json_each(?2)) AND status = 'sent' \
+          AND target_type = 'server' AND redeliver_ms <= ?3 \
+        ORDER BY created_ms, order_id LIMIT ?4)) \
+    ORDER BY created_ms, order_id LIMIT ?4";
+
+/// The earliest instant after `?3` at which one of the orders of the consumers (`?1`, `?2` as
+/// in [`CLAIM_CANDIDATES`]) becomes deliverable by itself (`Order::becomes_deliverable_after`):
+/// a pending order's `not_before` or a sent order's redelivery. Each quarter is one range seek
+/// per consumer into its partial index (`INDEXED BY` as in [`CLAIM_CANDIDATES`]: a long-poll
+/// asks this on every wait, and must never scan history). `MIN` of no row is `NULL`.
+const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
+      SELECT MIN(available_ms) AS t FROM orders INDEXED BY orders_available \
+      WHERE agent_id IN (SELECT value FROM json_each(?1)) AND status = 'pending' \
+        AND available_ms > ?3 \
+      UNION ALL \
+      SELECT MIN(redeliver_ms) AS t FROM orders INDEXED BY orders_redeliver \
+      WHERE agent_id IN (SELECT value FROM json_each(?1)) AND status = 'sent' \
+        AND redeliver_ms > ?3 \
+      UNION ALL \
+      SELECT MIN(available_ms) AS t FROM orders INDEXED BY orders_available_server \
+      WHERE target_id IN (SELECT value FROM json_each(?2)) AND status = 'pending' \
+        AND target_type = 'server' AND available_ms > ?3 \
+      UNION ALL \
+      SELECT MIN(redeliver_ms) AS t FROM orders INDEXED BY orders_redeliver_server \
+      WHERE target_id IN (SELECT value FROM json_each(?2)) AND status = 'sent' \
+        AND target_type = 'server' AND redeliver_ms > ?3)";
+
+/// The JSON arrays of a consumer set's agent ids and component names (`?1`, `?2` of
+/// [`CLAIM_CANDIDATES`] and [`NEXT_DUE`]): one bound value each, however many consumers.
+fn consumer_lists(consumers: &Consumers) -> Result<(String, String), StoreError> {
+    let encode = |names: Vec<&str>| {
+        serde_json::to_string(&names)
+            .map_err(|e| StoreError::Corrupt(format!("consumers cannot be encoded: {e}")))
+    };
+    Ok((
+        encode(consumers.agents().iter().map(AgentId::as_str).collect())?,
+        encode(
+            consumers
+                .components()
+                .iter()
+                .map(ComponentName::as_str)
+                .collect(),
+        )?,
+    ))
+}
 
 /// A request's pending orders, oldest first (`Order::cancel` accepts exactly these). The partial
 /// index skips the request's orders that already moved on, so cancelling a large request batch
@@ -360,18 +404,20 @@ impl OrderStore for SqliteBackend {
 
     async fn claim(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         limit: usize,
         now: DateTime<Utc>,
         policy: &DeliveryPolicy,
     ) -> Result<Vec<Order>, StoreError> {
-        if limit == 0 {
+        if limit == 0 || consumers.is_empty() {
             return Ok(Vec::new());
         }
         let now_ms = now.timestamp_millis();
+        let (agents, components) = consumer_lists(consumers)?;
         let mut tx = self.write().await?;
         let candidates: Vec<Versioned> = sqlx::query_as(CLAIM_CANDIDATES)
-            .bind(agent.as_str())
+            .bind(agents)
+            .bind(components)
             .bind(now_ms)
             .bind(sql_int(limit))
             .fetch_all(&mut *tx)
@@ -423,11 +469,16 @@ impl OrderStore for SqliteBackend {
 
     async fn next_due(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        if consumers.is_empty() {
+            return Ok(None);
+        }
+        let (agents, components) = consumer_lists(consumers)?;
         let due: Option<i64> = sqlx::query_scalar(NEXT_DUE)
-            .bind(agent.as_str())
+            .bind(agents)
+            .bind(components)
             .bind(now.timestamp_millis())
             .fetch_one(&self.reader)
             .await
@@ -589,7 +640,21 @@ mod tests {
             p.contains("USING INDEX orders_redeliver (agent_id=? AND redeliver_ms<?)"),
             "{p}"
         );
+        assert!(
+            p.contains("USING INDEX orders_claim_server (target_id=?)"),
+            "{p}"
+        );
+        assert!(
+            p.contains("USING INDEX orders_redeliver_server (target_id=? AND redeliver_ms<?)"),
+            "{p}"
+        );
         let p = plan(&store, NEXT_DUE).await;
+        assert!(
+            p.contains(
+                "USING COVERING INDEX orders_available_server (target_id=? AND available_ms>?)"
+            ),
+            "{p}"
+        );
         assert!(
             p.contains("USING COVERING INDEX orders_available (agent_id=? AND available_ms>?)"),
             "{p}"

@@ -6,7 +6,7 @@ mod common;
 use cm_adapter_sqlite::SqliteBackend;
 use cm_domain::{DeliveryPolicy, KeyHash, Status};
 use cm_ports::testkit::{OrderSpec, agent, agent_id, at, group};
-use cm_ports::{AgentRegistry, OrderFilter, OrderPageRequest, OrderStore, StoreError};
+use cm_ports::{AgentRegistry, Consumers, OrderFilter, OrderPageRequest, OrderStore, StoreError};
 
 #[tokio::test]
 async fn orders_and_agents_survive_closing_and_reopening_the_file() {
@@ -21,7 +21,12 @@ async fn orders_and_agents_survive_closing_and_reopening_the_file() {
             .await
             .expect("upsert");
         let delivered = store
-            .claim(&agent_id("a1"), 2, at(1), &DeliveryPolicy::default())
+            .claim(
+                &Consumers::agent(&agent_id("a1")),
+                2,
+                at(1),
+                &DeliveryPolicy::default(),
+            )
             .await
             .expect("claim");
         assert_eq!(delivered.len(), 2);
@@ -95,7 +100,10 @@ async fn an_agents_key_hash_and_a_scheduled_order_survive_reopening_the_file() {
         Some(hash)
     );
     assert_eq!(
-        store.next_due(&agent_id("a1"), at(0)).await.expect("due"),
+        store
+            .next_due(&Consumers::agent(&agent_id("a1")), at(0))
+            .await
+            .expect("due"),
         Some(at(30))
     );
     store.close().await;

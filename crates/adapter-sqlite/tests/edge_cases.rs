@@ -4,7 +4,7 @@ mod common;
 
 use cm_domain::{DeliveryPolicy, Status};
 use cm_ports::testkit::{OrderSpec, agent, agent_id, at, group};
-use cm_ports::{AgentPageRequest, ReplaceError};
+use cm_ports::{AgentPageRequest, Consumers, ReplaceError};
 
 #[tokio::test]
 async fn upsert_many_with_an_id_twice_keeps_the_last_and_counts_it_once() {
@@ -55,7 +55,12 @@ async fn a_claim_of_zero_orders_changes_nothing() {
         .expect("insert");
     let got = b
         .orders
-        .claim(&agent_id("a1"), 0, at(1), &DeliveryPolicy::default())
+        .claim(
+            &Consumers::agent(&agent_id("a1")),
+            0,
+            at(1),
+            &DeliveryPolicy::default(),
+        )
         .await
         .expect("claim");
     assert!(got.is_empty());
@@ -104,7 +109,7 @@ async fn a_sent_order_waiting_for_redelivery_is_not_handed_out_while_newer_ones_
     let policy = DeliveryPolicy::default(); // redelivery after 120 s
     assert_eq!(
         b.orders
-            .claim(&agent_id("a1"), 10, at(1), &policy)
+            .claim(&Consumers::agent(&agent_id("a1")), 10, at(1), &policy)
             .await
             .expect("claim")
             .len(),
@@ -116,7 +121,7 @@ async fn a_sent_order_waiting_for_redelivery_is_not_handed_out_while_newer_ones_
         .expect("insert");
     let got = b
         .orders
-        .claim(&agent_id("a1"), 10, at(6), &policy)
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(6), &policy)
         .await
         .expect("claim");
     assert_eq!(got.len(), 1);
@@ -124,7 +129,7 @@ async fn a_sent_order_waiting_for_redelivery_is_not_handed_out_while_newer_ones_
     // Once its redelivery is due the older one comes first again.
     let got = b
         .orders
-        .claim(&agent_id("a1"), 10, at(200), &policy)
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(200), &policy)
         .await
         .expect("claim");
     let ids: Vec<_> = got.iter().map(|o| *o.order_id()).collect();

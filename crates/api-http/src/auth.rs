@@ -4,9 +4,17 @@
 //!   (compared in constant time with every configured token).
 //! * An **agent** presents `Authorization: Basic base64(<agent id>:<key>)`, the key issued when it
 //!   was registered or its key was rotated (verified against the stored hash).
+//! * A **component** (a server component consuming `server` orders) presents
+//!   `Authorization: Basic base64(<component>:<key>)` the same way. A name that is both an agent
+//!   and a component is told apart by the key: the agent's is tried first.
+//! * A **relay** presents `Authorization: Bearer <token>`, one of
+//!   [`AuthSettings::relay_tokens`]: it claims orders for many agents and components and reports
+//!   their results, and can do nothing else.
 //!
-//! Every matched route has one [`Role`] ([`role_of`]): management routes need a manager, the
-//! delivery routes an agent (and the handlers check it is the right one), operations are open.
+//! Every matched route has one [`Role`] ([`role_of`]): management routes need a manager, an
+//! agent's poll the agent, a component's poll the component (the handlers check it is the
+//! right one), the result routes any consumer or a relay, the relay claim a relay; operations
+//! are open.
 //! Missing, unknown or malformed credentials answer 401 with `WWW-Authenticate`; valid credentials
 //! of the wrong role answer 403. With authentication off every route is open.
 //!
@@ -23,14 +31,15 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::alphabet::STANDARD;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-use cm_domain::AgentId;
+use cm_domain::{AgentId, ComponentName, Consumer};
+use cm_ports::Reporter;
 use cm_ports::auth::matches_any;
 use serde::Deserialize;
 
 use crate::error::ApiError;
 use crate::{
-    AppState, HttpSettings, POLL_ROUTE, REQUEST_CANCEL_ROUTE, REQUEST_ORDERS_ROUTE,
-    REQUEST_RETRY_ROUTE, RESULT_ROUTE,
+    AppState, COMPONENT_POLL_ROUTE, HttpSettings, POLL_ROUTE, RELAY_CLAIM_ROUTE,
+    REQUEST_CANCEL_ROUTE, REQUEST_ORDERS_ROUTE, REQUEST_RETRY_ROUTE, RESULT_ROUTE, RESULTS_ROUTE,
 };
 
 /// Shortest manager token accepted.
@@ -46,6 +55,8 @@ pub struct AuthSettings {
     pub enabled: bool,
     /// The bearer tokens of managers; each at least [`MIN_TOKEN_LEN`] visible ASCII characters.
     pub manager_tokens: Vec<String>,
+    /// The bearer tokens of relays (docs/delivery.md), under the same rules; none by default.
+    pub relay_tokens: Vec<String>,
 }
 
 impl fmt::Debug for AuthSettings {
@@ -55,6 +66,10 @@ impl fmt::Debug for AuthSettings {
             .field(
                 "manager_tokens",
                 &format_args!("[{} redacted]", self.manager_tokens.len()),
+            )
+            .field(
+                "relay_tokens",
+                &format_args!("[{} redacted]", self.relay_tokens.len()),
             )
             .finish()
     }
@@ -81,18 +96,33 @@ pub fn check_exposure(http: &HttpSettings, auth: &AuthSettings) -> Result<(), St
                     .to_owned(),
             );
         }
-        for (i, token) in auth.manager_tokens.iter().enumerate() {
-            if token.chars().count() < MIN_TOKEN_LEN {
-                return Err(format!(
-                    "auth.manager_tokens[{i}]: must be at least {MIN_TOKEN_LEN} characters long"
-                ));
+        let tokens = [
+            ("manager_tokens", &auth.manager_tokens),
+            ("relay_tokens", &auth.relay_tokens),
+        ];
+        for (key, list) in tokens {
+            for (i, token) in list.iter().enumerate() {
+                if token.chars().count() < MIN_TOKEN_LEN {
+                    return Err(format!(
+                        "auth.{key}[{i}]: must be at least {MIN_TOKEN_LEN} characters long"
+                    ));
+                }
+                if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(format!(
+                        "auth.{key}[{i}]: may hold only visible ASCII characters \
+                         (no spaces, no control characters)"
+                    ));
+                }
             }
-            if !token.bytes().all(|b| b.is_ascii_graphic()) {
-                return Err(format!(
-                    "auth.manager_tokens[{i}]: may hold only visible ASCII characters \
-                     (no spaces, no control characters)"
-                ));
-            }
+        }
+        if let Some(i) = auth
+            .relay_tokens
+            .iter()
+            .position(|t| auth.manager_tokens.contains(t))
+        {
+            return Err(format!(
+                "auth.relay_tokens[{i}]: is also a manager token; a relay needs a token of its own"
+            ));
         }
     } else if !is_loopback(&http.listen) {
         return Err(format!(
@@ -117,6 +147,13 @@ pub(crate) enum Role {
     Manager,
     /// An agent's key; the handler checks that it is the agent the request is about.
     Agent,
+    /// A component's key; the handler checks that it is the component the request is about.
+    Component,
+    /// Whoever delivers orders: an agent or a component (for its own orders, checked per
+    /// order), or a relay.
+    Reporter,
+    /// A relay token.
+    Relay,
 }
 
 /// The role of a matched route template. A route not named here needs a manager, so a new
@@ -124,7 +161,10 @@ pub(crate) enum Role {
 pub(crate) fn role_of(route: &str) -> Role {
     match route {
         "/healthz" | "/readyz" | "/openapi.json" => Role::Open,
-        POLL_ROUTE | RESULT_ROUTE => Role::Agent,
+        POLL_ROUTE => Role::Agent,
+        COMPONENT_POLL_ROUTE => Role::Component,
+        RESULT_ROUTE | RESULTS_ROUTE => Role::Reporter,
+        RELAY_CLAIM_ROUTE => Role::Relay,
         // Rollout control acts on a whole fleet at once: managers only, named here so that a
         // change of the default cannot open them.
         REQUEST_ORDERS_ROUTE | REQUEST_CANCEL_ROUTE | REQUEST_RETRY_ROUTE => Role::Manager,
@@ -139,13 +179,15 @@ pub(crate) enum Caller {
     Anyone,
     Manager,
     Agent(AgentId),
+    Component(ComponentName),
+    Relay,
 }
 
 impl Caller {
-    /// Refuses an agent acting for another agent.
+    /// Refuses anyone but `agent` itself (or anyone at all with authentication off).
     ///
     /// # Errors
-    /// [`ApiError::Forbidden`] when the caller is a manager or another agent.
+    /// [`ApiError::Forbidden`] when the caller is not that agent.
     pub(crate) fn must_be(&self, agent: &AgentId) -> Result<(), ApiError> {
         match self {
             Self::Anyone => Ok(()),
@@ -153,17 +195,36 @@ impl Caller {
             Self::Agent(_) => Err(ApiError::Forbidden(
                 "an agent may act only for itself".to_owned(),
             )),
-            Self::Manager => Err(ApiError::Forbidden(
-                "this route is for agents, not managers".to_owned(),
+            Self::Manager | Self::Component(_) | Self::Relay => Err(ApiError::Forbidden(
+                "this route is for the agent itself".to_owned(),
             )),
         }
     }
 
-    /// The agent whose credentials were presented, when one was.
-    pub(crate) fn agent(&self) -> Option<&AgentId> {
+    /// Refuses anyone but `component` itself (or anyone at all with authentication off).
+    ///
+    /// # Errors
+    /// [`ApiError::Forbidden`] when the caller is not that component.
+    pub(crate) fn must_be_component(&self, component: &ComponentName) -> Result<(), ApiError> {
         match self {
-            Self::Agent(id) => Some(id),
-            Self::Anyone | Self::Manager => None,
+            Self::Anyone => Ok(()),
+            Self::Component(me) if me == component => Ok(()),
+            Self::Component(_) => Err(ApiError::Forbidden(
+                "a component may act only for itself".to_owned(),
+            )),
+            Self::Manager | Self::Agent(_) | Self::Relay => Err(ApiError::Forbidden(
+                "this route is for the component itself".to_owned(),
+            )),
+        }
+    }
+
+    /// Which orders the caller may report for.
+    pub(crate) fn reporter(&self) -> Reporter {
+        match self {
+            Self::Anyone | Self::Manager => Reporter::Anyone,
+            Self::Relay => Reporter::Relay,
+            Self::Agent(id) => Reporter::Consumer(Consumer::Agent(id.clone())),
+            Self::Component(name) => Reporter::Consumer(Consumer::Component(name.clone())),
         }
     }
 }
@@ -222,6 +283,8 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, A
     if scheme.eq_ignore_ascii_case("bearer") {
         if matches_any(credentials, auth.manager_tokens.iter().map(String::as_str)) {
             Ok(Caller::Manager)
+        } else if matches_any(credentials, auth.relay_tokens.iter().map(String::as_str)) {
+            Ok(Caller::Relay)
         } else {
             Err(refused())
         }
@@ -229,10 +292,16 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, A
         let decoded = BASIC.decode(credentials).map_err(|_| malformed())?;
         let decoded = String::from_utf8(decoded).map_err(|_| malformed())?;
         // Keys never hold a `:`; agent ids may.
-        let (id, key) = decoded.rsplit_once(':').ok_or_else(malformed)?;
-        let id = AgentId::parse(id, "agent_id").map_err(|_| refused())?;
-        if state.manager().authenticate_agent(&id, key).await? {
-            Ok(Caller::Agent(id))
+        let (name, key) = decoded.rsplit_once(':').ok_or_else(malformed)?;
+        // Agent ids and component names follow the same rules.
+        let id = AgentId::parse(name, "agent_id").map_err(|_| refused())?;
+        let manager = state.manager();
+        if manager.authenticate_agent(&id, key).await? {
+            return Ok(Caller::Agent(id));
+        }
+        let component = ComponentName::parse(name, "component").map_err(|_| refused())?;
+        if manager.authenticate_component(&component, key).await? {
+            Ok(Caller::Component(component))
         } else {
             Err(refused())
         }
@@ -261,9 +330,17 @@ pub(crate) async fn authorize(
         }
     };
     let refusal = match (role, &caller) {
-        (Role::Manager, Caller::Agent(_)) => Some("this route is for managers"),
-        (Role::Agent, Caller::Manager) => Some("this route is for agents, not managers"),
-        _ => None,
+        (_, Caller::Anyone) | (Role::Open, _) => None,
+        (Role::Manager, Caller::Manager)
+        | (Role::Agent, Caller::Agent(_))
+        | (Role::Component, Caller::Component(_))
+        | (Role::Relay, Caller::Relay)
+        | (Role::Reporter, Caller::Agent(_) | Caller::Component(_) | Caller::Relay) => None,
+        (Role::Manager, _) => Some("this route is for managers"),
+        (Role::Agent, _) => Some("this route is for the agent itself"),
+        (Role::Component, _) => Some("this route is for the component itself"),
+        (Role::Relay, _) => Some("this route is for relays"),
+        (Role::Reporter, _) => Some("this route is for agents, components and relays"),
     };
     if let Some(why) = refusal {
         return ApiError::Forbidden(why.to_owned()).into_response();
@@ -287,6 +364,7 @@ mod tests {
         AuthSettings {
             enabled: true,
             manager_tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
+            relay_tokens: Vec::new(),
         }
     }
 
@@ -335,6 +413,20 @@ mod tests {
     }
 
     #[test]
+    fn relay_tokens_follow_the_manager_tokens_rules_and_differ_from_them() {
+        let mut auth = on(&["a-long-token-1234567"]);
+        auth.relay_tokens = vec!["short".to_owned()];
+        let err = check_exposure(&http("0.0.0.0:80"), &auth).unwrap_err();
+        assert!(err.contains("auth.relay_tokens[0]"), "{err}");
+        auth.relay_tokens = vec!["a-long-token-1234567".to_owned()];
+        let err = check_exposure(&http("0.0.0.0:80"), &auth).unwrap_err();
+        assert!(err.contains("auth.relay_tokens[0]"), "{err}");
+        assert!(!err.contains("a-long-token"), "never shows a token: {err}");
+        auth.relay_tokens = vec!["a-relay-token-7654321".to_owned()];
+        assert_eq!(check_exposure(&http("0.0.0.0:80"), &auth), Ok(()));
+    }
+
+    #[test]
     fn debug_never_shows_the_tokens() {
         let shown = format!("{:?}", on(&["a-long-token-1234567"]));
         assert!(!shown.contains("a-long-token"), "{shown}");
@@ -346,7 +438,11 @@ mod tests {
         assert_eq!(role_of("/healthz"), Role::Open);
         assert_eq!(role_of("/openapi.json"), Role::Open);
         assert_eq!(role_of(POLL_ROUTE), Role::Agent);
-        assert_eq!(role_of(RESULT_ROUTE), Role::Agent);
+        assert_eq!(role_of(COMPONENT_POLL_ROUTE), Role::Component);
+        assert_eq!(role_of(RESULT_ROUTE), Role::Reporter);
+        assert_eq!(role_of(RESULTS_ROUTE), Role::Reporter);
+        assert_eq!(role_of(RELAY_CLAIM_ROUTE), Role::Relay);
+        assert_eq!(role_of("/api/v1/servers/{component}"), Role::Manager);
         assert_eq!(role_of("/metrics"), Role::Manager);
         for route in [
             REQUEST_ORDERS_ROUTE,

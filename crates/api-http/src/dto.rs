@@ -8,9 +8,10 @@
 use std::fmt::Write as _;
 
 use cm_domain::{
-    Action, Agent, AgentId, Command, FieldError, GroupName, Report, ReportStatus, Schedule, Source,
-    Target, TargetType, Timeout,
+    Action, Agent, AgentId, Command, ComponentName, FieldError, GroupName, OrderId, Report,
+    ReportStatus, Schedule, Source, Target, TargetType, Timeout,
 };
+use cm_ports::{Consumers, ResultItem};
 use serde_json::{Map, Value};
 
 /// The fields of a submit body.
@@ -183,6 +184,105 @@ pub(crate) fn report(body: &Value) -> Result<Report, FieldError> {
     let message = o.opt_string("message")?.unwrap_or_default();
     let data = o.opt_string("data")?.unwrap_or_default();
     Report::new(status, code, message, data)
+}
+
+/// A relay's claim, `{"agents": [ids], "servers": [components], "limit"?, "wait"?}`: the
+/// consumers (1 to `max_consumers` together), the limit and the wait in seconds when given.
+///
+/// # Errors
+/// A [`FieldError`] naming the field at fault (`agents[3]`, `limit`).
+pub(crate) fn relay_claim(
+    body: &Value,
+    max_consumers: usize,
+) -> Result<(Consumers, Option<i64>, Option<i64>), FieldError> {
+    let o = Obj::new(body, "", &["agents", "servers", "limit", "wait"]).map_err(at_body)?;
+    let list = |name: &str| -> Result<&[Value], FieldError> {
+        match o.opt(name) {
+            None => Ok(&[]),
+            Some(_) => o.array(name),
+        }
+    };
+    let names = |name: &str| -> Result<Vec<&str>, FieldError> {
+        list(name)?
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str()
+                    .ok_or_else(|| FieldError::new(format!("{name}[{i}]"), "must be a string"))
+            })
+            .collect()
+    };
+    let agents = names("agents")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| AgentId::parse(a, &format!("agents[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let servers = names("servers")?
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| ComponentName::parse(c, &format!("servers[{i}]")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if agents.is_empty() && servers.is_empty() {
+        return Err(FieldError::new(
+            "agents",
+            "agents and servers must name at least one consumer together",
+        ));
+    }
+    if agents.len() + servers.len() > max_consumers {
+        return Err(FieldError::new(
+            "agents",
+            format!("agents and servers may name at most {max_consumers} consumers together"),
+        ));
+    }
+    Ok((
+        Consumers::new(agents, servers),
+        o.opt_int("limit")?,
+        o.opt_int("wait")?,
+    ))
+}
+
+/// One item of a batch report: its `order_id` as sent (echoed in the answer), and the parsed
+/// item or what is wrong with it.
+pub(crate) type ResultEntry = (Value, Result<ResultItem, FieldError>);
+
+/// The items of a batch report, `{"results": [{"order_id", "status", "code", "message"?,
+/// "data"?}, ...]}` (1 to `max` items): each item parsed on its own, so that one bad item is
+/// that item's outcome (`invalid`) and never fails the others. Each entry is the item's
+/// `order_id` as sent (for the answer) and the parsed item or what is wrong with it.
+///
+/// # Errors
+/// A [`FieldError`] when the body itself is not a list of 1 to `max` results.
+pub(crate) fn results(body: &Value, max: usize) -> Result<Vec<ResultEntry>, FieldError> {
+    let o = Obj::new(body, "", &["results"]).map_err(at_body)?;
+    let items = o.array("results")?;
+    if items.is_empty() || items.len() > max {
+        return Err(FieldError::new(
+            "results",
+            format!("must hold 1 to {max} results"),
+        ));
+    }
+    Ok(items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let sent_id = item.get("order_id").cloned().unwrap_or(Value::Null);
+            let parsed = (|| {
+                let path = format!("results[{i}]");
+                let mut known = REPORT_FIELDS.to_vec();
+                known.push("order_id");
+                let o = Obj::new(item, &path, &known)?;
+                let order_id = OrderId::parse(o.string("order_id")?, &o.at("order_id"))?;
+                let mut rest = item.clone();
+                if let Some(map) = rest.as_object_mut() {
+                    map.remove("order_id");
+                }
+                let report = report(&rest)
+                    .map_err(|e| FieldError::new(format!("{path}.{}", e.field()), e.message()))?;
+                Ok(ResultItem { order_id, report })
+            })();
+            (sent_id, parsed)
+        })
+        .collect())
 }
 
 /// An agent registration, `{"groups": [...]}`, for the agent `id` of the path.

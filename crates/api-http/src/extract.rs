@@ -6,7 +6,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
-use cm_domain::{AgentId, FieldError, OrderId, RequestId};
+use cm_domain::{AgentId, ComponentName, FieldError, OrderId, RequestId};
 use serde_json::Value;
 
 use crate::AppState;
@@ -74,6 +74,14 @@ impl PathValue for OrderId {
 
 impl PathValue for RequestId {
     const NAME: &'static str = "request_id";
+
+    fn parse(raw: &str) -> Result<Self, FieldError> {
+        Self::parse(raw, Self::NAME)
+    }
+}
+
+impl PathValue for ComponentName {
+    const NAME: &'static str = "component";
 
     fn parse(raw: &str) -> Result<Self, FieldError> {
         Self::parse(raw, Self::NAME)

@@ -271,6 +271,12 @@ impl fmt::Debug for AppState {
 pub(crate) const POLL_ROUTE: &str = "/api/v1/agents/{agent_id}/poll";
 /// The path template of the result report route.
 pub(crate) const RESULT_ROUTE: &str = "/api/v1/orders/{order_id}/result";
+/// The path template of a server component's long-poll.
+pub(crate) const COMPONENT_POLL_ROUTE: &str = "/api/v1/servers/{component}/poll";
+/// The path template of a relay's claim for many agents and components (docs/delivery.md).
+pub(crate) const RELAY_CLAIM_ROUTE: &str = "/api/v1/relay/claim";
+/// The path template of the batch result report.
+pub(crate) const RESULTS_ROUTE: &str = "/api/v1/results";
 /// The path templates of rollout control over a whole request (docs/rollout.md).
 pub(crate) const REQUEST_ORDERS_ROUTE: &str = "/api/v1/requests/{request_id}/orders";
 pub(crate) const REQUEST_CANCEL_ROUTE: &str = "/api/v1/requests/{request_id}/cancel";
@@ -311,6 +317,18 @@ pub fn router(state: AppState) -> Router {
             post(handlers::agents::rotate_key),
         )
         .route(POLL_ROUTE, post(handlers::delivery::poll))
+        .route("/api/v1/servers", get(handlers::consumers::list))
+        .route(
+            "/api/v1/servers/{component}",
+            put(handlers::consumers::put).delete(handlers::consumers::delete),
+        )
+        .route(
+            "/api/v1/servers/{component}/key",
+            post(handlers::consumers::rotate_key),
+        )
+        .route(COMPONENT_POLL_ROUTE, post(handlers::consumers::poll))
+        .route(RELAY_CLAIM_ROUTE, post(handlers::consumers::relay_claim))
+        .route(RESULTS_ROUTE, post(handlers::consumers::results))
         .route("/healthz", get(handlers::ops::healthz))
         .route("/readyz", get(handlers::ops::readyz))
         .route("/metrics", get(handlers::ops::metrics))

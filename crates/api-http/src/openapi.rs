@@ -34,6 +34,13 @@ use crate::handlers::delivery::PollBounds;
         handlers::agents::rotate_key,
         handlers::delivery::poll,
         handlers::delivery::report,
+        handlers::consumers::put,
+        handlers::consumers::rotate_key,
+        handlers::consumers::list,
+        handlers::consumers::delete,
+        handlers::consumers::poll,
+        handlers::consumers::relay_claim,
+        handlers::consumers::results,
         handlers::ops::healthz,
         handlers::ops::readyz,
         handlers::ops::metrics,
@@ -46,7 +53,8 @@ use crate::handlers::delivery::PollBounds;
         (name = "orders", description = "Reading and cancelling orders"),
         (name = "requests", description = "Following and steering whole requests: progress, their orders, cancel, retry"),
         (name = "agents", description = "The agents registry"),
-        (name = "delivery", description = "Agents receiving orders and reporting results"),
+        (name = "servers", description = "The registry of server components that consume orders"),
+        (name = "delivery", description = "Agents, server components and relays receiving orders and reporting results"),
         (name = "operations", description = "Health, readiness, metrics, this document"),
     )
 )]
@@ -54,8 +62,10 @@ struct ApiDoc;
 
 /// The security scheme of managers' bearer tokens.
 pub(crate) const MANAGER_TOKEN: &str = "manager_token";
-/// The security scheme of agents' keys.
+/// The security scheme of agents' and components' keys.
 pub(crate) const AGENT_KEY: &str = "agent_key";
+/// The security scheme of relays' bearer tokens.
+pub(crate) const RELAY_TOKEN: &str = "relay_token";
 
 /// Declares the two security schemes and gives every operation the requirement of its route's
 /// [`Role`] (the same table the middleware enforces), with its 401 and 403 answers.
@@ -81,8 +91,19 @@ impl Modify for Security {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Basic)
                     .description(Some(
-                        "The agent's id as user name and its key (issued at registration or \
-                         rotation) as password",
+                        "The agent's id (or the server component's name) as user name and its \
+                         key (issued at registration or rotation) as password",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            RELAY_TOKEN,
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "One of the relay tokens of the configuration (`auth.relay_tokens`)",
                     ))
                     .build(),
             ),
@@ -98,18 +119,32 @@ impl Modify for Security {
                 &mut item.patch,
             ];
             for op in operations.into_iter().flatten() {
-                let (scheme, forbidden) = match role {
+                let (schemes, forbidden): (&[&str], _) = match role {
                     Role::Open => {
                         op.security = Some(Vec::new());
                         continue;
                     }
-                    Role::Manager => (MANAGER_TOKEN, "Valid credentials, but not a manager's"),
+                    Role::Manager => (&[MANAGER_TOKEN], "Valid credentials, but not a manager's"),
                     Role::Agent => (
-                        AGENT_KEY,
+                        &[AGENT_KEY],
                         "Valid credentials, but not the agent's this request is about",
                     ),
+                    Role::Component => (
+                        &[AGENT_KEY],
+                        "Valid credentials, but not the component's this request is about",
+                    ),
+                    Role::Reporter => (
+                        &[AGENT_KEY, RELAY_TOKEN],
+                        "Valid credentials, but a manager's, or not the order's agent or component",
+                    ),
+                    Role::Relay => (&[RELAY_TOKEN], "Valid credentials, but not a relay's"),
                 };
-                op.security = Some(vec![SecurityRequirement::new(scheme, Vec::<String>::new())]);
+                op.security = Some(
+                    schemes
+                        .iter()
+                        .map(|s| SecurityRequirement::new(*s, Vec::<String>::new()))
+                        .collect(),
+                );
                 let responses = &mut op.responses.responses;
                 for (status, description) in [
                     (
@@ -289,6 +324,48 @@ pub(crate) mod schema {
         #[serde(skip_serializing_if = "Option::is_none")]
         message: Option<String>,
         /// Default "", at most 64 KiB.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+    }
+
+    /// A relay's claim.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct RelayClaimBody {
+        /// Agent ids; with `servers`, 1 to 10,000 consumers together.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        agents: Option<Vec<String>>,
+        /// Server component names.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        servers: Option<Vec<String>>,
+        /// Most orders to take; default 10.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 1, maximum = 1000)]
+        limit: Option<u16>,
+        /// Seconds to wait for an order when none is waiting; default 0, bounded by the
+        /// service's longest wait.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(minimum = 0, maximum = 3600)]
+        wait: Option<u16>,
+    }
+
+    /// Results reported in one call.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct ResultsBody {
+        /// 1 to 1,000 results.
+        #[schema(min_items = 1, max_items = 1000)]
+        results: Vec<ResultItemBody>,
+    }
+
+    /// One result of a batch: a result report with the order it is for.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct ResultItemBody {
+        /// The order's id (a UUID).
+        order_id: String,
+        status: ReportStatus,
+        #[schema(minimum = -32768, maximum = 32767)]
+        code: i16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         data: Option<String>,
     }

@@ -23,36 +23,49 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::support::{
-    Answer, App, Cred, MANAGER_TOKEN, OTHER_MANAGER_TOKEN, call, command, poll, register, send,
-    submit,
+    Answer, App, Cred, MANAGER_TOKEN, OTHER_MANAGER_TOKEN, call, command, poll, register,
+    register_component, send, submit,
 };
 
 // ---------------------------------------------------------------------------------------------
 // The route × credential matrix
 
 /// The credentials of each column, in the order they are tried on every row.
-const COLUMNS: [&str; 6] = [
+const COLUMNS: [&str; 9] = [
     "none",
     "wrong token",
     "wrong key",
     "another agent",
     "the agent itself",
     "manager",
+    "the component",
+    "other component",
+    "relay",
 ];
 
 /// Expected statuses of a management route whose manager call answers `ok`.
-const fn manager_only(ok: u16) -> [u16; 6] {
-    [401, 401, 401, 403, 403, ok]
+const fn manager_only(ok: u16) -> [u16; 9] {
+    [401, 401, 401, 403, 403, ok, 403, 403, 403]
 }
 
 /// Expected statuses of a route of agent `a1` whose call by `a1` answers `ok`.
-const fn agent_a1(ok: u16) -> [u16; 6] {
-    [401, 401, 401, 403, ok, 403]
+const fn agent_a1(ok: u16) -> [u16; 9] {
+    [401, 401, 401, 403, ok, 403, 403, 403, 403]
+}
+
+/// Expected statuses of a route of component `c1` whose call by `c1` answers `ok`.
+const fn component_c1(ok: u16) -> [u16; 9] {
+    [401, 401, 401, 403, 403, 403, ok, 403, 403]
+}
+
+/// Expected statuses of a route for relays whose call by a relay answers `ok`.
+const fn relay_only(ok: u16) -> [u16; 9] {
+    [401, 401, 401, 403, 403, 403, 403, 403, ok]
 }
 
 /// Expected statuses of an open route.
-const fn open(ok: u16) -> [u16; 6] {
-    [ok; 6]
+const fn open(ok: u16) -> [u16; 9] {
+    [ok; 9]
 }
 
 struct Row {
@@ -61,7 +74,7 @@ struct Row {
     route: &'static str,
     uri: String,
     body: Option<Value>,
-    expected: [u16; 6],
+    expected: [u16; 9],
 }
 
 fn row(
@@ -69,7 +82,7 @@ fn row(
     route: &'static str,
     uri: impl Into<String>,
     body: Option<Value>,
-    expected: [u16; 6],
+    expected: [u16; 9],
 ) -> Row {
     Row {
         method,
@@ -114,6 +127,10 @@ async fn every_route_answers_each_kind_of_credentials_with_its_expected_status()
     // The pending order's request: cancelled by its row, then re-run by the retry's row.
     let pending_request = request_of(pending.clone()).await;
 
+    let c1_key = register_component(&app, "c1").await;
+    let c2_key = register_component(&app, "c2").await;
+    register_component(&app, "doomed-c").await;
+    register_component(&app, "rotated-c").await;
     let credentials = [
         Cred::None,
         Cred::Bearer("not-a-configured-token-000".to_owned()),
@@ -121,6 +138,9 @@ async fn every_route_answers_each_kind_of_credentials_with_its_expected_status()
         Cred::agent("a2", &a2_key),
         Cred::agent("a1", &a1_key),
         Cred::manager(),
+        Cred::agent("c1", &c1_key),
+        Cred::agent("c2", &c2_key),
+        Cred::relay(),
     ];
     let submit_body = json!({"commands": [command("server", "s")]});
     let rows = vec![
@@ -235,7 +255,60 @@ async fn every_route_answers_each_kind_of_credentials_with_its_expected_status()
             "/api/v1/orders/{order_id}/result",
             format!("/api/v1/orders/{delivered}/result"),
             Some(json!({"status": "success", "code": 0})),
-            agent_a1(200),
+            // A component may report only its own orders; a relay any (the same result again:
+            // already applied, 200).
+            [401, 401, 401, 403, 200, 403, 403, 403, 200],
+        ),
+        row(
+            Method::GET,
+            "/api/v1/servers",
+            "/api/v1/servers",
+            None,
+            manager_only(200),
+        ),
+        row(
+            Method::PUT,
+            "/api/v1/servers/{component}",
+            "/api/v1/servers/c3",
+            None,
+            // Created by the manager's call; nobody else gets that far.
+            manager_only(201),
+        ),
+        row(
+            Method::DELETE,
+            "/api/v1/servers/{component}",
+            "/api/v1/servers/doomed-c",
+            None,
+            manager_only(204),
+        ),
+        row(
+            Method::POST,
+            "/api/v1/servers/{component}/key",
+            "/api/v1/servers/rotated-c/key",
+            None,
+            manager_only(200),
+        ),
+        row(
+            Method::POST,
+            "/api/v1/servers/{component}/poll",
+            "/api/v1/servers/c1/poll?wait=0",
+            None,
+            component_c1(200),
+        ),
+        row(
+            Method::POST,
+            "/api/v1/relay/claim",
+            "/api/v1/relay/claim",
+            Some(json!({"agents": ["a1", "a2"], "servers": ["c1"], "wait": 0})),
+            relay_only(200),
+        ),
+        row(
+            Method::POST,
+            "/api/v1/results",
+            "/api/v1/results",
+            Some(json!({"results": [{"order_id": delivered, "status": "success", "code": 0}]})),
+            // 200 for every deliverer: an item it may not report is that item's `forbidden`.
+            [401, 401, 401, 200, 200, 403, 200, 200, 200],
         ),
         row(Method::GET, "/healthz", "/healthz", None, open(200)),
         row(Method::GET, "/readyz", "/readyz", None, open(200)),
@@ -1045,6 +1118,7 @@ async fn the_openapi_document_states_the_security_of_every_operation() {
     assert_eq!(schemes["manager_token"]["scheme"], json!("bearer"));
     assert_eq!(schemes["agent_key"]["type"], json!("http"));
     assert_eq!(schemes["agent_key"]["scheme"], json!("basic"));
+    assert_eq!(schemes["relay_token"]["scheme"], json!("bearer"));
     let op = |path: &str, method: &str| doc["paths"][path][method].clone();
     for (path, method, security) in [
         ("/api/v1/commands", "post", json!([{"manager_token": []}])),
@@ -1062,7 +1136,23 @@ async fn the_openapi_document_states_the_security_of_every_operation() {
         (
             "/api/v1/orders/{order_id}/result",
             "post",
+            json!([{"agent_key": []}, {"relay_token": []}]),
+        ),
+        (
+            "/api/v1/results",
+            "post",
+            json!([{"agent_key": []}, {"relay_token": []}]),
+        ),
+        (
+            "/api/v1/servers/{component}/poll",
+            "post",
             json!([{"agent_key": []}]),
+        ),
+        ("/api/v1/relay/claim", "post", json!([{"relay_token": []}])),
+        (
+            "/api/v1/servers/{component}",
+            "put",
+            json!([{"manager_token": []}]),
         ),
         ("/healthz", "get", json!([])),
         ("/openapi.json", "get", json!([])),

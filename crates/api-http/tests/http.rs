@@ -40,6 +40,7 @@ fn manager_over(
         Ports {
             orders,
             agents: Arc::new(MemoryAgents::new()),
+            components: Arc::new(cm_adapter_memory::MemoryComponents::new()),
             notifier,
             clock: Arc::new(SystemClock),
         },
@@ -1634,7 +1635,7 @@ impl OrderStore for SlowPing {
     }
     async fn claim(
         &self,
-        agent: &AgentId,
+        agent: &cm_ports::Consumers,
         limit: usize,
         now: DateTime<Utc>,
         policy: &DeliveryPolicy,
@@ -1646,7 +1647,7 @@ impl OrderStore for SlowPing {
     }
     async fn next_due(
         &self,
-        agent: &AgentId,
+        agent: &cm_ports::Consumers,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.0.next_due(agent, now).await
@@ -1749,6 +1750,12 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
         ("/api/v1/agents/{agent_id}", &["put", "get", "delete"]),
         ("/api/v1/agents/{agent_id}/key", &["post"]),
         ("/api/v1/agents/{agent_id}/poll", &["post"]),
+        ("/api/v1/servers", &["get"]),
+        ("/api/v1/servers/{component}", &["put", "delete"]),
+        ("/api/v1/servers/{component}/key", &["post"]),
+        ("/api/v1/servers/{component}/poll", &["post"]),
+        ("/api/v1/relay/claim", &["post"]),
+        ("/api/v1/results", &["post"]),
         ("/healthz", &["get"]),
         ("/readyz", &["get"]),
         ("/metrics", &["get"]),
@@ -1761,7 +1768,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 18);
+    assert_eq!(paths.len(), 24);
     let mut operation_ids: Vec<&str> = paths
         .values()
         .flat_map(|item| item.as_object().unwrap().values())
@@ -1771,7 +1778,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
     operation_ids.sort_unstable();
     operation_ids.dedup();
     assert_eq!(operation_ids.len(), count, "operation ids are unique");
-    assert_eq!(count, 20);
+    assert_eq!(count, 27);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "ErrorBody",

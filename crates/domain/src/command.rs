@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::FieldError;
-use crate::ids::{AgentId, GroupName};
+use crate::ids::{AgentId, ComponentName, GroupName};
 use crate::schedule::Schedule;
 
 /// Longest value of a free-text keyword field (the Wazuh mapping's `ignore_above`).
@@ -106,8 +106,8 @@ impl fmt::Display for TargetType {
     }
 }
 
-/// What a command is aimed at; for `agent` and `group` the id is a valid [`AgentId`] /
-/// [`GroupName`], for `server` a non-empty component name.
+/// What a command is aimed at; the id is a valid [`AgentId`], [`GroupName`] or
+/// [`ComponentName`] according to the type.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Target {
     #[serde(rename = "type")]
@@ -126,7 +126,9 @@ impl Target {
             TargetType::Group => {
                 GroupName::parse(id, "target.id")?;
             }
-            TargetType::Server => check_text(id, "target.id", true)?,
+            TargetType::Server => {
+                ComponentName::parse(id, "target.id")?;
+            }
         }
         Ok(Self {
             kind,

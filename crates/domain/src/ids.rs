@@ -134,6 +134,12 @@ name_id!(
     "group name"
 );
 name_id!(
+    /// A server component that consumes orders (`vulnerability-detector`, `rbac`): the id of a
+    /// `server` target, and the name a component registers and polls under.
+    ComponentName,
+    "component name"
+);
+name_id!(
     /// A client-chosen key that makes a submit safe to retry.
     IdempotencyKey,
     "idempotency key"

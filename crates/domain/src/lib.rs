@@ -7,6 +7,7 @@
 
 mod agent;
 mod command;
+mod consumer;
 mod error;
 mod expansion;
 mod ids;
@@ -19,11 +20,12 @@ pub use agent::Agent;
 pub use command::{
     Action, Command, MAX_KEYWORD_LEN, Source, Target, TargetType, Timeout, check_text,
 };
+pub use consumer::Consumer;
 pub use error::{ExpansionError, FieldError, TransitionError};
 pub use expansion::Expander;
 pub use ids::{
-    AgentId, GroupName, IdSource, IdempotencyKey, KeyHash, KeyedIds, MAX_NAME_LEN, OrderId,
-    RequestId,
+    AgentId, ComponentName, GroupName, IdSource, IdempotencyKey, KeyHash, KeyedIds, MAX_NAME_LEN,
+    OrderId, RequestId,
 };
 pub use order::{
     AgentRef, CANCELLED, CommandResult, EXPIRED, MAX_RESULT_DATA, NO_RESULT, NewOrder, Order,

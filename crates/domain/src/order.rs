@@ -17,9 +17,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Action, Source, Target, Timeout, check_text};
+use crate::command::{Action, Source, Target, TargetType, Timeout, check_text};
+use crate::consumer::Consumer;
 use crate::error::{FieldError, TransitionError};
-use crate::ids::{AgentId, GroupName, OrderId, RequestId};
+use crate::ids::{AgentId, ComponentName, GroupName, OrderId, RequestId};
 use crate::policy::DeliveryPolicy;
 use crate::time::{millis, opt_millis};
 
@@ -384,6 +385,20 @@ impl Order {
         self.agent.as_ref().map(|a| &a.id)
     }
 
+    /// Who takes this order out of the stream: its agent, or the server component it targets.
+    /// `None` only for a server order stored before component names were validated whose
+    /// target id is not a valid [`ComponentName`]: no one can claim it, and it expires.
+    #[must_use]
+    pub fn consumer(&self) -> Option<Consumer> {
+        match (&self.agent, self.command.target.kind()) {
+            (Some(a), _) => Some(Consumer::Agent(a.id.clone())),
+            (None, TargetType::Server) => ComponentName::parse(self.command.target.id(), "")
+                .ok()
+                .map(Consumer::Component),
+            (None, _) => None,
+        }
+    }
+
     #[must_use]
     pub const fn source(&self) -> Source {
         self.command.source
@@ -457,11 +472,11 @@ impl Order {
         self.status() == Status::Pending && now >= self.delivery_timestamp
     }
 
-    /// May this order be handed to its agent at `now`? A `pending` order from its
+    /// May this order be handed to its consumer at `now`? A `pending` order from its
     /// `not_before` until (excluding) its deadline; a `sent` order once its redelivery is due.
     #[must_use]
     pub fn is_deliverable(&self, now: DateTime<Utc>) -> bool {
-        if self.agent.is_none() {
+        if self.consumer().is_none() {
             return false;
         }
         match self.status() {
@@ -476,7 +491,7 @@ impl Order {
     /// its creation) or a `sent` order's redelivery. It is the first instant after `now` at
     /// which [`Self::is_deliverable`] holds. `None` when there is no such instant: the order is
     /// deliverable already, or only another transition could make it deliverable (`in_progress`,
-    /// finished, redelivery disabled, a server order). A long-poll sleeps until the earliest of
+    /// finished, redelivery disabled, an order without a consumer). A long-poll sleeps until the earliest of
     /// these among its agent's orders.
     #[must_use]
     pub fn becomes_deliverable_after(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -903,7 +918,10 @@ mod tests {
             not_before: Some(t0() + Duration::seconds(5)),
             retry_of: None,
         });
-        assert_eq!(server.becomes_deliverable_after(t0()), None);
+        assert_eq!(
+            server.becomes_deliverable_after(t0()),
+            Some(t0() + Duration::seconds(5))
+        );
     }
 
     #[test]
@@ -941,7 +959,7 @@ mod tests {
     }
 
     #[test]
-    fn server_orders_are_never_handed_to_an_agent() {
+    fn server_orders_are_consumed_by_their_component_only() {
         let action = Action::new("update", json!({"index": "x", "offset": 1}), "v5").unwrap();
         let o = Order::new(NewOrder {
             order_id: OrderId::from_uuid(Uuid::from_u128(1)),
@@ -956,8 +974,21 @@ mod tests {
             not_before: None,
             retry_of: None,
         });
-        assert!(!o.is_deliverable(t0()));
+        assert!(o.is_deliverable(t0()));
+        assert_eq!(
+            o.consumer(),
+            Some(Consumer::Component(
+                ComponentName::parse("indexer", "id").unwrap()
+            ))
+        );
+        assert_eq!(o.agent_id(), None);
         assert!(serde_json::to_value(&o).unwrap().get("agent").is_none());
+        // A server order stored before component names were validated has no consumer.
+        let mut doc = serde_json::to_value(&o).unwrap();
+        doc["command"]["target"]["id"] = json!("not a component");
+        let legacy: Order = serde_json::from_value(doc).unwrap();
+        assert_eq!(legacy.consumer(), None);
+        assert!(!legacy.is_deliverable(t0()));
     }
 
     #[test]

@@ -20,14 +20,17 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cm_domain::{Agent, AgentId, DeliveryPolicy, GroupName, KeyHash, Order, OrderId, RequestId};
+use cm_domain::{
+    Agent, AgentId, ComponentName, DeliveryPolicy, GroupName, KeyHash, Order, OrderId, RequestId,
+};
 use tracing::{Instrument, Span};
 
 use crate::metric::{self, Outcome, StoreOp};
 use crate::service::Ports;
 use crate::store::{
-    AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,
-    Page, ReplaceError, RetentionMode, StatusCounts, StoreError, Upserted,
+    AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,
+    OrderPageRequest, OrderStore, Page, ReplaceError, RetentionMode, StatusCounts, StoreError,
+    Upserted,
 };
 
 impl Ports {
@@ -39,6 +42,7 @@ impl Ports {
         Self {
             orders: Arc::new(InstrumentedOrders::new(self.orders, backend)),
             agents: Arc::new(InstrumentedAgents::new(self.agents, backend)),
+            components: Arc::new(InstrumentedComponents::new(self.components, backend)),
             ..self
         }
     }
@@ -181,7 +185,7 @@ impl OrderStore for InstrumentedOrders {
 
     async fn claim(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         limit: usize,
         now: DateTime<Utc>,
         policy: &DeliveryPolicy,
@@ -189,8 +193,9 @@ impl OrderStore for InstrumentedOrders {
         observed!(
             self,
             StoreOp::Claim,
-            self.inner.claim(agent, limit, now, policy),
-            agent = %agent,
+            self.inner.claim(consumers, limit, now, policy),
+            consumer = consumers.iter().next().map(|c| c.key()),
+            consumers = consumers.len(),
             limit
         )
     }
@@ -207,14 +212,15 @@ impl OrderStore for InstrumentedOrders {
 
     async fn next_due(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         observed!(
             self,
             StoreOp::NextDue,
-            self.inner.next_due(agent, now),
-            agent = %agent
+            self.inner.next_due(consumers, now),
+            consumer = consumers.iter().next().map(|c| c.key()),
+            consumers = consumers.len()
         )
     }
 
@@ -396,6 +402,80 @@ impl AgentRegistry for InstrumentedAgents {
     }
 }
 
+/// A [`ComponentRegistry`] that traces, times and logs every operation of the one it wraps.
+#[derive(Clone)]
+pub struct InstrumentedComponents {
+    inner: Arc<dyn ComponentRegistry>,
+    backend: &'static str,
+}
+
+impl InstrumentedComponents {
+    #[must_use]
+    pub fn new(inner: Arc<dyn ComponentRegistry>, backend: &'static str) -> Self {
+        Self { inner, backend }
+    }
+}
+
+impl std::fmt::Debug for InstrumentedComponents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstrumentedComponents")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl ComponentRegistry for InstrumentedComponents {
+    async fn register(&self, name: &ComponentName, hash: &KeyHash) -> Result<Upserted, StoreError> {
+        observed!(
+            self,
+            StoreOp::ComponentRegister,
+            self.inner.register(name, hash),
+            component = %name
+        )
+    }
+
+    async fn set_key_hash(&self, name: &ComponentName, hash: &KeyHash) -> Result<bool, StoreError> {
+        observed!(
+            self,
+            StoreOp::ComponentSetKeyHash,
+            self.inner.set_key_hash(name, hash),
+            component = %name
+        )
+    }
+
+    async fn key_hash(&self, name: &ComponentName) -> Result<Option<KeyHash>, StoreError> {
+        observed!(
+            self,
+            StoreOp::ComponentKeyHash,
+            self.inner.key_hash(name),
+            component = %name
+        )
+    }
+
+    async fn list(
+        &self,
+        after: Option<ComponentName>,
+        size: usize,
+    ) -> Result<Page<ComponentName, ComponentName>, StoreError> {
+        observed!(
+            self,
+            StoreOp::ComponentList,
+            self.inner.list(after, size),
+            size
+        )
+    }
+
+    async fn delete(&self, name: &ComponentName) -> Result<bool, StoreError> {
+        observed!(
+            self,
+            StoreOp::ComponentDelete,
+            self.inner.delete(name),
+            component = %name
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Mutex, PoisonError};
@@ -534,7 +614,9 @@ mod tests {
         let answer = vec![delivered.clone()];
         inner
             .expect_claim()
-            .withf(|agent, limit, now, _| *agent == agent_id("a1") && *limit == 5 && *now == t0())
+            .withf(|set, limit, now, _| {
+                *set == Consumers::agent(&agent_id("a1")) && *limit == 5 && *now == t0()
+            })
             .times(1)
             .returning(move |_, _, _, _| Ok(answer.clone()));
         let store = InstrumentedOrders::new(Arc::new(inner), "sqlite");
@@ -543,7 +625,12 @@ mod tests {
         assert_eq!(store.insert(std::slice::from_ref(&order)).await, Ok(3));
         assert_eq!(
             store
-                .claim(&agent_id("a1"), 5, t0(), &DeliveryPolicy::default())
+                .claim(
+                    &Consumers::agent(&agent_id("a1")),
+                    5,
+                    t0(),
+                    &DeliveryPolicy::default(),
+                )
                 .await,
             Ok(vec![delivered])
         );
@@ -583,7 +670,9 @@ mod tests {
             Err(StoreError::Unavailable("connection refused".to_owned()))
         );
         assert_eq!(
-            store.next_due(&agent_id("a1"), t0()).await,
+            store
+                .next_due(&Consumers::agent(&agent_id("a1")), t0())
+                .await,
             Err(StoreError::Corrupt("bad document".to_owned()))
         );
         assert_eq!(
@@ -677,6 +766,7 @@ mod tests {
         let ports = Ports {
             orders: Arc::new(orders),
             agents: Arc::new(agents),
+            components: Arc::new(crate::store::MockComponentRegistry::new()),
             notifier: Arc::new(MockNotifier::new()),
             clock: Arc::new(MockClock::new()),
         }
@@ -740,7 +830,9 @@ mod tests {
         let store = InstrumentedOrders::new(Arc::new(inner), "sqlite");
 
         let _ = store.get(order.order_id()).await;
-        let _ = store.next_due(&agent_id("a1"), t0()).await;
+        let _ = store
+            .next_due(&Consumers::agent(&agent_id("a1")), t0())
+            .await;
         let _ = store.insert(std::slice::from_ref(&order)).await;
         let _ = store.replace(&order, &next).await;
         let _ = store.ping().await;

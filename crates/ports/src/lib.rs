@@ -22,13 +22,15 @@ pub mod testkit;
 
 pub use auth::{AgentKey, NoRandomness};
 pub use clock::{Clock, FreshIds, SystemClock};
-pub use instrumented::{InstrumentedAgents, InstrumentedOrders};
+pub use instrumented::{InstrumentedAgents, InstrumentedComponents, InstrumentedOrders};
 pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
 pub use service::{
-    CancelError, CommandManager, Idempotency, MAX_PAGE_SIZE, Ports, Registered, ReportError,
+    CancelError, CommandManager, Idempotency, ItemOutcome, MAX_PAGE_SIZE, MAX_RELAY_CONSUMERS,
+    MAX_RELAY_LIMIT, MAX_RESULTS_PER_CALL, Ports, Registered, ReportError, Reporter, ResultItem,
     RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest,
 };
 pub use store::{
-    AgentPageRequest, AgentRegistry, Batch, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,
-    Page, ReplaceError, RetentionMode, StatusCounts, StoreError, Upserted,
+    AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,
+    OrderPageRequest, OrderStore, Page, ReplaceError, RetentionMode, StatusCounts, StoreError,
+    Upserted,
 };

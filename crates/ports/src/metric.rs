@@ -99,13 +99,35 @@ pub const STORE_OPERATION: Metric = Metric::histogram(
     "Duration of one storage operation, by operation (op), backend and outcome (ok or error).",
 );
 
+/// Gauge: relay claims currently waiting.
+pub const OPEN_RELAY_CLAIMS: Metric = Metric::gauge(
+    "cm_relay_claims_open",
+    Unit::Count,
+    "Relays' claims currently open (waiting for orders) on this instance.",
+);
+
+/// Counter: orders handed out by relay claims.
+pub const ORDERS_CLAIMED_BY_RELAYS: Metric = Metric::counter(
+    "cm_relay_orders_claimed_total",
+    "Orders handed out (marked sent) by relays' claims, on behalf of their agents and components.",
+);
+
+/// Counter with label `outcome` ([`ResultOutcome`]).
+pub const RESULTS: Metric = Metric::counter(
+    "cm_results_total",
+    "Results reported, one per order, by outcome (applied, already_applied, conflict, not_found, forbidden, invalid).",
+);
+
 /// Every metric of this crate.
-pub const ALL: [Metric; 5] = [
+pub const ALL: [Metric; 8] = [
     ORDERS_CREATED,
     ORDER_TRANSITIONS,
     OPEN_LONG_POLLS,
     ORDERS_PURGED,
     STORE_OPERATION,
+    OPEN_RELAY_CLAIMS,
+    ORDERS_CLAIMED_BY_RELAYS,
+    RESULTS,
 ];
 
 /// Registers the HELP text of every metric of this crate with the installed recorder.
@@ -159,6 +181,51 @@ impl Via {
     }
 }
 
+/// What became of one reported result (the `outcome` label of [`RESULTS`] and the `outcome` of
+/// each item of `POST /api/v1/results`, docs/api.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResultOutcome {
+    /// The order took the result.
+    Applied,
+    /// The order already carried this very result; nothing changed.
+    AlreadyApplied,
+    /// The order is in a state that does not take this result.
+    Conflict,
+    NotFound,
+    /// The reporter may not report for this order.
+    Forbidden,
+    /// The item itself is malformed.
+    Invalid,
+}
+
+impl ResultOutcome {
+    pub const ALL: [Self; 6] = [
+        Self::Applied,
+        Self::AlreadyApplied,
+        Self::Conflict,
+        Self::NotFound,
+        Self::Forbidden,
+        Self::Invalid,
+    ];
+
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::AlreadyApplied => "already_applied",
+            Self::Conflict => "conflict",
+            Self::NotFound => "not_found",
+            Self::Forbidden => "forbidden",
+            Self::Invalid => "invalid",
+        }
+    }
+
+    /// Counts one result with this outcome.
+    pub fn count(self) {
+        metrics::counter!(RESULTS.name, "outcome" => self.as_str()).increment(1);
+    }
+}
+
 /// The `outcome` label: whether the work succeeded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
@@ -185,8 +252,8 @@ impl Outcome {
     }
 }
 
-/// The `op` label of [`STORE_OPERATION`]: one method of `OrderStore` or `AgentRegistry`.
-/// The registry's methods are prefixed `agent_` where an order method has the same name.
+/// The `op` label of [`STORE_OPERATION`]: one method of `OrderStore`, `AgentRegistry` or
+/// `ComponentRegistry`. The registries' methods are prefixed `agent_` / `component_`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StoreOp {
     Insert,
@@ -211,10 +278,15 @@ pub enum StoreOp {
     AgentDelete,
     AgentList,
     AgentCount,
+    ComponentRegister,
+    ComponentSetKeyHash,
+    ComponentKeyHash,
+    ComponentList,
+    ComponentDelete,
 }
 
 impl StoreOp {
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 27] = [
         Self::Insert,
         Self::Get,
         Self::Query,
@@ -237,6 +309,11 @@ impl StoreOp {
         Self::AgentDelete,
         Self::AgentList,
         Self::AgentCount,
+        Self::ComponentRegister,
+        Self::ComponentSetKeyHash,
+        Self::ComponentKeyHash,
+        Self::ComponentList,
+        Self::ComponentDelete,
     ];
 
     #[must_use]
@@ -264,6 +341,11 @@ impl StoreOp {
             Self::AgentDelete => "agent_delete",
             Self::AgentList => "agent_list",
             Self::AgentCount => "agent_count",
+            Self::ComponentRegister => "component_register",
+            Self::ComponentSetKeyHash => "component_set_key_hash",
+            Self::ComponentKeyHash => "component_key_hash",
+            Self::ComponentList => "component_list",
+            Self::ComponentDelete => "component_delete",
         }
     }
 }

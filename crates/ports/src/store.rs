@@ -9,8 +9,8 @@ use std::fmt;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use cm_domain::{
-    Agent, AgentId, DeliveryPolicy, FieldError, GroupName, KeyHash, Order, OrderId, RequestId,
-    Status, TargetType,
+    Agent, AgentId, ComponentName, Consumer, DeliveryPolicy, FieldError, GroupName, KeyHash, Order,
+    OrderId, RequestId, Status, TargetType,
 };
 
 /// Storage could not do what was asked. `Unavailable`, `Contention` and `Corrupt` are answered
@@ -213,6 +213,90 @@ impl StatusCounts {
     }
 }
 
+/// The consumers one claim takes orders for: one agent (an agent's poll), one component (a
+/// component's poll), or many of both (a relay's claim). Each list is sorted and without
+/// duplicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Consumers {
+    agents: Vec<AgentId>,
+    components: Vec<ComponentName>,
+}
+
+impl Consumers {
+    #[must_use]
+    pub fn new(mut agents: Vec<AgentId>, mut components: Vec<ComponentName>) -> Self {
+        agents.sort_unstable();
+        agents.dedup();
+        components.sort_unstable();
+        components.dedup();
+        Self { agents, components }
+    }
+
+    /// One agent's poll.
+    #[must_use]
+    pub fn agent(agent: &AgentId) -> Self {
+        Self {
+            agents: vec![agent.clone()],
+            components: Vec::new(),
+        }
+    }
+
+    /// One component's poll.
+    #[must_use]
+    pub fn component(component: &ComponentName) -> Self {
+        Self {
+            agents: Vec::new(),
+            components: vec![component.clone()],
+        }
+    }
+
+    #[must_use]
+    pub fn agents(&self) -> &[AgentId] {
+        &self.agents
+    }
+
+    #[must_use]
+    pub fn components(&self) -> &[ComponentName] {
+        &self.components
+    }
+
+    /// How many consumers, agents and components together.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.agents.len() + self.components.len()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether `consumer` is one of these.
+    #[must_use]
+    pub fn contains(&self, consumer: &Consumer) -> bool {
+        match consumer {
+            Consumer::Agent(a) => self.agents.binary_search(a).is_ok(),
+            Consumer::Component(c) => self.components.binary_search(c).is_ok(),
+        }
+    }
+
+    /// Whether `order` is for one of these consumers: the rule every adapter's claim query
+    /// must agree with (together with `Order::is_deliverable`).
+    #[must_use]
+    pub fn takes(&self, order: &Order) -> bool {
+        order.consumer().is_some_and(|c| self.contains(&c))
+    }
+
+    /// Every consumer, agents first.
+    pub fn iter(&self) -> impl Iterator<Item = Consumer> + '_ {
+        self.agents
+            .iter()
+            .cloned()
+            .map(Consumer::Agent)
+            .chain(self.components.iter().cloned().map(Consumer::Component))
+    }
+}
+
 /// What one maintenance batch did: how many candidates it looked at, how many it changed
 /// (the rest were changed by someone else meanwhile).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -285,15 +369,17 @@ pub trait OrderStore: Send + Sync + 'static {
         page: &OrderPageRequest,
     ) -> Result<Page<Order, OrderCursor>, StoreError>;
 
-    /// Atomically hands out up to `limit` of `agent`'s deliverable orders (oldest first): each
-    /// is moved with `Order::deliver(now, policy)` and returned in its new state. An order is
-    /// returned to at most one concurrent caller.
+    /// Atomically hands out up to `limit` of the deliverable orders of `consumers` (oldest
+    /// first over all of them; `Consumers::takes`): each is moved with
+    /// `Order::deliver(now, policy)` and returned in its new state. An order is returned to at
+    /// most one concurrent caller, whether that is an agent's poll, a component's poll or a
+    /// relay's claim for many consumers (up to 10,000).
     ///
     /// # Errors
     /// [`StoreError`]; then no order was marked `sent` by this call.
     async fn claim(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         limit: usize,
         now: DateTime<Utc>,
         policy: &DeliveryPolicy,
@@ -307,16 +393,16 @@ pub trait OrderStore: Send + Sync + 'static {
     /// when it does not exist, [`ReplaceError::Store`] otherwise.
     async fn replace(&self, current: &Order, next: &Order) -> Result<(), ReplaceError>;
 
-    /// The earliest instant strictly after `now` at which one of `agent`'s orders becomes
-    /// deliverable without anything else happening: a pending order's `not_before`, or a sent
-    /// order's redelivery time. `None` when no such instant exists. A long-poll sleeps until then
-    /// so that it never misses a scheduled order.
+    /// The earliest instant strictly after `now` at which one of the orders of `consumers`
+    /// becomes deliverable without anything else happening: a pending order's `not_before`, or
+    /// a sent order's redelivery time. `None` when no such instant exists. A long-poll sleeps
+    /// until then so that it never misses a scheduled order.
     ///
     /// # Errors
     /// [`StoreError`] when the backend cannot answer.
     async fn next_due(
         &self,
-        agent: &AgentId,
+        consumers: &Consumers,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError>;
 
@@ -438,6 +524,50 @@ pub trait AgentRegistry: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError`] when the backend cannot answer.
     async fn count(&self, group: Option<GroupName>) -> Result<u64, StoreError>;
+}
+
+/// The registry of server components that consume orders (`wazuh-commands-servers` in
+/// OpenSearch). A component needs no registration to be the target of a command; it needs one to
+/// authenticate its polls.
+#[cfg_attr(any(test, feature = "testkit"), mockall::automock)]
+#[async_trait]
+pub trait ComponentRegistry: Send + Sync + 'static {
+    /// Registers `name` with the hash of its first key; an already registered component is
+    /// left as it is (its key too) and [`Upserted::Updated`] returned.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the change may not be durable.
+    async fn register(&self, name: &ComponentName, hash: &KeyHash) -> Result<Upserted, StoreError>;
+
+    /// Replaces the hash of `name`'s key; `false` (and nothing stored) when it is not
+    /// registered.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the change may not be durable.
+    async fn set_key_hash(&self, name: &ComponentName, hash: &KeyHash) -> Result<bool, StoreError>;
+
+    /// The hash of `name`'s key; `None` when the component is not registered.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn key_hash(&self, name: &ComponentName) -> Result<Option<KeyHash>, StoreError>;
+
+    /// Registered components in ascending name order after `after`, at most `size`; `next` is
+    /// set whenever the page is full.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn list(
+        &self,
+        after: Option<ComponentName>,
+        size: usize,
+    ) -> Result<Page<ComponentName, ComponentName>, StoreError>;
+
+    /// Removes a component and its key; `false` when it was not registered. Its orders stay.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn delete(&self, name: &ComponentName) -> Result<bool, StoreError>;
 }
 
 #[cfg(test)]

@@ -258,6 +258,7 @@ fn failing_expiry_with(error: StoreError) -> (CommandManager, Arc<AtomicUsize>, 
         Ports {
             orders: Arc::new(store),
             agents: Arc::new(MockAgentRegistry::new()),
+            components: Arc::new(cm_ports::testkit::MockComponentRegistry::new()),
             notifier: Arc::new(MockNotifier::new()),
             clock: Arc::new(cm_ports::testkit::ManualClock::new(at(0))),
         },

@@ -36,6 +36,7 @@ pub fn fresh_settings() -> OpenSearchSettings {
         orders_index: format!("{prefix}-wazuh-commands"),
         agents_index: format!("{prefix}-wazuh-agents"),
         archive_index: format!("{prefix}-wazuh-commands-archive"),
+        servers_index: format!("{prefix}-wazuh-servers"),
         request_timeout_secs: 60,
         ..OpenSearchSettings::default()
     }
@@ -107,8 +108,8 @@ impl Drop for Cleanup {
             rt.block_on(async {
                 let raw = Raw::new();
                 let indices = format!(
-                    "/{},{},{}?ignore_unavailable=true",
-                    s.orders_index, s.agents_index, s.archive_index
+                    "/{},{},{},{}?ignore_unavailable=true",
+                    s.orders_index, s.agents_index, s.archive_index, s.servers_index
                 );
                 raw.send(Method::Delete, &indices, None).await;
                 raw.send(
@@ -138,6 +139,7 @@ pub async fn backend() -> Backend {
     Backend {
         orders: Arc::new(b.clone()),
         agents: Arc::new(b.clone()),
+        components: Arc::new(b.clone()),
         notifier: Arc::new(b.notifier()),
         guard: Some(cleanup),
     }

@@ -118,7 +118,8 @@ pub(crate) async fn backend() -> Backend {
     let notifier = b.notifier().await.expect("notifier");
     Backend {
         orders: Arc::new(b.clone()),
-        agents: Arc::new(b),
+        agents: Arc::new(b.clone()),
+        components: Arc::new(b),
         notifier: Arc::new(notifier),
         guard: None,
     }

@@ -29,7 +29,8 @@ pub async fn backend() -> Backend {
     );
     Backend {
         orders: Arc::clone(&store) as Arc<dyn OrderStore>,
-        agents: store,
+        agents: Arc::clone(&store) as Arc<dyn cm_ports::AgentRegistry>,
+        components: store,
         notifier: Arc::new(LocalNotifier::new()),
         guard: Some(Arc::new(dir)),
     }

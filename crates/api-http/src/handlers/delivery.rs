@@ -119,7 +119,8 @@ pub(crate) async fn poll(
     Ok(Json(Polled { orders }))
 }
 
-/// Records the agent's result for one of its delivered orders; only the order's agent may.
+/// Records the result of one delivered order: an agent or a component for its own orders, a
+/// relay for any.
 /// Repeating the report the order already carries answers 200 and changes nothing.
 #[utoipa::path(
     post,
@@ -131,7 +132,7 @@ pub(crate) async fn poll(
     responses(
         (status = 200, description = "The order with its result", body = schema::Order),
         (status = 400, description = "Malformed JSON, a field out of its rule, or a query parameter", body = ErrorBody),
-        (status = 403, description = "The order belongs to another agent", body = ErrorBody),
+        (status = 403, description = "The order belongs to another agent or component", body = ErrorBody),
         (status = 404, description = "No such order", body = ErrorBody),
         (status = 409, description = "The order was not delivered, or already ended with another result", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -147,6 +148,6 @@ pub(crate) async fn report(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Order>, ApiError> {
     let report = dto::report(&body)?;
-    let reporter = caller.agent();
-    Ok(Json(state.manager().report(&id, &report, reporter).await?))
+    let reporter = caller.reporter();
+    Ok(Json(state.manager().report(&id, &report, &reporter).await?))
 }

@@ -3,6 +3,7 @@
 
 pub(crate) mod agents;
 pub(crate) mod commands;
+pub(crate) mod consumers;
 pub(crate) mod delivery;
 pub(crate) mod ops;
 pub(crate) mod orders;

@@ -10,7 +10,7 @@ use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use cm_adapter_memory::{MemoryAgents, MemoryOrders};
+use cm_adapter_memory::{MemoryAgents, MemoryComponents, MemoryOrders};
 use cm_api_http::{AppState, AuthSettings, HttpSettings, install_metrics_recorder, router};
 use cm_ports::{CommandManager, LocalNotifier, Ports, Settings, SystemClock};
 use serde_json::{Value, json};
@@ -18,6 +18,8 @@ use tower::ServiceExt;
 
 /// The one manager token of [`App::with_auth`].
 pub const MANAGER_TOKEN: &str = "manager-token-0123456789abcdef";
+/// The configured relay token.
+pub const RELAY_TOKEN: &str = "relay-token-0123456789abcdef";
 /// A second configured manager token.
 pub const OTHER_MANAGER_TOKEN: &str = "second-manager-token-000000";
 
@@ -49,6 +51,7 @@ impl App {
             Ports {
                 orders: Arc::new(MemoryOrders::new()),
                 agents: agents.clone(),
+                components: Arc::new(MemoryComponents::new()),
                 notifier: notifier.clone(),
                 clock: Arc::new(SystemClock),
             },
@@ -57,6 +60,7 @@ impl App {
         let auth = AuthSettings {
             enabled: auth,
             manager_tokens: vec![MANAGER_TOKEN.to_owned(), OTHER_MANAGER_TOKEN.to_owned()],
+            relay_tokens: vec![RELAY_TOKEN.to_owned()],
         };
         let metrics = install_metrics_recorder().expect("metrics recorder");
         let state = AppState::new(manager, http, auth, Some(metrics));
@@ -83,6 +87,10 @@ pub enum Cred {
 impl Cred {
     pub fn manager() -> Self {
         Self::Bearer(MANAGER_TOKEN.to_owned())
+    }
+
+    pub fn relay() -> Self {
+        Self::Bearer(RELAY_TOKEN.to_owned())
     }
 
     pub fn agent(id: &str, key: &str) -> Self {
@@ -185,6 +193,20 @@ pub async fn register(app: &App, id: &str, groups: &[&str]) -> String {
     .await;
     assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
     a.json()["key"].as_str().expect("a key").to_owned()
+}
+
+/// Registers a server component through the API and returns its key.
+pub async fn register_component(app: &App, name: &str) -> String {
+    let a = call(
+        app,
+        Method::PUT,
+        &format!("/api/v1/servers/{name}"),
+        &Cred::manager(),
+        None,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text());
+    a.json()["key"].as_str().expect("key").to_owned()
 }
 
 pub fn command(kind: &str, id: &str) -> Value {

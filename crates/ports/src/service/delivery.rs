@@ -2,20 +2,23 @@
 
 use std::time::Duration;
 
-use cm_domain::{AgentId, Order, OrderId, Report, ReportOutcome, ReportStatus, Status};
+use cm_domain::{
+    AgentId, ComponentName, Order, OrderId, Report, ReportOutcome, ReportStatus, Status,
+};
 use tokio::time::Instant;
 
 use super::CommandManager;
 use super::cas::Changed;
-use crate::metric::{self, Via, count_transition};
-use crate::store::StoreError;
+use super::consumers::Reporter;
+use crate::metric::{self, Metric, ResultOutcome, Via, count_transition};
+use crate::store::{Consumers, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReportError {
     #[error("no such order")]
     NotFound,
-    /// The reporting agent is not the order's agent (403).
-    #[error("the order belongs to another agent")]
+    /// The reporting agent or component is not the order's consumer (403).
+    #[error("the order belongs to another consumer")]
     NotYours,
     /// The order is not in a state that takes this report (409).
     #[error("order is {0}: it does not take this report")]
@@ -24,21 +27,28 @@ pub enum ReportError {
     Unavailable(#[from] StoreError),
 }
 
-/// Decrements the open long-polls gauge however the poll ends (including when the client
-/// goes away and the future is dropped).
-struct OpenPoll;
+/// Decrements an open-waits gauge ([`metric::OPEN_LONG_POLLS`], [`metric::OPEN_RELAY_CLAIMS`])
+/// however the wait ends (including when the client goes away and the future is dropped).
+struct OpenPoll(&'static Metric);
 
 impl OpenPoll {
-    fn start() -> Self {
-        metrics::gauge!(metric::OPEN_LONG_POLLS.name).increment(1.0);
-        Self
+    fn start(gauge: &'static Metric) -> Self {
+        metrics::gauge!(gauge.name).increment(1.0);
+        Self(gauge)
     }
 }
 
 impl Drop for OpenPoll {
     fn drop(&mut self) {
-        metrics::gauge!(metric::OPEN_LONG_POLLS.name).decrement(1.0);
+        metrics::gauge!(self.0.name).decrement(1.0);
     }
+}
+
+/// Who is claiming: a consumer for itself, or a relay for many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Claimer {
+    Poll,
+    Relay,
 }
 
 impl CommandManager {
@@ -58,17 +68,48 @@ impl CommandManager {
     ) -> Result<Vec<Order>, StoreError> {
         // `.max(1)`: a `max_poll_limit` of 0 would make `clamp` panic.
         let limit = limit.clamp(1, self.settings.max_poll_limit.max(1));
+        self.claim_waiting(&Consumers::agent(agent), limit, wait, Claimer::Poll)
+            .await
+    }
+
+    /// [`Self::poll`] for a server component: the orders of `server` targets naming it.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails; no order was marked `sent` by the failed attempt.
+    #[tracing::instrument(skip(self), fields(component = %component))]
+    pub async fn poll_component(
+        &self,
+        component: &ComponentName,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<Order>, StoreError> {
+        let limit = limit.clamp(1, self.settings.max_poll_limit.max(1));
+        self.claim_waiting(&Consumers::component(component), limit, wait, Claimer::Poll)
+            .await
+    }
+
+    /// Subscribes to the wake-ups of `consumers`, then claims up to `limit` of their orders;
+    /// with none, waits (up to `wait`, bounded by `max_poll_wait`) for a notification, for one
+    /// of their orders to become due by itself, or for the notifier's re-check, and claims
+    /// again.
+    pub(super) async fn claim_waiting(
+        &self,
+        consumers: &Consumers,
+        limit: usize,
+        wait: Duration,
+        by: Claimer,
+    ) -> Result<Vec<Order>, StoreError> {
         let deadline = Instant::now() + wait.min(self.settings.max_poll_wait);
         // Subscribe before looking, so an order created between the look and the wait still
         // wakes us.
-        let mut subscription = self.ports.notifier.subscribe(agent);
+        let mut subscription = self.ports.notifier.subscribe(consumers);
         let mut open = None;
         loop {
             let orders = self
                 .ports
                 .orders
                 .claim(
-                    agent,
+                    consumers,
                     limit,
                     self.ports.clock.now(),
                     &self.settings.delivery,
@@ -82,6 +123,10 @@ impl CommandManager {
                     orders.len() as u64 - redelivered,
                 );
                 count_transition(Status::Sent, Via::Redelivered, redelivered);
+                if by == Claimer::Relay {
+                    metrics::counter!(metric::ORDERS_CLAIMED_BY_RELAYS.name)
+                        .increment(orders.len() as u64);
+                }
                 return Ok(orders);
             }
             let now = Instant::now();
@@ -96,11 +141,16 @@ impl CommandManager {
             // A scheduled order (or a redelivery) that becomes due during the wait wakes us
             // without any notification.
             let clock_now = self.ports.clock.now();
-            if let Some(due) = self.ports.orders.next_due(agent, clock_now).await? {
+            if let Some(due) = self.ports.orders.next_due(consumers, clock_now).await? {
                 let until = (due - clock_now).to_std().unwrap_or_default();
                 wake_at = wake_at.min(now + until);
             }
-            open.get_or_insert_with(OpenPoll::start);
+            open.get_or_insert_with(|| {
+                OpenPoll::start(match by {
+                    Claimer::Poll => &metric::OPEN_LONG_POLLS,
+                    Claimer::Relay => &metric::OPEN_RELAY_CLAIMS,
+                })
+            });
             tokio::select! {
                 () = subscription.notified() => {}
                 () = tokio::time::sleep_until(wake_at) => {}
@@ -108,22 +158,56 @@ impl CommandManager {
         }
     }
 
-    /// Records an agent's report on one of its orders. `reporter`, when given, must be the
-    /// order's agent. Repeating the report the order already carries succeeds and changes
-    /// nothing.
+    /// Records a report on one order. The `reporter` must be allowed to report for the order
+    /// (`Reporter::may_report`: a consumer for its own orders only). Repeating the report the
+    /// order already carries succeeds and changes nothing.
     ///
     /// # Errors
     /// [`ReportError`].
-    #[tracing::instrument(skip(self, report), fields(order = %id))]
     pub async fn report(
         &self,
         id: &OrderId,
         report: &Report,
-        reporter: Option<&AgentId>,
+        reporter: &Reporter,
     ) -> Result<Order, ReportError> {
+        self.report_once(id, report, reporter)
+            .await
+            .map(|(order, _)| order)
+    }
+
+    /// [`Self::report`], also saying whether the report changed the order (`false`: it already
+    /// carried it); counts the result in [`metric::RESULTS`].
+    pub(super) async fn report_once(
+        &self,
+        id: &OrderId,
+        report: &Report,
+        reporter: &Reporter,
+    ) -> Result<(Order, bool), ReportError> {
+        let result = self.apply_report(id, report, reporter).await;
+        let outcome = match &result {
+            Ok((_, true)) => Some(ResultOutcome::Applied),
+            Ok((_, false)) => Some(ResultOutcome::AlreadyApplied),
+            Err(ReportError::NotFound) => Some(ResultOutcome::NotFound),
+            Err(ReportError::NotYours) => Some(ResultOutcome::Forbidden),
+            Err(ReportError::Conflict(_)) => Some(ResultOutcome::Conflict),
+            Err(ReportError::Unavailable(_)) => None,
+        };
+        if let Some(o) = outcome {
+            o.count();
+        }
+        result
+    }
+
+    #[tracing::instrument(skip(self, report), fields(order = %id))]
+    async fn apply_report(
+        &self,
+        id: &OrderId,
+        report: &Report,
+        reporter: &Reporter,
+    ) -> Result<(Order, bool), ReportError> {
         let changed = self
             .change_order(id, |current| {
-                if reporter.is_some_and(|r| current.agent_id() != Some(r)) {
+                if !reporter.may_report(current) {
                     return Err(ReportError::NotYours);
                 }
                 match current.report(report, self.ports.clock.now()) {
@@ -140,9 +224,9 @@ impl CommandManager {
                     ReportStatus::Success | ReportStatus::Failure => Via::Reported,
                 };
                 count_transition(next.status(), via, 1);
-                Ok(next)
+                Ok((next, true))
             }
-            Changed::Unchanged(current) => Ok(current),
+            Changed::Unchanged(current) => Ok((current, false)),
             Changed::NotFound => Err(ReportError::NotFound),
             Changed::Contended => {
                 // The order kept changing under us; report what it is now.

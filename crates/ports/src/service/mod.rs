@@ -3,6 +3,7 @@
 
 mod agents;
 mod cas;
+mod consumers;
 mod delivery;
 mod maintenance;
 mod orders;
@@ -17,13 +18,16 @@ use std::time::Duration;
 use cm_domain::DeliveryPolicy;
 
 pub use self::agents::Registered;
+pub use self::consumers::{
+    ItemOutcome, MAX_RELAY_CONSUMERS, MAX_RELAY_LIMIT, MAX_RESULTS_PER_CALL, Reporter, ResultItem,
+};
 pub use self::delivery::ReportError;
 pub use self::orders::{CancelError, MAX_PAGE_SIZE};
 pub use self::requests::RetryError;
 pub use self::submit::{Idempotency, SubmitError, SubmitRequest, SubmittedRequest};
 use crate::clock::Clock;
 use crate::notify::Notifier;
-use crate::store::{AgentRegistry, OrderStore, RetentionMode};
+use crate::store::{AgentRegistry, ComponentRegistry, OrderStore, RetentionMode};
 
 /// The limits and policies the use cases apply. Every field has a safe default, and
 /// [`Settings::default`] is the one place those defaults are written: the service's
@@ -76,6 +80,7 @@ impl Default for Settings {
 pub struct Ports {
     pub orders: Arc<dyn OrderStore>,
     pub agents: Arc<dyn AgentRegistry>,
+    pub components: Arc<dyn ComponentRegistry>,
     pub notifier: Arc<dyn Notifier>,
     pub clock: Arc<dyn Clock>,
 }

@@ -1,7 +1,7 @@
 //! Submitting command requests: validation of the whole request, expansion, durable write.
 
 use cm_domain::{
-    Agent, AgentId, Command, Expander, ExpansionError, FieldError, GroupName, IdSource,
+    Agent, AgentId, Command, Consumer, Expander, ExpansionError, FieldError, GroupName, IdSource,
     IdempotencyKey, KeyedIds, Order, OrderId, RequestId, TargetType,
 };
 
@@ -272,7 +272,7 @@ async fn insert_batch(manager: &CommandManager, orders: &[Order]) -> Result<(), 
 pub(super) struct Writer<'a> {
     manager: &'a CommandManager,
     buffer: Vec<Order>,
-    woken: Vec<AgentId>,
+    woken: Vec<Consumer>,
     /// Requests that have (or may have) orders in storage.
     pub(super) written: Vec<RequestId>,
 }
@@ -299,8 +299,8 @@ impl<'a> Writer<'a> {
     /// Buffers `order` without writing anything yet.
     pub(super) fn stage(&mut self, order: Order, ids: &mut Vec<OrderId>) {
         ids.push(*order.order_id());
-        if let Some(agent) = order.agent_id() {
-            self.woken.push(agent.clone());
+        if let Some(consumer) = order.consumer() {
+            self.woken.push(consumer);
         }
         self.buffer.push(order);
     }
@@ -337,7 +337,8 @@ impl<'a> Writer<'a> {
         error
     }
 
-    /// Wakes the agents of the orders written (each once, however many orders it got).
+    /// Wakes the consumers (agents, components) of the orders written, each once however many
+    /// orders it got.
     pub(super) async fn notify(mut self) {
         self.woken.sort_unstable();
         self.woken.dedup();

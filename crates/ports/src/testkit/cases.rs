@@ -6,18 +6,19 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cm_domain::{
-    Action, CANCELLED, Command, DeliveryPolicy, EXPIRED, KeyHash, NO_RESULT, Order, OrderId,
-    Report, ReportOutcome, ReportStatus, RequestId, Source, Status, Target, TargetType, Timeout,
+    Action, CANCELLED, Command, ComponentName, Consumer, DeliveryPolicy, EXPIRED, KeyHash,
+    NO_RESULT, Order, OrderId, Report, ReportOutcome, ReportStatus, RequestId, Source, Status,
+    Target, TargetType, Timeout,
 };
 use serde_json::json;
 use uuid::Uuid;
 
 use super::{Backend, OrderSpec, agent, agent_id, at, group};
 use crate::store::{
-    AgentPageRequest, OrderCursor, OrderFilter, OrderPageRequest, ReplaceError, RetentionMode,
-    Upserted,
+    AgentPageRequest, Consumers, OrderCursor, OrderFilter, OrderPageRequest, ReplaceError,
+    RetentionMode, Upserted,
 };
-use crate::{Clock, Idempotency, Settings, SubmitRequest};
+use crate::{Clock, Idempotency, Reporter, Settings, SubmitRequest};
 
 fn policy() -> DeliveryPolicy {
     DeliveryPolicy {
@@ -44,7 +45,7 @@ async fn deliver(b: &Backend, order: &Order, now: DateTime<Utc>) -> Order {
     let agent = order.agent_id().expect("agent order").clone();
     let got = b
         .orders
-        .claim(&agent, 1000, now, &policy())
+        .claim(&Consumers::agent(&agent), 1000, now, &policy())
         .await
         .expect("claim");
     assert!(
@@ -131,6 +132,41 @@ pub async fn documents_keep_their_arguments_verbatim(b: Backend) {
     assert!(stored.agent().is_none());
 }
 
+/// `action.args` as an array (Wazuh's own examples: the absolute path of the executable and its
+/// arguments) or an object: stored, delivered and read back verbatim, whatever the values, and
+/// however they differ from order to order.
+pub async fn array_and_object_args_are_kept_verbatim_on_every_backend(b: Backend) {
+    let shapes = [
+        json!(["/path/to/executable/arg8"]),
+        json!(["/bin/run", "-v", 3, {"k": [true, null]}]),
+        json!({"offset": 1234}),
+        json!({"offset": "not a number"}),
+        json!([]),
+    ];
+    let orders: Vec<Order> = shapes
+        .iter()
+        .map(|args| OrderSpec::agent("a1").action("run", args.clone()).build())
+        .collect();
+    insert(&b, &orders).await;
+    let claimed = b
+        .orders
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(1), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), shapes.len());
+    for o in &orders {
+        let delivered = claimed
+            .iter()
+            .find(|c| c.order_id() == o.order_id())
+            .expect("delivered");
+        assert_eq!(delivered.action().args(), o.action().args());
+        assert_eq!(
+            get(&b, o.order_id()).await.action().args(),
+            o.action().args()
+        );
+    }
+}
+
 // ---- claiming ----------------------------------------------------------------------------
 
 pub async fn claim_marks_pending_orders_sent_and_returns_them(b: Backend) {
@@ -138,7 +174,7 @@ pub async fn claim_marks_pending_orders_sent_and_returns_them(b: Backend) {
     insert(&b, &orders).await;
     let got = b
         .orders
-        .claim(&agent_id("a1"), 10, at(5), &policy())
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(5), &policy())
         .await
         .expect("claim");
     assert_eq!(got.len(), 3);
@@ -154,7 +190,7 @@ pub async fn claim_marks_pending_orders_sent_and_returns_them(b: Backend) {
     }
     let again = b
         .orders
-        .claim(&agent_id("a1"), 10, at(6), &policy())
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(6), &policy())
         .await
         .expect("claim");
     assert!(
@@ -172,7 +208,7 @@ pub async fn claim_returns_at_most_limit_orders_oldest_first(b: Backend) {
     insert(&b, &orders).await;
     let got = b
         .orders
-        .claim(&agent_id("a1"), 4, at(20), &policy())
+        .claim(&Consumers::agent(&agent_id("a1")), 4, at(20), &policy())
         .await
         .expect("claim");
     let created: Vec<_> = got.iter().map(Order::created_at).collect();
@@ -186,7 +222,7 @@ pub async fn claim_returns_only_the_agents_own_orders(b: Backend) {
     insert(&b, &[mine.clone(), theirs.clone(), vec![server]].concat()).await;
     let got = b
         .orders
-        .claim(&agent_id("a1"), 10, at(1), &policy())
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(1), &policy())
         .await
         .expect("claim");
     let mut got_ids = ids(&got);
@@ -205,7 +241,7 @@ pub async fn claim_skips_orders_past_their_deadline(b: Backend) {
     insert(&b, &[short.clone(), long.clone()]).await;
     let got = b
         .orders
-        .claim(&agent_id("a1"), 10, at(10), &policy())
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(10), &policy())
         .await
         .expect("claim");
     assert_eq!(ids(&got), vec![*long.order_id()]);
@@ -217,14 +253,14 @@ pub async fn claim_skips_orders_before_their_not_before(b: Backend) {
     insert(&b, std::slice::from_ref(&later)).await;
     assert!(
         b.orders
-            .claim(&agent_id("a1"), 10, at(29), &policy())
+            .claim(&Consumers::agent(&agent_id("a1")), 10, at(29), &policy())
             .await
             .expect("claim")
             .is_empty()
     );
     let got = b
         .orders
-        .claim(&agent_id("a1"), 10, at(30), &policy())
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(30), &policy())
         .await
         .expect("claim");
     assert_eq!(ids(&got), vec![*later.order_id()]);
@@ -236,14 +272,14 @@ pub async fn claim_redelivers_unreported_orders_after_redeliver_after(b: Backend
     deliver(&b, &o, at(1)).await;
     assert!(
         b.orders
-            .claim(&agent_id("a1"), 10, at(60), &policy())
+            .claim(&Consumers::agent(&agent_id("a1")), 10, at(60), &policy())
             .await
             .expect("claim")
             .is_empty()
     );
     let again = b
         .orders
-        .claim(&agent_id("a1"), 10, at(61), &policy())
+        .claim(&Consumers::agent(&agent_id("a1")), 10, at(61), &policy())
         .await
         .expect("claim");
     assert_eq!(again.len(), 1);
@@ -262,7 +298,7 @@ pub async fn claim_never_redelivers_orders_in_progress(b: Backend) {
     b.orders.replace(&sent, &busy).await.expect("replace");
     assert!(
         b.orders
-            .claim(&agent_id("a1"), 10, at(500), &policy())
+            .claim(&Consumers::agent(&agent_id("a1")), 10, at(500), &policy())
             .await
             .expect("claim")
             .is_empty()
@@ -279,7 +315,7 @@ pub async fn eight_concurrent_pollers_never_receive_the_same_order_twice(b: Back
             let mut got = Vec::new();
             loop {
                 let batch = store
-                    .claim(&agent_id("a1"), 7, at(1), &policy())
+                    .claim(&Consumers::agent(&agent_id("a1")), 7, at(1), &policy())
                     .await
                     .expect("claim");
                 if batch.is_empty() {
@@ -316,7 +352,7 @@ pub async fn an_order_racing_between_expiry_and_delivery_ends_in_exactly_one_sta
                     loop {
                         // Still deliverable at +9s.
                         let batch = store
-                            .claim(&agent_id("a1"), 5, at(9), &policy())
+                            .claim(&Consumers::agent(&agent_id("a1")), 5, at(9), &policy())
                             .await
                             .expect("claim");
                         if batch.is_empty() {
@@ -369,7 +405,13 @@ pub async fn an_order_racing_between_expiry_and_delivery_ends_in_exactly_one_sta
 
 pub async fn next_due_is_the_earliest_scheduled_start_or_redelivery(b: Backend) {
     let a1 = agent_id("a1");
-    assert_eq!(b.orders.next_due(&a1, at(0)).await.expect("next_due"), None);
+    assert_eq!(
+        b.orders
+            .next_due(&Consumers::agent(&a1), at(0))
+            .await
+            .expect("next_due"),
+        None
+    );
     let now_ready = OrderSpec::agent("a1").build();
     let later = OrderSpec::agent("a1")
         .timeout(1000)
@@ -383,25 +425,40 @@ pub async fn next_due_is_the_earliest_scheduled_start_or_redelivery(b: Backend) 
     insert(&b, &[now_ready.clone(), later, sooner, other_agent]).await;
     // A pending order already available is not "due later".
     assert_eq!(
-        b.orders.next_due(&a1, at(0)).await.expect("next_due"),
+        b.orders
+            .next_due(&Consumers::agent(&a1), at(0))
+            .await
+            .expect("next_due"),
         Some(at(200))
     );
     // Once delivered (at +1 s, policy: redeliver after 60 s) its redelivery is the next event.
     deliver(&b, &now_ready, at(1)).await;
     assert_eq!(
-        b.orders.next_due(&a1, at(1)).await.expect("next_due"),
+        b.orders
+            .next_due(&Consumers::agent(&a1), at(1))
+            .await
+            .expect("next_due"),
         Some(at(61))
     );
     assert_eq!(
-        b.orders.next_due(&a1, at(100)).await.expect("next_due"),
+        b.orders
+            .next_due(&Consumers::agent(&a1), at(100))
+            .await
+            .expect("next_due"),
         Some(at(200))
     );
     assert_eq!(
-        b.orders.next_due(&a1, at(250)).await.expect("next_due"),
+        b.orders
+            .next_due(&Consumers::agent(&a1), at(250))
+            .await
+            .expect("next_due"),
         Some(at(300))
     );
     assert_eq!(
-        b.orders.next_due(&a1, at(300)).await.expect("next_due"),
+        b.orders
+            .next_due(&Consumers::agent(&a1), at(300))
+            .await
+            .expect("next_due"),
         None
     );
 }
@@ -475,7 +532,7 @@ pub async fn replace_conflicts_when_the_order_changed_meanwhile(b: Backend) {
     // state must not overwrite the second delivery.
     let again = b
         .orders
-        .claim(&agent_id("a1"), 1, at(100), &policy())
+        .claim(&Consumers::agent(&agent_id("a1")), 1, at(100), &policy())
         .await
         .expect("claim");
     assert_eq!(again.len(), 1);
@@ -1123,15 +1180,21 @@ pub async fn a_20000_agent_group_expands_completely(b: Backend) {
 // ---- notifications and the service over this backend -----------------------------------------
 
 pub async fn notify_wakes_a_subscribed_poll(b: Backend) {
-    let mut sub = b.notifier.subscribe(&agent_id("a1"));
-    b.notifier.notify(&[agent_id("a1")]).await.expect("notify");
+    let mut sub = b.notifier.subscribe(&Consumers::agent(&agent_id("a1")));
+    b.notifier
+        .notify(&[Consumer::Agent(agent_id("a1"))])
+        .await
+        .expect("notify");
     // A lost wake-up leaves this waiting forever: the test never ends rather than passing.
     sub.notified().await;
 }
 
 pub async fn notify_for_another_agent_does_not_wake(b: Backend) {
-    let mut sub = b.notifier.subscribe(&agent_id("a1"));
-    b.notifier.notify(&[agent_id("a2")]).await.expect("notify");
+    let mut sub = b.notifier.subscribe(&Consumers::agent(&agent_id("a1")));
+    b.notifier
+        .notify(&[Consumer::Agent(agent_id("a2"))])
+        .await
+        .expect("notify");
     assert!(
         tokio::time::timeout(Duration::from_millis(300), sub.notified())
             .await
@@ -1267,13 +1330,21 @@ pub async fn request_progress_follows_delivery_and_reports(b: Backend) {
     assert_eq!(got.len(), 1);
     let report = Report::new(ReportStatus::Success, 0, "restarted", "").expect("report");
     let done = service
-        .report(got[0].order_id(), &report, Some(&agent_id("a1")))
+        .report(
+            got[0].order_id(),
+            &report,
+            &Reporter::Consumer(Consumer::Agent(agent_id("a1"))),
+        )
         .await
         .expect("report");
     assert_eq!(done.status(), Status::Success);
     // Repeating the identical report is accepted.
     service
-        .report(got[0].order_id(), &report, Some(&agent_id("a1")))
+        .report(
+            got[0].order_id(),
+            &report,
+            &Reporter::Consumer(Consumer::Agent(agent_id("a1"))),
+        )
         .await
         .expect("repeat");
     let counts = service
@@ -1292,6 +1363,7 @@ fn service_at(b: &Backend, clock: &Arc<super::ManualClock>) -> crate::CommandMan
         crate::Ports {
             orders: Arc::clone(&b.orders),
             agents: Arc::clone(&b.agents),
+            components: Arc::clone(&b.components),
             notifier: Arc::clone(&b.notifier),
             clock: Arc::clone(clock) as Arc<dyn Clock>,
         },
@@ -1428,7 +1500,11 @@ pub async fn a_retry_re_runs_only_the_targets_that_ended_in_the_status_linked_to
         };
         let report = Report::new(status, code, "done", "").expect("report");
         service
-            .report(got[0].order_id(), &report, Some(&id))
+            .report(
+                got[0].order_id(),
+                &report,
+                &Reporter::Consumer(Consumer::Agent(id.clone())),
+            )
             .await
             .expect("report");
     }
@@ -1484,4 +1560,414 @@ pub async fn a_retry_re_runs_only_the_targets_that_ended_in_the_status_linked_to
             .await,
         Err(crate::RetryError::NothingToRetry(Status::Success))
     ));
+}
+
+// ---- consumers: components and relays (docs/delivery.md) --------------------------------------
+
+fn relay_set(agents: &[&str], components: &[&str]) -> Consumers {
+    Consumers::new(
+        agents.iter().map(|a| agent_id(a)).collect(),
+        components.iter().map(|c| super::component(c)).collect(),
+    )
+}
+
+pub async fn claim_for_many_consumers_takes_their_orders_oldest_first_and_no_others(b: Backend) {
+    let a1 = OrderSpec::agent("a1").created(at(0)).build();
+    let vd = OrderSpec::server("vd").created(at(1)).build();
+    let a2 = OrderSpec::agent("a2").created(at(2)).build();
+    let a3 = OrderSpec::agent("a3").created(at(3)).build();
+    let other = OrderSpec::server("other").created(at(4)).build();
+    // A component named like an agent of the set is another consumer.
+    let named_a1 = OrderSpec::server("a1").created(at(5)).build();
+    insert(
+        &b,
+        &[
+            a1.clone(),
+            vd.clone(),
+            a2.clone(),
+            a3.clone(),
+            other.clone(),
+            named_a1.clone(),
+        ],
+    )
+    .await;
+    let set = relay_set(&["a1", "a2"], &["vd"]);
+    let first = b
+        .orders
+        .claim(&set, 2, at(10), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(ids(&first), ids(&[a1, vd]), "oldest first over the set");
+    assert!(first.iter().all(|o| o.status() == Status::Sent));
+    let rest = b
+        .orders
+        .claim(&set, 10, at(10), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(ids(&rest), ids(&[a2]));
+    assert!(
+        b.orders
+            .claim(&set, 10, at(10), &policy())
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    for o in [a3, other, named_a1] {
+        assert_eq!(get(&b, o.order_id()).await.status(), Status::Pending);
+    }
+}
+
+pub async fn component_orders_are_delivered_only_to_their_component(b: Backend) {
+    let order = OrderSpec::server("vd").timeout(1000).build();
+    let later = OrderSpec::server("vd")
+        .timeout(1000)
+        .not_before(at(30))
+        .build();
+    insert(&b, &[order.clone(), later.clone()]).await;
+    for wrong in [
+        Consumers::agent(&agent_id("vd")),
+        Consumers::component(&super::component("vd2")),
+    ] {
+        assert!(
+            b.orders
+                .claim(&wrong, 10, at(1), &policy())
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+    }
+    let vd = Consumers::component(&super::component("vd"));
+    let got = b
+        .orders
+        .claim(&vd, 10, at(1), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(
+        ids(&got),
+        ids(std::slice::from_ref(&order)),
+        "not before not_before"
+    );
+    assert_eq!(got[0].status(), Status::Sent);
+    assert_eq!(
+        b.orders.next_due(&vd, at(1)).await.expect("next_due"),
+        Some(at(30))
+    );
+    let again = b
+        .orders
+        .claim(&vd, 10, at(61), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(
+        ids(&again),
+        ids(&[order, later]),
+        "redelivered after redeliver_after, the scheduled one due"
+    );
+    assert_eq!(again[0].deliveries(), 2);
+}
+
+pub async fn next_due_for_many_consumers_is_the_earliest_among_them(b: Backend) {
+    insert(
+        &b,
+        &[
+            OrderSpec::agent("a1")
+                .not_before(at(50))
+                .timeout(1000)
+                .build(),
+            OrderSpec::server("vd")
+                .not_before(at(20))
+                .timeout(1000)
+                .build(),
+            OrderSpec::agent("a9")
+                .not_before(at(5))
+                .timeout(1000)
+                .build(),
+        ],
+    )
+    .await;
+    let set = relay_set(&["a1", "a2"], &["vd"]);
+    assert_eq!(
+        b.orders.next_due(&set, at(0)).await.expect("next_due"),
+        Some(at(20))
+    );
+    assert_eq!(
+        b.orders.next_due(&set, at(20)).await.expect("next_due"),
+        Some(at(50))
+    );
+}
+
+pub async fn concurrent_relays_and_polls_never_receive_one_order_twice(b: Backend) {
+    let agents: Vec<String> = (0..20).map(|i| format!("a{i:02}")).collect();
+    let mut orders = Vec::new();
+    for a in &agents {
+        orders.extend(OrderSpec::agent(a).timeout(1000).many(15));
+    }
+    for c in ["vd", "rbac"] {
+        orders.extend(OrderSpec::server(c).timeout(1000).many(20));
+    }
+    insert(&b, &orders).await;
+    let all_agents: Vec<&str> = agents.iter().map(String::as_str).collect();
+    let mut tasks = Vec::new();
+    for r in 0..4 {
+        // Two relays for everyone, two for half of the agents and one component.
+        let set = if r < 2 {
+            relay_set(&all_agents, &["vd", "rbac"])
+        } else {
+            relay_set(&all_agents[..10], &["vd"])
+        };
+        tasks.push(set);
+    }
+    for a in &agents[..5] {
+        tasks.push(Consumers::agent(&agent_id(a)));
+    }
+    tasks.push(Consumers::component(&super::component("rbac")));
+    let handles: Vec<_> = tasks
+        .into_iter()
+        .map(|set| {
+            let store = Arc::clone(&b.orders);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let batch = store
+                        .claim(&set, 13, at(1), &policy())
+                        .await
+                        .expect("claim");
+                    if batch.is_empty() {
+                        return got;
+                    }
+                    assert!(batch.iter().all(|o| set.takes(o)), "only the set's orders");
+                    got.extend(batch.iter().map(|o| *o.order_id()));
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("claimer"));
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(unique.len(), all.len(), "an order was handed out twice");
+    assert_eq!(all.len(), orders.len(), "every order was handed out");
+}
+
+pub async fn a_relay_claim_racing_an_expiry_ends_in_exactly_one_state(b: Backend) {
+    let agents: Vec<String> = (0..30).map(|i| format!("r{i:02}")).collect();
+    let names: Vec<&str> = agents.iter().map(String::as_str).collect();
+    for round in 0..3 {
+        let mut orders = Vec::new();
+        for a in &agents {
+            orders.extend(OrderSpec::agent(a).timeout(10).many(5));
+        }
+        orders.extend(OrderSpec::server("vd").timeout(10).many(20));
+        insert(&b, &orders).await;
+        let set = relay_set(&names, &["vd"]);
+        let relays: Vec<_> = (0..3)
+            .map(|_| {
+                let store = Arc::clone(&b.orders);
+                let set = set.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        let batch = store.claim(&set, 9, at(9), &policy()).await.expect("claim");
+                        if batch.is_empty() {
+                            return got;
+                        }
+                        got.extend(batch.iter().map(|o| *o.order_id()));
+                    }
+                })
+            })
+            .collect();
+        let expirer = {
+            let store = Arc::clone(&b.orders);
+            tokio::spawn(async move {
+                let mut n = 0;
+                loop {
+                    let batch = store.expire_due(at(10), 7).await.expect("expire");
+                    n += batch.changed;
+                    if batch.examined == 0 {
+                        return n;
+                    }
+                }
+            })
+        };
+        let mut delivered = HashSet::new();
+        for r in relays {
+            for id in r.await.expect("relay") {
+                assert!(delivered.insert(id), "round {round}: handed out twice");
+            }
+        }
+        let expired = expirer.await.expect("expirer");
+        assert_eq!(
+            delivered.len() + expired,
+            orders.len(),
+            "round {round}: each order delivered or expired"
+        );
+        for o in &orders {
+            let stored = get(&b, o.order_id()).await;
+            if delivered.contains(o.order_id()) {
+                assert_eq!(stored.status(), Status::Sent, "round {round}");
+            } else {
+                assert_eq!(stored.status(), Status::Failure, "round {round}");
+                assert_eq!(stored.result().expect("result").message(), EXPIRED);
+            }
+        }
+    }
+}
+
+pub async fn notify_wakes_a_subscription_for_many_consumers(b: Backend) {
+    let agents: Vec<_> = (0..10_000)
+        .map(|i| agent_id(&format!("agent-{i:05}")))
+        .collect();
+    let set = Consumers::new(agents, vec![super::component("vd")]);
+    let mut sub = b.notifier.subscribe(&set);
+    b.notifier
+        .notify(&[Consumer::Agent(agent_id("agent-09999"))])
+        .await
+        .expect("notify");
+    tokio::time::timeout(Duration::from_secs(5), sub.notified())
+        .await
+        .expect("woken by an agent of the set");
+    b.notifier
+        .notify(&[Consumer::Component(super::component("vd"))])
+        .await
+        .expect("notify");
+    tokio::time::timeout(Duration::from_secs(5), sub.notified())
+        .await
+        .expect("woken by a component of the set");
+}
+
+pub async fn a_component_registers_once_and_keeps_its_key_until_rotated(b: Backend) {
+    let vd = super::component("vd");
+    assert_eq!(b.components.key_hash(&vd).await.expect("key"), None);
+    assert!(
+        !b.components
+            .set_key_hash(&vd, &key_hash('a'))
+            .await
+            .expect("set"),
+        "an unknown component gets no key"
+    );
+    assert_eq!(
+        b.components
+            .register(&vd, &key_hash('a'))
+            .await
+            .expect("register"),
+        Upserted::Created
+    );
+    assert_eq!(
+        b.components
+            .register(&vd, &key_hash('b'))
+            .await
+            .expect("register"),
+        Upserted::Updated
+    );
+    assert_eq!(
+        b.components.key_hash(&vd).await.expect("key"),
+        Some(key_hash('a')),
+        "registering again keeps the key"
+    );
+    assert!(
+        b.components
+            .set_key_hash(&vd, &key_hash('c'))
+            .await
+            .expect("rotate")
+    );
+    assert_eq!(
+        b.components.key_hash(&vd).await.expect("key"),
+        Some(key_hash('c'))
+    );
+    for name in ["rbac", "indexer", "zeta"] {
+        b.components
+            .register(&super::component(name), &key_hash('d'))
+            .await
+            .expect("register");
+    }
+    let first = b.components.list(None, 2).await.expect("list");
+    assert_eq!(
+        first.items,
+        vec![super::component("indexer"), super::component("rbac")]
+    );
+    let rest = b
+        .components
+        .list(first.next.clone(), 2)
+        .await
+        .expect("list");
+    assert_eq!(rest.items, vec![vd.clone(), super::component("zeta")]);
+    let end = b.components.list(rest.next, 2).await.expect("list");
+    assert!(end.items.is_empty() && end.next.is_none());
+    assert!(b.components.delete(&vd).await.expect("delete"));
+    assert!(!b.components.delete(&vd).await.expect("delete"));
+    assert_eq!(b.components.key_hash(&vd).await.expect("key"), None);
+}
+
+pub async fn a_server_command_is_consumed_by_its_component_and_a_relay_reports_for_a_group(
+    b: Backend,
+) {
+    b.agents
+        .upsert_many(&[agent("g1", &["Edge"]), agent("g2", &["Edge"])])
+        .await
+        .expect("upsert");
+    let service = b.service(Settings::default());
+    let submitted = service
+        .submit(SubmitRequest {
+            commands: vec![
+                command(TargetType::Server, "vd"),
+                command(TargetType::Group, "Edge"),
+            ],
+            idempotency: None,
+        })
+        .await
+        .expect("submit");
+    let vd = ComponentName::parse("vd", "c").expect("name");
+    let got = service
+        .poll_component(&vd, 10, Duration::ZERO)
+        .await
+        .expect("poll");
+    assert_eq!(ids(&got), submitted[0].order_ids);
+    let done = Report::new(ReportStatus::Success, 0, "done", "").expect("report");
+    let own = Reporter::Consumer(Consumer::Component(vd.clone()));
+    let stranger = Reporter::Consumer(Consumer::Agent(agent_id("vd")));
+    assert!(
+        service
+            .report(got[0].order_id(), &done, &stranger)
+            .await
+            .is_err(),
+        "an agent named like the component may not report"
+    );
+    let reported = service
+        .report(got[0].order_id(), &done, &own)
+        .await
+        .expect("report");
+    assert_eq!(reported.status(), Status::Success);
+
+    let relay = Consumers::new(vec![agent_id("g1"), agent_id("g2")], Vec::new());
+    let claimed = service
+        .relay_claim(&relay, 100, Duration::ZERO)
+        .await
+        .expect("relay claim");
+    let mut claimed_ids = ids(&claimed);
+    claimed_ids.sort_unstable();
+    let mut group_ids = submitted[1].order_ids.clone();
+    group_ids.sort_unstable();
+    assert_eq!(claimed_ids, group_ids);
+    for o in &claimed {
+        let item = crate::ResultItem {
+            order_id: *o.order_id(),
+            report: done.clone(),
+        };
+        let outcome = service
+            .report_item(&item, &Reporter::Relay)
+            .await
+            .expect("report");
+        assert_eq!(outcome.outcome, crate::metric::ResultOutcome::Applied);
+        let again = service
+            .report_item(&item, &Reporter::Relay)
+            .await
+            .expect("report");
+        assert_eq!(again.outcome, crate::metric::ResultOutcome::AlreadyApplied);
+    }
+    let progress = service
+        .progress(&submitted[1].request_id)
+        .await
+        .expect("progress")
+        .expect("known");
+    assert_eq!((progress.success, progress.total()), (2, 2));
 }

@@ -12,16 +12,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use cm_domain::{
-    Action, Agent, AgentId, GroupName, NewOrder, Order, OrderId, RequestId, Source, Target,
-    TargetType, Timeout,
+    Action, Agent, AgentId, ComponentName, GroupName, NewOrder, Order, OrderId, RequestId, Source,
+    Target, TargetType, Timeout,
 };
 use uuid::Uuid;
 
 pub use crate::clock::MockClock;
 pub use crate::notify::MockNotifier;
-pub use crate::store::{MockAgentRegistry, MockOrderStore};
+pub use crate::store::{MockAgentRegistry, MockComponentRegistry, MockOrderStore};
 use crate::{
-    AgentRegistry, Clock, CommandManager, Notifier, OrderStore, Ports, Settings, SystemClock,
+    AgentRegistry, Clock, CommandManager, ComponentRegistry, Notifier, OrderStore, Ports, Settings,
+    SystemClock,
 };
 
 /// The ports one adapter provides, freshly isolated for one test.
@@ -29,6 +30,7 @@ use crate::{
 pub struct Backend {
     pub orders: Arc<dyn OrderStore>,
     pub agents: Arc<dyn AgentRegistry>,
+    pub components: Arc<dyn ComponentRegistry>,
     pub notifier: Arc<dyn Notifier>,
     /// Whatever must live as long as the backend (a temporary directory, a database to drop).
     pub guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
@@ -48,6 +50,7 @@ impl Backend {
             Ports {
                 orders: Arc::clone(&self.orders),
                 agents: Arc::clone(&self.agents),
+                components: Arc::clone(&self.components),
                 notifier: Arc::clone(&self.notifier),
                 clock: Arc::new(SystemClock),
             },
@@ -97,6 +100,11 @@ pub fn at(secs: i64) -> DateTime<Utc> {
 #[must_use]
 pub fn agent_id(id: &str) -> AgentId {
     AgentId::parse(id, "agent").expect("valid agent id")
+}
+
+#[must_use]
+pub fn component(name: &str) -> ComponentName {
+    ComponentName::parse(name, "component").expect("valid component name")
 }
 
 #[must_use]
@@ -241,7 +249,8 @@ pub async fn until_poll_waits<T>(
     agent: &AgentId,
     poll: &tokio::task::JoinHandle<T>,
 ) {
-    while notifier.polls_waiting(agent) == 0 {
+    let consumer = cm_domain::Consumer::Agent(agent.clone());
+    while notifier.polls_waiting(&consumer) == 0 {
         assert!(
             !poll.is_finished(),
             "the poll of {agent} ended before it waited"
@@ -305,6 +314,15 @@ macro_rules! conformance_suite {
             request_progress_follows_delivery_and_reports,
             a_rollout_hands_out_orders_slot_by_slot_and_a_request_cancel_stops_the_rest,
             a_retry_re_runs_only_the_targets_that_ended_in_the_status_linked_to_the_request,
+            array_and_object_args_are_kept_verbatim_on_every_backend,
+            claim_for_many_consumers_takes_their_orders_oldest_first_and_no_others,
+            component_orders_are_delivered_only_to_their_component,
+            next_due_for_many_consumers_is_the_earliest_among_them,
+            concurrent_relays_and_polls_never_receive_one_order_twice,
+            a_relay_claim_racing_an_expiry_ends_in_exactly_one_state,
+            notify_wakes_a_subscription_for_many_consumers,
+            a_component_registers_once_and_keeps_its_key_until_rotated,
+            a_server_command_is_consumed_by_its_component_and_a_relay_reports_for_a_group,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cm_adapter_memory::{MemoryAgents, MemoryOrders};
-use cm_domain::{AgentId, DeliveryPolicy, Order, OrderId, RequestId};
+use cm_domain::{DeliveryPolicy, Order, OrderId, RequestId};
 use cm_ports::testkit::{ManualClock, t0};
 use cm_ports::{
     Batch, CommandManager, LocalNotifier, OrderCursor, OrderFilter, OrderPageRequest, OrderStore,
@@ -33,6 +33,7 @@ pub fn service(
         Ports {
             orders,
             agents: Arc::new(MemoryAgents::new()),
+            components: Arc::new(cm_adapter_memory::MemoryComponents::new()),
             notifier: Arc::new(LocalNotifier::new()),
             clock: Arc::clone(&clock) as _,
         },
@@ -108,7 +109,7 @@ impl OrderStore for Instrumented {
 
     async fn claim(
         &self,
-        agent: &AgentId,
+        agent: &cm_ports::Consumers,
         limit: usize,
         now: DateTime<Utc>,
         policy: &DeliveryPolicy,
@@ -122,7 +123,7 @@ impl OrderStore for Instrumented {
 
     async fn next_due(
         &self,
-        agent: &AgentId,
+        agent: &cm_ports::Consumers,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.inner.next_due(agent, now).await

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
-use cm_domain::{Order, Report, ReportStatus, Status};
+use cm_domain::{Consumer, Order, Report, ReportStatus, Status};
 use mockall::Sequence;
 use tokio::time::Instant;
 
 use super::{Doubles, SECOND, agent_id, at, delivered, pending, policy, t0};
 use crate::notify::WakeHub;
-use crate::store::{ReplaceError, StoreError};
-use crate::{ReportError, Settings, Subscription};
+use crate::store::{Consumers, ReplaceError, StoreError};
+use crate::{ReportError, Reporter, Settings, Subscription};
 
 fn unavailable() -> StoreError {
     StoreError::Unavailable("timed out".to_owned())
@@ -49,7 +49,10 @@ async fn a_poll_returns_the_claimed_orders_without_waiting() {
         .expect_claim()
         .times(1)
         .withf(|agent, limit, now, p| {
-            agent.as_str() == "a1" && *limit == 10 && *now == t0() && *p == policy()
+            *agent == Consumers::agent(&agent_id("a1"))
+                && *limit == 10
+                && *now == t0()
+                && *p == policy()
         })
         .return_once(move |_, _, _, _| Ok(vec![claimed]));
     let started = Instant::now();
@@ -82,7 +85,7 @@ async fn an_empty_poll_waits_and_claims_again_when_its_agent_is_notified() {
         .return_once(move |_, _, _, _| Ok(vec![claimed]));
     let waker = tokio::spawn(async move {
         tokio::time::sleep(5 * SECOND).await;
-        hub.wake(&[agent_id("a1")]);
+        hub.wake(&[Consumer::Agent(agent_id("a1"))]);
     });
     let started = Instant::now();
     let got = d
@@ -254,7 +257,11 @@ async fn a_report_on_another_agents_order_is_not_yours() {
     d.orders.expect_replace().never();
     let err = d
         .manager(settings())
-        .report(order.order_id(), &success("done"), Some(&agent_id("a2")))
+        .report(
+            order.order_id(),
+            &success("done"),
+            &Reporter::Consumer(Consumer::Agent(agent_id("a2"))),
+        )
         .await
         .unwrap_err();
     assert_eq!(err, ReportError::NotYours);
@@ -268,7 +275,11 @@ async fn a_report_on_a_pending_order_is_a_conflict() {
     d.orders.expect_replace().never();
     let err = d
         .manager(settings())
-        .report(order.order_id(), &success("done"), Some(&agent_id("a1")))
+        .report(
+            order.order_id(),
+            &success("done"),
+            &Reporter::Consumer(Consumer::Agent(agent_id("a1"))),
+        )
         .await
         .unwrap_err();
     assert_eq!(err, ReportError::Conflict(Status::Pending));
@@ -287,7 +298,11 @@ async fn a_report_stores_the_result_on_the_delivered_order() {
         .returning(|_, _| Ok(()));
     let got = d
         .manager(settings())
-        .report(order.order_id(), &success("done"), Some(&agent_id("a1")))
+        .report(
+            order.order_id(),
+            &success("done"),
+            &Reporter::Consumer(Consumer::Agent(agent_id("a1"))),
+        )
         .await
         .unwrap();
     assert_eq!(got.status(), Status::Success);
@@ -330,7 +345,11 @@ async fn a_replace_conflict_is_retried_from_a_fresh_read() {
         .returning(|_, _| Ok(()));
     let got = d
         .manager(settings())
-        .report(first.order_id(), &success("done"), Some(&agent_id("a1")))
+        .report(
+            first.order_id(),
+            &success("done"),
+            &Reporter::Consumer(Consumer::Agent(agent_id("a1"))),
+        )
         .await
         .unwrap();
     assert_eq!(got.status(), Status::Success);
@@ -348,7 +367,11 @@ async fn an_order_that_keeps_changing_ends_the_report_in_a_conflict_after_bounde
         .returning(|_, _| Err(ReplaceError::Conflict));
     let err = d
         .manager(settings())
-        .report(order.order_id(), &success("done"), Some(&agent_id("a1")))
+        .report(
+            order.order_id(),
+            &success("done"),
+            &Reporter::Consumer(Consumer::Agent(agent_id("a1"))),
+        )
         .await
         .unwrap_err();
     assert_eq!(err, ReportError::Conflict(Status::Sent));
@@ -367,7 +390,11 @@ async fn repeating_the_identical_report_succeeds_without_writing() {
     d.orders.expect_replace().never();
     let got = d
         .manager(settings())
-        .report(done.order_id(), &success("done"), Some(&agent_id("a1")))
+        .report(
+            done.order_id(),
+            &success("done"),
+            &Reporter::Consumer(Consumer::Agent(agent_id("a1"))),
+        )
         .await
         .unwrap();
     assert_eq!(got, done);
@@ -386,7 +413,7 @@ async fn a_different_report_on_a_finished_order_is_a_conflict() {
     d.orders.expect_replace().never();
     let err = d
         .manager(settings())
-        .report(done.order_id(), &success("other"), None)
+        .report(done.order_id(), &success("other"), &Reporter::Anyone)
         .await
         .unwrap_err();
     assert_eq!(err, ReportError::Conflict(Status::Success));
@@ -400,7 +427,7 @@ async fn a_report_on_an_unknown_order_is_not_found() {
     let order = pending("a1");
     let err = d
         .manager(settings())
-        .report(order.order_id(), &success("done"), None)
+        .report(order.order_id(), &success("done"), &Reporter::Anyone)
         .await
         .unwrap_err();
     assert_eq!(err, ReportError::NotFound);
@@ -417,7 +444,7 @@ async fn a_report_whose_order_vanished_before_the_write_is_not_found() {
         .returning(|_, _| Err(ReplaceError::NotFound));
     let err = d
         .manager(settings())
-        .report(order.order_id(), &success("done"), None)
+        .report(order.order_id(), &success("done"), &Reporter::Anyone)
         .await
         .unwrap_err();
     assert_eq!(err, ReportError::NotFound);
@@ -434,7 +461,7 @@ async fn a_storage_failure_fails_the_report_as_unavailable() {
         .returning(|_, _| Err(ReplaceError::Store(unavailable())));
     let err = d
         .manager(settings())
-        .report(order.order_id(), &success("done"), None)
+        .report(order.order_id(), &success("done"), &Reporter::Anyone)
         .await
         .unwrap_err();
     assert_eq!(err, ReportError::Unavailable(unavailable()));

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::clock::MockClock;
 use crate::notify::MockNotifier;
 use crate::store::{MockAgentRegistry, MockOrderStore};
-use crate::{CommandManager, Ports, Settings};
+use crate::{CommandManager, Ports, Reporter, Settings};
 
 /// One double per port. `new` gives a clock fixed at [`t0`] and nothing else: any call a test
 /// did not expect fails it.
@@ -50,6 +50,7 @@ impl Doubles {
             Ports {
                 orders: Arc::new(self.orders),
                 agents: Arc::new(self.agents),
+                components: Arc::new(crate::store::MockComponentRegistry::new()),
                 notifier: Arc::new(self.notifier),
                 clock: Arc::new(self.clock),
             },
@@ -177,7 +178,7 @@ fn every_use_case_future_can_be_spawned_on_a_multi_threaded_runtime() {
     }
     {
         let m = m.clone();
-        spawnable(async move { m.report(&id, &report, None).await });
+        spawnable(async move { m.report(&id, &report, &Reporter::Anyone).await });
     }
     {
         let m = m.clone();

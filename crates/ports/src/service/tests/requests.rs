@@ -1,6 +1,6 @@
 //! `cancel_request`, `retry_request` and `request_orders` (docs/rollout.md).
 
-use cm_domain::{AgentId, Order, ReportStatus, RequestId, Status};
+use cm_domain::{Order, ReportStatus, RequestId, Status};
 use mockall::Sequence;
 use uuid::Uuid;
 
@@ -216,10 +216,10 @@ async fn a_retry_creates_one_order_per_target_that_failed_linked_to_the_old_requ
             _ => o.clone(),
         })
         .collect();
-    let failed: Vec<AgentId> = old
+    let failed: Vec<cm_domain::Consumer> = old
         .iter()
         .filter(|o| o.status() == Status::Failure)
-        .map(|o| o.agent_id().unwrap().clone())
+        .map(|o| o.consumer().unwrap())
         .collect();
     assert_eq!(failed.len(), 5);
     let queries = serve_query(&mut d, old.clone());

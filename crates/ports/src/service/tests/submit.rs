@@ -76,7 +76,15 @@ fn quiet_notifier(d: &mut Doubles) -> Calls<Vec<String>> {
     let woken = Calls::new();
     let seen = woken.clone();
     d.notifier.expect_notify().returning(move |agents| {
-        seen.push(agents.iter().map(|a| a.as_str().to_owned()).collect());
+        seen.push(
+            agents
+                .iter()
+                .map(|c| match c {
+                    cm_domain::Consumer::Agent(a) => a.as_str().to_owned(),
+                    cm_domain::Consumer::Component(c) => format!("server:{c}"),
+                })
+                .collect(),
+        );
         Ok(())
     });
     woken
@@ -453,7 +461,7 @@ async fn a_zero_expansion_page_still_expands_the_whole_group() {
 // ---- after the write -------------------------------------------------------------------------
 
 #[tokio::test]
-async fn the_agents_notified_after_a_submit_are_exactly_the_agents_of_its_orders() {
+async fn the_consumers_notified_after_a_submit_are_exactly_the_consumers_of_its_orders() {
     let mut d = Doubles::new();
     known_agent(&mut d, "a1");
     d.agents.expect_count().return_const(Ok(2));
@@ -482,17 +490,20 @@ async fn the_agents_notified_after_a_submit_are_exactly_the_agents_of_its_orders
         [1, 1, 2]
     );
     let written = batches.all().concat();
-    let mut order_agents: Vec<String> = written
+    let mut order_consumers: Vec<String> = written
         .iter()
-        .filter_map(|o| o.agent_id().map(|a| a.as_str().to_owned()))
+        .map(|o| match o.agent_id() {
+            Some(a) => a.as_str().to_owned(),
+            None => format!("server:{}", o.target().id()),
+        })
         .collect();
-    order_agents.sort();
+    order_consumers.sort();
     let calls = woken.all();
     assert_eq!(calls.len(), 1);
     let mut notified = calls[0].clone();
     notified.sort();
-    assert_eq!(notified, order_agents);
-    assert_eq!(notified, ["a1", "g1", "g2"]);
+    assert_eq!(notified, order_consumers);
+    assert_eq!(notified, ["a1", "g1", "g2", "server:indexer"]);
 }
 
 #[tokio::test]
