@@ -61,11 +61,11 @@ fuzz_target!(|input: Input<'_>| {
     if let Ok(status) = ReportStatus::parse(input.report_status) {
         if let Ok(report) = Report::new(status, input.code, input.message, input.data) {
             assert_eq!(i64::from(report.result().code()), input.code);
-            assert!(report.result().data().len() <= cm_domain::MAX_RESULT_DATA);
+            assert!(report.result().data().chars().count() <= cm_domain::MAX_RESULT_DATA);
         } else {
             assert!(
                 i16::try_from(input.code).is_err()
-                    || input.data.len() > cm_domain::MAX_RESULT_DATA
+                    || input.data.chars().count() > cm_domain::MAX_RESULT_DATA
                     || cm_domain::check_text(input.message, "message", false).is_err(),
                 "a report is refused only for a rule it breaks"
             );

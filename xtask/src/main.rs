@@ -8,6 +8,7 @@ mod lint;
 mod opensearch;
 mod postgres;
 mod process;
+mod schemathesis;
 mod test;
 
 use std::path::{Path, PathBuf};

@@ -3,8 +3,9 @@
 //! Starts one throwaway PostgreSQL and one single-node OpenSearch for the whole run (each test
 //! isolates itself in its own database / index prefix), exports their URLs, runs
 //! `cargo test --workspace`, and stops both. `CM_TEST_POSTGRES_URL` (or `DATABASE_URL`) and
-//! `OPENSEARCH_URL` point the tests at servers you already run instead. Nothing is installed:
-//! what is missing is named, with the command that installs it.
+//! `OPENSEARCH_URL` point the tests at servers you already run instead. The API-description
+//! test gets schemathesis's `st` in `CM_SCHEMATHESIS` ([`schemathesis::find`]). Nothing is
+//! installed: what is missing is named, with the command that installs it.
 //!
 //! `--heavy` also builds and runs the heavy tests (`tests/heavy/`: backend outages, many
 //! instances), which only exist with the root package's `heavy` feature: the run becomes
@@ -14,7 +15,7 @@
 
 use std::time::Instant;
 
-use crate::{opensearch, postgres, process};
+use crate::{opensearch, postgres, process, schemathesis};
 
 const USAGE: &str = "cargo xtask test [--heavy] [-- <arguments for cargo test>]";
 
@@ -55,6 +56,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     {
         missing.push(format!("{e} (or set OPENSEARCH_URL to a node you run)"));
     }
+    let st = match schemathesis::find() {
+        Ok(st) => Some(st),
+        Err(e) => {
+            missing.push(e);
+            None
+        }
+    };
     if !missing.is_empty() {
         return Err(format!(
             "cannot run every test; missing:\n  - {}",
@@ -110,6 +118,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .args(features)
         .env("CM_TEST_POSTGRES_URL", pg.url())
         .env(OPENSEARCH_VAR, os.url());
+    if let Some(st) = &st {
+        test.env(schemathesis::VAR, st);
+    }
     if let Ok(me) = std::env::current_exe() {
         test.env("CM_XTASK_BIN", me);
     }

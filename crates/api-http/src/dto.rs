@@ -97,9 +97,17 @@ impl<'a> Obj<'a> {
         self.opt(name).map(|v| self.integer(name, v)).transpose()
     }
 
+    /// A JSON Schema integer: a number without a fractional part, `100.0` and `1e2` included.
+    #[allow(clippy::cast_possible_truncation, clippy::float_cmp)]
     fn integer(&self, name: &str, v: &Value) -> Result<i64, FieldError> {
         v.as_i64()
             .or_else(|| v.as_u64().map(|_| i64::MAX))
+            .or_else(|| {
+                // `as` saturates, so a huge value still meets the domain's range rule.
+                v.as_f64()
+                    .filter(|f| f.is_finite() && f.trunc() == *f)
+                    .map(|f| f as i64)
+            })
             .ok_or_else(|| FieldError::new(self.at(name), "must be an integer"))
     }
 
@@ -193,7 +201,8 @@ pub(crate) fn report(body: &Value) -> Result<Report, FieldError> {
 /// A [`FieldError`] naming the field at fault (`agents[3]`, `limit`).
 pub(crate) fn relay_claim(
     body: &Value,
-    max_consumers: usize,
+    max_agents: usize,
+    max_servers: usize,
 ) -> Result<(Consumers, Option<i64>, Option<i64>), FieldError> {
     let o = Obj::new(body, "", &["agents", "servers", "limit", "wait"]).map_err(at_body)?;
     let list = |name: &str| -> Result<&[Value], FieldError> {
@@ -228,10 +237,16 @@ pub(crate) fn relay_claim(
             "agents and servers must name at least one consumer together",
         ));
     }
-    if agents.len() + servers.len() > max_consumers {
+    if agents.len() > max_agents {
         return Err(FieldError::new(
             "agents",
-            format!("agents and servers may name at most {max_consumers} consumers together"),
+            format!("must name at most {max_agents} agents"),
+        ));
+    }
+    if servers.len() > max_servers {
+        return Err(FieldError::new(
+            "servers",
+            format!("must name at most {max_servers} components"),
         ));
     }
     Ok((
@@ -397,6 +412,22 @@ mod tests {
             "commands[0].action.extra"
         );
         assert_eq!(field_of(json!({"commands": [valid()], "x": 1})), "x");
+    }
+
+    #[test]
+    fn an_integral_number_in_any_notation_is_an_integer() {
+        for timeout in [json!(100.0), serde_json::from_str::<Value>("1e2").unwrap()] {
+            let mut c = valid();
+            c["timeout"] = timeout.clone();
+            let cmds = commands(&json!({"commands": [c]}), 100).unwrap();
+            assert_eq!(cmds[0].timeout().secs(), 100, "{timeout}");
+        }
+        let mut c = valid();
+        c["timeout"] = json!(100.5);
+        assert_eq!(field_of(json!({"commands": [c]})), "commands[0].timeout");
+        let mut c = valid();
+        c["timeout"] = json!(1e300);
+        assert_eq!(field_of(json!({"commands": [c]})), "commands[0].timeout");
     }
 
     #[test]

@@ -32,9 +32,10 @@ pub(crate) enum ApiError {
     UnsupportedMediaType,
     /// 422: a command did not expand into orders.
     Unprocessable(ExpansionError),
-    /// 422: a well-formed request that has nothing to act on; names the field that selected
-    /// nothing (a retry's `status`).
-    NothingMatched(FieldError),
+    /// 422: a request that follows every rule of the document but that the service's state or
+    /// clock refuses, naming the field: a retry's `status` that selects nothing, a
+    /// `schedule.start_at` beyond the horizon.
+    Refused(FieldError),
     /// 503: storage failed, kept losing a compare-and-set to concurrent writers, or the
     /// request ran out of time; the cause was logged when this value was made.
     Unavailable,
@@ -74,7 +75,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::Unprocessable(_) | Self::NothingMatched(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unprocessable(_) | Self::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable | Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -116,7 +117,7 @@ impl ApiError {
                 e.to_string(),
                 Some(format!("commands[{}]", e.index())),
             ),
-            Self::NothingMatched(e) => (
+            Self::Refused(e) => (
                 "unprocessable",
                 format!("{}: {}", e.field(), e.message()),
                 Some(e.field().to_owned()),
@@ -210,6 +211,7 @@ impl From<SubmitError> for ApiError {
     fn from(e: SubmitError) -> Self {
         match e {
             SubmitError::Invalid(e) => Self::Invalid(e),
+            SubmitError::TooFarAhead(e) => Self::Refused(e),
             SubmitError::Expansion(e) => Self::Unprocessable(e),
             SubmitError::Unavailable(e) => e.into(),
         }
@@ -231,7 +233,7 @@ impl From<RetryError> for ApiError {
         match e {
             RetryError::Invalid(e) => Self::Invalid(e),
             RetryError::NotFound => Self::NotFound("no such request".to_owned()),
-            RetryError::NothingToRetry(status) => Self::NothingMatched(FieldError::new(
+            RetryError::NothingToRetry(status) => Self::Refused(FieldError::new(
                 "status",
                 format!("no order of the request ended in {status}: nothing to retry"),
             )),

@@ -198,8 +198,10 @@ impl Params {
     /// A [`FieldError`] on `name` when it is not such an integer.
     pub(crate) fn int(&self, name: &str, min: u64, max: u64) -> Result<Option<u64>, FieldError> {
         self.parse(name, |raw| {
-            raw.parse::<u64>()
-                .ok()
+            // Decimal digits only: `u64::from_str` would also take a leading `+`.
+            Some(raw)
+                .filter(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|r| r.parse::<u64>().ok())
                 .filter(|n| (min..=max).contains(n))
                 .ok_or_else(|| {
                     FieldError::new(name, format!("must be an integer from {min} to {max}"))

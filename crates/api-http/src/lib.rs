@@ -224,11 +224,9 @@ impl AppState {
 
     /// The OpenAPI document, with the bounds this service's settings give its parameters.
     pub(crate) fn openapi_document(&self) -> &str {
-        self.inner.openapi.get_or_init(|| {
-            openapi::document(handlers::delivery::PollBounds::of(
-                self.manager().settings(),
-            ))
-        })
+        self.inner
+            .openapi
+            .get_or_init(|| openapi::document(self.manager().settings(), self.auth().enabled))
     }
 
     /// The slots of open long-polls ([`HttpSettings::max_open_polls`]).

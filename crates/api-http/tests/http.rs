@@ -836,7 +836,7 @@ async fn a_rollout_without_a_start_begins_now_and_hands_out_the_first_order_at_o
 }
 
 #[tokio::test]
-async fn a_start_beyond_the_horizon_is_a_400_naming_it_and_nothing_is_written() {
+async fn a_start_beyond_the_horizon_is_a_422_naming_it_and_nothing_is_written() {
     let app = app_with(Settings {
         max_schedule_ahead: Duration::from_secs(3600),
         ..Settings::default()
@@ -852,7 +852,14 @@ async fn a_start_beyond_the_horizon_is_a_400_naming_it_and_nothing_is_written() 
         ]),
     )
     .await;
-    a.names_field("commands[1].schedule.start_at");
+    // The document cannot state a bound that moves with the clock: the body follows every
+    // rule it states, so the refusal is a 422, not a 400.
+    let error = a.error(StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(
+        error["field"],
+        json!("commands[1].schedule.start_at"),
+        "{error}"
+    );
     assert_eq!(
         get(&app, "/api/v1/orders").await.json()["orders"],
         json!([])

@@ -12,6 +12,15 @@ use crate::schedule::Schedule;
 /// Longest value of a free-text keyword field (the Wazuh mapping's `ignore_above`).
 pub const MAX_KEYWORD_LEN: usize = 1024;
 
+/// The rule of [`check_text`] for an optional keyword, as a regular expression (the ECMA-262
+/// subset JSON Schema uses), with [`MAX_KEYWORD_LEN`] as the length bound: no control
+/// character (Unicode category Cc).
+pub const KEYWORD_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+
+/// The rule of [`check_text`] for a required keyword: [`KEYWORD_PATTERN`], and at least one
+/// character that is not white space (Unicode `White_Space`, what `str::trim` removes).
+pub const REQUIRED_KEYWORD_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\x00-\x1f\x7f-\x9f]*$";
+
 /// Who originated a command. Matched case-insensitively; stored in its canonical spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Source {
@@ -76,6 +85,10 @@ pub enum TargetType {
 }
 
 impl TargetType {
+    pub const ALL: [Self; 3] = [Self::Agent, Self::Group, Self::Server];
+
+    /// Matched case-insensitively, like [`Source::parse`].
+    ///
     /// # Errors
     /// A [`FieldError`] on `target.type` naming the accepted values.
     pub fn parse(raw: &str) -> Result<Self, FieldError> {

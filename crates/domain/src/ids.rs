@@ -58,6 +58,12 @@ uuid_id!(
 /// Longest agent id, group name or idempotency key accepted.
 pub const MAX_NAME_LEN: usize = 255;
 
+/// The rule of [`AgentId`], [`GroupName`] and [`IdempotencyKey`] as a regular expression (the
+/// ECMA-262 subset JSON Schema uses), with [`MAX_NAME_LEN`] as the length bound: characters of
+/// `[A-Za-z0-9-_.:@]`, and not `.` or `..` (a name of dots only needs at least three). The
+/// OpenAPI document states it; the parser below is what applies it.
+pub const NAME_PATTERN: &str = r"^(?:\.*[A-Za-z0-9_:@-][A-Za-z0-9._:@-]*|\.{3,})$";
+
 fn check_name(raw: &str, field: &str, what: &str) -> Result<(), FieldError> {
     if raw.is_empty() {
         return Err(FieldError::new(field, format!("{what} must not be empty")));

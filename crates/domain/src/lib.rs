@@ -18,14 +18,15 @@ pub mod time;
 
 pub use agent::Agent;
 pub use command::{
-    Action, Command, MAX_KEYWORD_LEN, Source, Target, TargetType, Timeout, check_text,
+    Action, Command, KEYWORD_PATTERN, MAX_KEYWORD_LEN, REQUIRED_KEYWORD_PATTERN, Source, Target,
+    TargetType, Timeout, check_text,
 };
 pub use consumer::Consumer;
 pub use error::{ExpansionError, FieldError, TransitionError};
 pub use expansion::Expander;
 pub use ids::{
     AgentId, ComponentName, GroupName, IdSource, IdempotencyKey, KeyHash, KeyedIds, MAX_NAME_LEN,
-    OrderId, RequestId,
+    NAME_PATTERN, OrderId, RequestId,
 };
 pub use order::{
     AgentRef, CANCELLED, CommandResult, EXPIRED, MAX_RESULT_DATA, NO_RESULT, NewOrder, Order,

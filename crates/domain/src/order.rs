@@ -100,7 +100,8 @@ pub const EXPIRED: &str = "expired";
 pub const CANCELLED: &str = "cancelled";
 /// Result message of a delivered order whose agent never reported a final result.
 pub const NO_RESULT: &str = "no result";
-/// Longest `data` of a report, in bytes.
+/// Longest `data` of a report, in characters (Unicode scalar values, as JSON Schema's
+/// `maxLength` counts them).
 pub const MAX_RESULT_DATA: usize = 64 * 1024;
 
 impl CommandResult {
@@ -179,10 +180,10 @@ impl Report {
         let code = i16::try_from(code)
             .map_err(|_| FieldError::new("code", "must be an integer from -32768 to 32767"))?;
         check_text(message, "message", false)?;
-        if data.len() > MAX_RESULT_DATA {
+        if data.chars().count() > MAX_RESULT_DATA {
             return Err(FieldError::new(
                 "data",
-                format!("must be at most {MAX_RESULT_DATA} bytes"),
+                format!("must be at most {MAX_RESULT_DATA} characters"),
             ));
         }
         Ok(Self {
@@ -1007,6 +1008,9 @@ mod tests {
                 .field(),
             "data"
         );
+        // Counted in characters, as the document's `maxLength` counts them.
+        let wide = "é".repeat(MAX_RESULT_DATA);
+        assert!(Report::new(ReportStatus::Success, 0, "", &wide).is_ok());
     }
 
     #[test]

@@ -26,8 +26,8 @@ pub use instrumented::{InstrumentedAgents, InstrumentedComponents, InstrumentedO
 pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
 pub use service::{
     CancelError, CommandManager, Idempotency, ItemOutcome, MAX_PAGE_SIZE, MAX_RELAY_CONSUMERS,
-    MAX_RELAY_LIMIT, MAX_RESULTS_PER_CALL, Ports, Registered, ReportError, Reporter, ResultItem,
-    RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest,
+    MAX_RELAY_LIMIT, MAX_RELAY_SERVERS, MAX_RESULTS_PER_CALL, Ports, Registered, ReportError,
+    Reporter, ResultItem, RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest,
 };
 pub use store::{
     AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,

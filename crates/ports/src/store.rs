@@ -117,11 +117,21 @@ impl OrderCursor {
         )
     }
 
+    /// The text form of every cursor [`Self::encode`] gives (the ECMA-262 subset JSON Schema
+    /// uses), and exactly what [`Self::decode`] accepts: the creation time in milliseconds as
+    /// 1 to 13 lowercase hex digits, `_`, the order id as 32 lowercase hex digits.
+    pub const PATTERN: &'static str = "^[0-9a-f]{1,13}_[0-9a-f]{32}$";
+
     /// # Errors
-    /// A [`FieldError`] on `field` when `raw` is not a cursor this service handed out.
+    /// A [`FieldError`] on `field` when `raw` does not match [`Self::PATTERN`].
     pub fn decode(raw: &str, field: &str) -> Result<Self, FieldError> {
         let bad = || FieldError::new(field, "is not a cursor returned by this service");
+        let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         let (millis, id) = raw.split_once('_').ok_or_else(bad)?;
+        if !(1..=13).contains(&millis.len()) || !hex(millis) || id.len() != 32 || !hex(id) {
+            return Err(bad());
+        }
+        // 13 hex digits stay below 2^52 ms, well inside chrono's range.
         let millis = i64::from_str_radix(millis, 16).map_err(|_| bad())?;
         let created_at = Utc.timestamp_millis_opt(millis).single().ok_or_else(bad)?;
         let order_id = OrderId::parse(id, field).map_err(|_| bad())?;
@@ -587,7 +597,20 @@ mod tests {
 
     #[test]
     fn foreign_cursor_text_names_the_field() {
-        for bad in ["", "x", "zz_00", "1_notauuid", "../../etc"] {
+        let id = "0".repeat(32);
+        for bad in [
+            "",
+            "x",
+            "zz_00",
+            "1_notauuid",
+            "../../etc",
+            // Only the form `encode` gives: lowercase, no sign, no hyphens, at most 13 digits.
+            &format!("1A_{id}"),
+            &format!("+1_{id}"),
+            &format!("1_{}", "0A".repeat(16)),
+            "1_00000000-0000-0000-0000-000000000000",
+            &format!("{}_{id}", "1".repeat(14)),
+        ] {
             assert_eq!(
                 OrderCursor::decode(bad, "after").unwrap_err().field(),
                 "after"

@@ -23,16 +23,16 @@ pub(crate) struct AgentPage {
     #[schema(value_type = Vec<schema::Agent>)]
     agents: Vec<Agent>,
     /// Pass as `after` to read the next page; `null` on the last page.
-    #[schema(value_type = Option<String>, required = true)]
+    #[schema(value_type = Option<String>, required = true, format = "name")]
     next: Option<AgentId>,
 }
 
 /// A registered agent, with its new key when it was just created.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct RegisteredAgent {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = "name")]
     id: AgentId,
-    #[schema(value_type = Vec<String>)]
+    #[schema(value_type = Vec<schema::Name>)]
     groups: Vec<GroupName>,
     /// The agent's key, shown only here, once: the agent authenticates with
     /// `Authorization: Basic base64(<id>:<key>)`. Absent when the agent already existed.
@@ -43,7 +43,7 @@ pub(crate) struct RegisteredAgent {
 /// An agent's new key.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct IssuedKey {
-    #[schema(value_type = String)]
+    #[schema(value_type = String, format = "name")]
     id: AgentId,
     /// Shown only here, once; the agent's previous key no longer works.
     key: String,
@@ -61,7 +61,7 @@ fn uncached(status: StatusCode, body: impl Serialize) -> Response {
     path = "/api/v1/agents/{agent_id}",
     operation_id = "put_agent",
     tag = "agents",
-    params(("agent_id" = String, Path, description = "The agent's id")),
+    params(("agent_id" = String, Path, format = "name", description = "The agent's id")),
     request_body(content = schema::AgentBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Registered; the answer holds the agent's key, shown only this once", body = RegisteredAgent),
@@ -99,7 +99,7 @@ pub(crate) async fn put(
     path = "/api/v1/agents/{agent_id}/key",
     operation_id = "rotate_agent_key",
     tag = "agents",
-    params(("agent_id" = String, Path, description = "The agent's id")),
+    params(("agent_id" = String, Path, format = "name", description = "The agent's id")),
     responses(
         (status = 200, description = "The new key, shown only this once", body = IssuedKey),
         (status = 400, description = "`agent_id` out of its rule, or a query parameter was given", body = ErrorBody),
@@ -132,7 +132,7 @@ pub(crate) async fn rotate_key(
     path = "/api/v1/agents/{agent_id}",
     operation_id = "get_agent",
     tag = "agents",
-    params(("agent_id" = String, Path, description = "The agent's id")),
+    params(("agent_id" = String, Path, format = "name", description = "The agent's id")),
     responses(
         (status = 200, description = "The agent", body = schema::Agent),
         (status = 400, description = "`agent_id` out of its rule, or a query parameter was given", body = ErrorBody),
@@ -160,9 +160,9 @@ pub(crate) async fn one(
     operation_id = "list_agents",
     tag = "agents",
     params(
-        ("group" = Option<String>, Query, description = "Only members of this group"),
+        ("group" = Option<String>, Query, format = "name", description = "Only members of this group"),
         ("size" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"),
-        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        ("after" = Option<String>, Query, format = "name", description = "The `next` cursor of the previous page: the last agent id of that page"),
     ),
     responses(
         (status = 200, description = "One page of agents", body = AgentPage),
@@ -191,7 +191,7 @@ pub(crate) async fn list(
     path = "/api/v1/agents/{agent_id}",
     operation_id = "delete_agent",
     tag = "agents",
-    params(("agent_id" = String, Path, description = "The agent's id")),
+    params(("agent_id" = String, Path, format = "name", description = "The agent's id")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "`agent_id` out of its rule, or a query parameter was given", body = ErrorBody),

@@ -60,15 +60,15 @@ pub(crate) struct WazuhSubmitResponse {
     path = "/api/v1/commands",
     operation_id = "submit_commands",
     tag = "commands",
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, format = "name",
         description = "Makes the submit safe to retry: the same key and body never create a second set of orders")),
     request_body(content = schema::SubmitBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Every order was written", body = SubmitResponse),
-        (status = 400, description = "Malformed JSON, a field out of its rule (a `schedule.start_at` too far ahead, say), or a query parameter", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, a field or header out of its rule, or a query parameter", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 422, description = "A command expands to no order (unknown agent, empty group) or too many; nothing was written", body = ErrorBody),
+        (status = 422, description = "The body follows every rule of this document, but a command expands to no order (unknown agent, empty group) or too many, or its `schedule.start_at` lies beyond `limits.max_schedule_ahead_secs` from now; nothing was written", body = ErrorBody),
         (status = 503, description = "Storage unavailable; nothing is acknowledged", body = ErrorBody),
     )
 )]
@@ -95,15 +95,15 @@ pub(crate) async fn submit(
     path = "/_plugins/_command_manager/commands",
     operation_id = "submit_commands_wazuh",
     tag = "commands",
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, format = "name",
         description = "Makes the submit safe to retry")),
     request_body(content = schema::SubmitBody, content_type = "application/json"),
     responses(
         (status = 200, description = "Every order was written", body = WazuhSubmitResponse),
-        (status = 400, description = "Malformed JSON or a field out of its rule", body = ErrorBody),
+        (status = 400, description = "Malformed JSON, or a field or header out of its rule", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
-        (status = 422, description = "A command expands to no order; nothing was written", body = ErrorBody),
+        (status = 422, description = "A command expands to no order or too many, or starts beyond the horizon; nothing was written", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
 )]

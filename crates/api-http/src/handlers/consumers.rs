@@ -9,7 +9,9 @@ use axum::http::StatusCode;
 use axum::http::header::CACHE_CONTROL;
 use axum::response::{IntoResponse, Response};
 use cm_domain::{ComponentName, Order};
-use cm_ports::{MAX_RELAY_CONSUMERS, MAX_RESULTS_PER_CALL, Upserted, metric::ResultOutcome};
+use cm_ports::{
+    MAX_RELAY_CONSUMERS, MAX_RELAY_SERVERS, MAX_RESULTS_PER_CALL, Upserted, metric::ResultOutcome,
+};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -60,13 +62,26 @@ pub(crate) struct ResultOutcomes {
 /// What became of one result.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Outcome {
-    /// The `order_id` as sent.
-    #[schema(value_type = Object)]
+    /// The `order_id` as sent: any JSON value (`null` when the item had none).
+    #[schema(value_type = Value)]
     order_id: Value,
-    /// `applied`, `already_applied`, `conflict`, `not_found`, `forbidden` or `invalid`.
+    #[schema(value_type = OutcomeKind)]
     outcome: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
+}
+
+/// What became of one result (the values of [`Outcome::outcome`]).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum OutcomeKind {
+    Applied,
+    AlreadyApplied,
+    Conflict,
+    NotFound,
+    Forbidden,
+    Invalid,
 }
 
 /// An answer that carries a key must not be stored by any cache.
@@ -82,7 +97,7 @@ fn uncached(status: StatusCode, body: impl Serialize) -> Response {
     path = "/api/v1/servers/{component}",
     operation_id = "put_server",
     tag = "servers",
-    params(("component" = String, Path, description = "The component's name")),
+    params(("component" = String, Path, format = "name", description = "The component's name")),
     responses(
         (status = 201, description = "Registered; the answer holds the component's key, shown only this once", body = RegisteredComponent),
         (status = 200, description = "Already registered; the key is unchanged and not shown", body = RegisteredComponent),
@@ -110,7 +125,7 @@ pub(crate) async fn put(
     path = "/api/v1/servers/{component}/key",
     operation_id = "rotate_server_key",
     tag = "servers",
-    params(("component" = String, Path, description = "The component's name")),
+    params(("component" = String, Path, format = "name", description = "The component's name")),
     responses(
         (status = 200, description = "The new key, shown only this once", body = RegisteredComponent),
         (status = 400, description = "`component` out of its rule, or a query parameter", body = ErrorBody),
@@ -145,7 +160,7 @@ pub(crate) async fn rotate_key(
     tag = "servers",
     params(
         ("size" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Page size; default 100"),
-        ("after" = Option<String>, Query, description = "The `next` of the previous page"),
+        ("after" = Option<String>, Query, format = "name", description = "The `next` of the previous page: the last component name of that page"),
     ),
     responses(
         (status = 200, description = "One page of components", body = ComponentPage),
@@ -173,7 +188,7 @@ pub(crate) async fn list(
     path = "/api/v1/servers/{component}",
     operation_id = "delete_server",
     tag = "servers",
-    params(("component" = String, Path, description = "The component's name")),
+    params(("component" = String, Path, format = "name", description = "The component's name")),
     responses(
         (status = 204, description = "Removed"),
         (status = 400, description = "`component` out of its rule, or a query parameter", body = ErrorBody),
@@ -226,10 +241,11 @@ where
     operation_id = "poll_server_orders",
     tag = "delivery",
     params(
-        ("component" = String, Path, description = "The polling component's name"),
-        ("wait" = Option<u64>, Query, minimum = 0, maximum = 3600,
+        ("component" = String, Path, format = "name", description = "The polling component's name"),
+        // The maximums are the service's, filled in by `openapi::document`.
+        ("wait" = Option<u64>, Query, minimum = 0,
             description = "Seconds to wait for an order when none is waiting; default 30, bounded by the service's longest wait"),
-        ("limit" = Option<u64>, Query, minimum = 1, maximum = 1000,
+        ("limit" = Option<u64>, Query, minimum = 1,
             description = "Most orders to take; default 10, bounded by the service's largest batch"),
     ),
     responses(
@@ -285,7 +301,7 @@ pub(crate) async fn relay_claim(
     _: NoQuery,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Claimed>, ApiError> {
-    let (consumers, limit, wait) = dto::relay_claim(&body, MAX_RELAY_CONSUMERS)?;
+    let (consumers, limit, wait) = dto::relay_claim(&body, MAX_RELAY_CONSUMERS, MAX_RELAY_SERVERS)?;
     let bounds = PollBounds::of(state.manager().settings());
     let limit = match limit {
         None => bounds.default_limit(),

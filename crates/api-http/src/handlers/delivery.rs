@@ -69,7 +69,7 @@ pub(crate) struct Polled {
     operation_id = "poll_orders",
     tag = "delivery",
     params(
-        ("agent_id" = String, Path, description = "The polling agent's id"),
+        ("agent_id" = String, Path, format = "name", description = "The polling agent's id"),
         // The maximums are the service's `limits.max_poll_wait_secs` and
         // `limits.max_poll_limit`, filled in by `openapi::document`.
         ("wait" = Option<u64>, Query, minimum = 0,

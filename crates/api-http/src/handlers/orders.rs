@@ -20,7 +20,7 @@ pub(crate) struct OrderPage {
     #[schema(value_type = Vec<schema::Order>)]
     pub(crate) orders: Vec<Order>,
     /// Pass as `after` to read the next page; `null` on the last page.
-    #[schema(required = true)]
+    #[schema(required = true, format = "order-cursor")]
     pub(crate) next: Option<String>,
 }
 
@@ -70,15 +70,15 @@ fn text(raw: &str, field: &str) -> Result<String, FieldError> {
     tag = "orders",
     params(
         ("status" = Option<schema::Status>, Query, description = "Only orders in this status"),
-        ("agent_id" = Option<String>, Query, description = "Only orders delivered to this agent"),
-        ("target_type" = Option<schema::TargetType>, Query, description = "Only orders with this target type"),
-        ("target_id" = Option<String>, Query, description = "Only orders with this target id"),
-        ("request_id" = Option<String>, Query, description = "Only orders of this request"),
-        ("action" = Option<String>, Query, description = "Only orders of this action name"),
+        ("agent_id" = Option<String>, Query, format = "name", description = "Only orders delivered to this agent"),
+        ("target_type" = Option<String>, Query, format = "target-type", description = "Only orders with this target type: agent, group or server, in any case"),
+        ("target_id" = Option<String>, Query, format = "required-keyword", description = "Only orders with this target id"),
+        ("request_id" = Option<String>, Query, format = "uuid", description = "Only orders of this request"),
+        ("action" = Option<String>, Query, format = "required-keyword", description = "Only orders of this action name"),
         ("since" = Option<String>, Query, format = DateTime, description = "Only orders created at or after this time (RFC 3339)"),
         ("until" = Option<String>, Query, format = DateTime, description = "Only orders created before this time (RFC 3339)"),
         ("size" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"),
-        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        ("after" = Option<String>, Query, format = "order-cursor", description = "The `next` cursor of the previous page"),
     ),
     responses(
         (status = 200, description = "One page of orders", body = OrderPage),

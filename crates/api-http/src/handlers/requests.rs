@@ -86,7 +86,7 @@ pub(crate) async fn progress(
         ("request_id" = String, Path, format = "uuid", description = "The request's id"),
         ("status" = Option<schema::Status>, Query, description = "Only orders in this status"),
         ("size" = Option<u64>, Query, minimum = 1, maximum = 1000, description = "Page size, default 100"),
-        ("after" = Option<String>, Query, description = "The `next` cursor of the previous page"),
+        ("after" = Option<String>, Query, format = "order-cursor", description = "The `next` cursor of the previous page"),
     ),
     responses(
         (status = 200, description = "One page of the request's orders", body = OrderPage),
@@ -153,7 +153,7 @@ pub(crate) async fn cancel(
     tag = "requests",
     params(
         ("request_id" = String, Path, format = "uuid", description = "The request to re-run"),
-        ("status" = Option<String>, Query, description = "Re-run the targets whose order ended in this status: `failure` (default) or `success`"),
+        ("status" = Option<schema::RetryStatus>, Query, description = "Re-run the targets whose order ended in this status: `failure` (default) or `success`"),
     ),
     responses(
         (status = 201, description = "The new request and its orders", body = SubmitResponse),

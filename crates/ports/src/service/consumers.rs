@@ -14,8 +14,10 @@ use crate::auth::{AgentKey, hash_key, verify_key};
 use crate::metric::ResultOutcome;
 use crate::store::{Consumers, Page, StoreError, Upserted};
 
-/// Most agents and components one relay claim may name, together.
+/// Most agents one relay claim may name.
 pub const MAX_RELAY_CONSUMERS: usize = 10_000;
+/// Most server components one relay claim may name (on top of its agents).
+pub const MAX_RELAY_SERVERS: usize = 1_000;
 /// Most orders one relay claim may return.
 pub const MAX_RELAY_LIMIT: usize = 1_000;
 /// Most results one call of `POST /api/v1/results` may carry.

@@ -19,7 +19,8 @@ use cm_domain::DeliveryPolicy;
 
 pub use self::agents::Registered;
 pub use self::consumers::{
-    ItemOutcome, MAX_RELAY_CONSUMERS, MAX_RELAY_LIMIT, MAX_RESULTS_PER_CALL, Reporter, ResultItem,
+    ItemOutcome, MAX_RELAY_CONSUMERS, MAX_RELAY_LIMIT, MAX_RELAY_SERVERS, MAX_RESULTS_PER_CALL,
+    Reporter, ResultItem,
 };
 pub use self::delivery::ReportError;
 pub use self::orders::{CancelError, MAX_PAGE_SIZE};

@@ -37,6 +37,11 @@ pub enum SubmitError {
     /// The request itself breaks a rule (400).
     #[error(transparent)]
     Invalid(#[from] FieldError),
+    /// A command's `schedule.start_at` lies beyond the service's horizon
+    /// (`Settings::max_schedule_ahead`) as of now (422): a rule of the clock, not of the
+    /// request's form. Nothing was read or written.
+    #[error("{0}")]
+    TooFarAhead(FieldError),
     /// A command expands to nothing or to too much (422). Nothing was written.
     #[error(transparent)]
     Expansion(#[from] ExpansionError),
@@ -104,7 +109,7 @@ impl CommandManager {
             command
                 .schedule()
                 .validate(now, horizon)
-                .map_err(|e| e.under(&format!("commands[{index}]")))?;
+                .map_err(|e| SubmitError::TooFarAhead(e.under(&format!("commands[{index}]"))))?;
         }
         let plans = self.plan(&request.commands).await?;
 

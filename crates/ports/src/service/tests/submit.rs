@@ -611,7 +611,7 @@ async fn an_agent_command_starts_at_its_start_and_a_past_start_is_now() {
 }
 
 #[tokio::test]
-async fn a_start_beyond_the_horizon_is_invalid_naming_its_command_and_nothing_is_read() {
+async fn a_start_beyond_the_horizon_is_too_far_ahead_naming_its_command_and_nothing_is_read() {
     let mut d = Doubles::new();
     d.agents.expect_get().never();
     d.agents.expect_count().never();
@@ -629,8 +629,8 @@ async fn a_start_beyond_the_horizon_is_invalid_naming_its_command_and_nothing_is
         .submit(request(commands))
         .await
         .unwrap_err();
-    let SubmitError::Invalid(e) = err else {
-        panic!("expected Invalid, got {err:?}");
+    let SubmitError::TooFarAhead(e) = err else {
+        panic!("expected TooFarAhead, got {err:?}");
     };
     assert_eq!(e.field(), "commands[1].schedule.start_at");
     assert!(e.message().contains("3600"), "{}", e.message());
