@@ -1,5 +1,5 @@
 //! The service's HTTP API as the benchmarks use it: a manager submitting and reading, agents
-//! registering, polling and reporting.
+//! registering, polling and reporting, a relay claiming and reporting for many agents.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -46,6 +46,11 @@ pub(crate) fn command(target_type: &str, target_id: &str, timeout_secs: u32) -> 
         "action": {"name": "restart", "args": {}, "version": "v5"},
         "timeout": timeout_secs,
     })
+}
+
+/// The body of a relay's claim for `agents`, serialised once (10,000 ids make 140 KB).
+pub(crate) fn relay_claim_body(agents: &[String], limit: u32, wait_secs: u64) -> String {
+    json!({"agents": agents, "limit": limit, "wait": wait_secs}).to_string()
 }
 
 impl Api {
@@ -148,7 +153,62 @@ impl Api {
         Self::expect_json(resp, "report").await.map(drop)
     }
 
-    /// `GET /api/v1/requests/{id}`: `(total, pending, failure)`.
+    /// `POST /api/v1/relay/claim` with a body made once by [`relay_claim_body`]: the orders
+    /// handed out. The benchmark's service runs on loopback without authentication, so no
+    /// relay token is sent.
+    pub(crate) async fn relay_claim(&self, body: &str) -> Result<Vec<Value>> {
+        let resp = self
+            .http
+            .post(self.url("/api/v1/relay/claim"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .context("relay claim")?;
+        let mut body = Self::expect_json(resp, "relay claim").await?;
+        match body["orders"].take() {
+            Value::Array(orders) => Ok(orders),
+            other => bail!("relay claim: no orders in {other}"),
+        }
+    }
+
+    /// `POST /api/v1/results` with a success for each of `order_ids` (at most 1,000); fails
+    /// unless every one is `applied` (or was `already_applied`).
+    pub(crate) async fn report_successes(&self, order_ids: &[String]) -> Result<()> {
+        let results: Vec<Value> = order_ids
+            .iter()
+            .map(|id| {
+                json!({"order_id": id, "status": "success", "code": 0, "message": "done", "data": ""})
+            })
+            .collect();
+        let resp = self
+            .http
+            .post(self.url("/api/v1/results"))
+            .json(&json!({ "results": results }))
+            .send()
+            .await
+            .context("report results")?;
+        let body = Self::expect_json(resp, "report results").await?;
+        let outcomes = body["results"]
+            .as_array()
+            .context("report results: no results")?;
+        if outcomes.len() != order_ids.len() {
+            bail!(
+                "report results: {} outcomes for {} results",
+                outcomes.len(),
+                order_ids.len()
+            );
+        }
+        if let Some(bad) = outcomes
+            .iter()
+            .find(|o| !matches!(o["outcome"].as_str(), Some("applied" | "already_applied")))
+        {
+            bail!("report results: {bad}");
+        }
+        Ok(())
+    }
+
+    /// `GET /api/v1/requests/{id}`: `(total, pending, success, failure)`.
     pub(crate) async fn progress(&self, request_id: &str) -> Result<Progress> {
         let resp = self
             .http
@@ -161,6 +221,7 @@ impl Api {
         Ok(Progress {
             total: n("total"),
             pending: n("pending"),
+            success: n("success"),
             failure: n("failure"),
         })
     }
@@ -232,6 +293,7 @@ impl Api {
 pub(crate) struct Progress {
     pub(crate) total: u64,
     pub(crate) pending: u64,
+    pub(crate) success: u64,
     pub(crate) failure: u64,
 }
 

@@ -2,8 +2,9 @@
 //!
 //! * `cm-bench run --backend B --binary PATH --out FILE.json …` starts the real
 //!   `command-manager` binary on backend B (whose server, if any, the caller started), runs the
-//!   scenarios of issue 6 against it over HTTP, times the backend's raw baselines through its own
-//!   client library, and writes what it measured as JSON;
+//!   scenarios of issue 6 and the relay of issue 13 against it over HTTP (`--scenario S` for
+//!   only some), times the backend's raw baselines through its own client library, and writes
+//!   what it measured as JSON;
 //! * `cm-bench render --out BENCHMARKS.md FILE.json…` turns those files (and criterion's
 //!   estimates) into the page.
 //!
@@ -29,7 +30,7 @@ use clap::{Parser, Subcommand};
 
 use crate::raw::{OpenSearchRaw, PostgresRaw, Raw, SqliteRaw};
 use crate::results::BackendRun;
-use crate::scenarios::{Backend, Bench, Sizes};
+use crate::scenarios::{Backend, Bench, Scenario, Sizes};
 use crate::service::Service;
 
 #[derive(Debug, Parser)]
@@ -69,6 +70,10 @@ struct RunArgs {
     /// An OpenSearch node.
     #[arg(long)]
     opensearch_url: Option<String>,
+    /// Run only this scenario (repeatable; every one by default). Agents are registered
+    /// whatever the choice.
+    #[arg(long = "scenario", value_enum)]
+    scenarios: Vec<Scenario>,
 }
 
 fn main() -> ExitCode {
@@ -139,7 +144,7 @@ async fn run_backend(args: &RunArgs, out: &mut BackendRun) -> Result<()> {
         // fan-out on a slow disk.
         (
             "CM_LIMITS__MAX_POLL_WAIT_SECS",
-            (scenarios::POLL_WAIT_SECS * 2).to_string(),
+            scenarios::MAX_POLL_WAIT_SECS.to_string(),
         ),
         ("CM_HTTP__REQUEST_TIMEOUT_SECS", "0".to_owned()),
     ];
@@ -211,7 +216,7 @@ async fn run_backend(args: &RunArgs, out: &mut BackendRun) -> Result<()> {
         env,
         raw,
     };
-    let outcome = scenarios::run_all(&bench, &a, out).await;
+    let outcome = scenarios::run_all(&bench, &a, &args.scenarios, out).await;
     let stopped = a.stop();
     outcome?;
     stopped

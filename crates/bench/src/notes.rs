@@ -86,6 +86,25 @@ pub(crate) fn misses(cols: &[&BackendRun]) -> Vec<String> {
                 delivery_limit(&r.backend)
             ));
         }
+        if let Some(relay) = &r.relay
+            && relay.wake.p99_ms >= DELIVERY_P99_TARGET_MS
+        {
+            let single = r
+                .delivery
+                .iter()
+                .find(|d| d.topology == "one instance")
+                .map(|d| format!(" (a single agent's poll: p99 {:.1} ms)", d.latency.p99_ms))
+                .unwrap_or_default();
+            out.push(format!(
+                "**{} relay wake-up**: p99 {:.1} ms for a claim naming {} agents{single} \
+                 (target {DELIVERY_P99_TARGET_MS} ms), p50 {:.1} ms. {}",
+                r.backend,
+                relay.wake.p99_ms,
+                relay.agents,
+                relay.wake.p50_ms,
+                delivery_limit(&r.backend)
+            ));
+        }
         if let Some(o) = &r.open_polls {
             let mb = o.rss_holding_bytes as f64 / 1e6;
             if mb >= OPEN_POLLS_RSS_TARGET_MB {

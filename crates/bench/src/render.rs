@@ -82,6 +82,7 @@ fn page(args: &RenderArgs, runs: &[BackendRun], criterion: &[Estimate]) -> Strin
     delivery_section(&mut p, runs);
     open_polls_section(&mut p, runs);
     expiry_section(&mut p, runs);
+    relay_section(&mut p, runs);
     criterion_section(&mut p, criterion);
     p.push_str(notes::METHOD);
     settings_section(&mut p, runs);
@@ -301,6 +302,23 @@ fn targets_section(p: &mut String, runs: &[BackendRun]) {
             Some(format!(
                 "{} ({mb:.0} MB)",
                 mark(mb < OPEN_POLLS_RSS_TARGET_MB)
+            ))
+        },
+    );
+    row(
+        p,
+        &format!(
+            "a relay's claim for 10,000 agents woken within the same bound (p99 under \
+             {DELIVERY_P99_TARGET_MS} ms)"
+        ),
+        &cols,
+        "relay",
+        |r| {
+            let w = r.relay.as_ref()?.wake;
+            Some(format!(
+                "{} ({} ms)",
+                mark(w.p99_ms < DELIVERY_P99_TARGET_MS),
+                ms(w.p99_ms)
             ))
         },
     );
@@ -613,6 +631,102 @@ fn expiry_section(p: &mut String, runs: &[BackendRun]) {
     p.push('\n');
 }
 
+fn relay_section(p: &mut String, runs: &[BackendRun]) {
+    let cols = columns(runs);
+    let _ = writeln!(
+        p,
+        "## 6. Relay: one claim for 10,000 agents, while their fan-out is written\n"
+    );
+    let _ = writeln!(
+        p,
+        "One relay names all 10,000 agents of a group in `POST /api/v1/relay/claim` (`limit` \
+         1,000, `wait` the service's longest) and claims again as soon as a claim answers. \
+         While its claim waits (counted in the service's `cm_relay_claims_open`), a manager \
+         submits one command to the group: the fan-out is timed until its `201`, and, from the \
+         same submit, the time until the relay has claimed every one of the 10,000 orders. The \
+         relay then reports all 10,000 results through `POST /api/v1/results`, 1,000 a call \
+         (timed), and the request must show them all `success`. Last, its wake-up, measured as \
+         the single agent's poll of section 3 is: the claim for the 10,000 ids waits, then one \
+         order is submitted for one of those agents (another each time); from sending the \
+         submit until the claim's answer carrying it is received, one order at a time (after 5 \
+         unmeasured), for at most 45 s (150 s in a full run). The single agent's figures of \
+         section 3 are repeated beside it.\n"
+    );
+    header(p, "", &cols);
+    let relay = |r: &BackendRun| r.relay.clone();
+    row(
+        p,
+        "fan-out to the 10,000 while the relay claims: submit → 201",
+        &cols,
+        "relay",
+        |r| relay(r).map(|x| secs(x.fanout_secs)),
+    );
+    row(
+        p,
+        "fan-out alone (section 1, median)",
+        &cols,
+        "fan-out",
+        |r| fanout_medians(r, 10_000).map(|(o, _)| secs(o)),
+    );
+    row(
+        p,
+        "relay has claimed every order (from the submit)",
+        &cols,
+        "relay",
+        |r| relay(r).map(|x| secs(x.claimed_secs)),
+    );
+    row(p, "claims that brought orders", &cols, "relay", |r| {
+        relay(r).map(|x| count(x.claims as f64))
+    });
+    row(
+        p,
+        "reporting the 10,000 results, 1,000 a call",
+        &cols,
+        "relay",
+        |r| relay(r).map(|x| secs(x.reported_secs)),
+    );
+    row(
+        p,
+        "relay's wake-up: p50 / p99 / max (ms)",
+        &cols,
+        "relay",
+        |r| {
+            relay(r).map(|x| {
+                format!(
+                    "{} / {} / {}",
+                    ms(x.wake.p50_ms),
+                    ms(x.wake.p99_ms),
+                    ms(x.wake.max_ms)
+                )
+            })
+        },
+    );
+    row(
+        p,
+        "single agent's poll (section 3, one instance): p50 / p99 / max (ms)",
+        &cols,
+        "delivery latency",
+        |r| {
+            r.delivery
+                .iter()
+                .find(|d| d.topology == "one instance")
+                .map(|d| {
+                    format!(
+                        "{} / {} / {}",
+                        ms(d.latency.p50_ms),
+                        ms(d.latency.p99_ms),
+                        ms(d.latency.max_ms)
+                    )
+                })
+        },
+    );
+    row(p, "relay's wake-ups measured (late)", &cols, "relay", |r| {
+        relay(r).map(|x| format!("{} ({})", count(x.wake.samples as f64), x.late))
+    });
+    failures(p, &cols, "relay");
+    p.push('\n');
+}
+
 /// One criterion benchmark's estimates.
 #[derive(Debug, Clone)]
 struct Estimate {
@@ -753,5 +867,51 @@ mod tests {
         assert_eq!(secs(0.0042), "4.20 ms");
         assert_eq!(secs(1.5), "1.500 s");
         assert_eq!(human_ns(1500.0), "1.50 µs");
+    }
+
+    fn latency(p50_ms: f64, p99_ms: f64) -> crate::stats::Latency {
+        crate::stats::Latency {
+            samples: 200,
+            p50_ms,
+            p99_ms,
+            max_ms: p99_ms + 1.0,
+        }
+    }
+
+    #[test]
+    fn the_relay_is_shown_beside_the_fanout_and_the_single_agent_poll() {
+        let run = BackendRun {
+            backend: "sqlite".to_owned(),
+            relay: Some(crate::results::Relay {
+                agents: 10_000,
+                limit: 1000,
+                wait_secs: 600,
+                fanout_secs: 1.25,
+                claimed_secs: 1.5,
+                claims: 12,
+                reported_secs: 2.0,
+                wake: latency(3.0, 60.0),
+                late: 0,
+            }),
+            delivery: vec![crate::results::Delivery {
+                topology: "one instance".to_owned(),
+                latency: latency(2.0, 8.0),
+                late: 0,
+            }],
+            ..BackendRun::default()
+        };
+        let runs = [run];
+        let mut p = String::new();
+        relay_section(&mut p, &runs);
+        assert!(p.contains("| relay has claimed every order (from the submit) | 1.500 s |"));
+        assert!(
+            p.contains("| fan-out to the 10,000 while the relay claims: submit → 201 | 1.250 s |")
+        );
+        assert!(p.contains("| relay's wake-up: p50 / p99 / max (ms) | 3.00 / 60.0 / 61.0 |"));
+        assert!(p.contains("| 2.00 / 8.00 / 9.00 |"), "{p}");
+        let mut t = String::new();
+        targets_section(&mut t, &runs);
+        assert!(t.contains("**missed** (60.0 ms)"), "{t}");
+        assert!(t.contains("**sqlite relay wake-up**: p99 60.0 ms"), "{t}");
     }
 }

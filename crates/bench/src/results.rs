@@ -31,6 +31,7 @@ pub(crate) struct BackendRun {
     pub(crate) delivery: Vec<Delivery>,
     pub(crate) open_polls: Option<OpenPolls>,
     pub(crate) expiry: Option<Expiry>,
+    pub(crate) relay: Option<Relay>,
     /// Scenario name → why it has no numbers.
     pub(crate) errors: BTreeMap<String, String>,
 }
@@ -114,4 +115,29 @@ pub(crate) struct Expiry {
     pub(crate) ours_secs: f64,
     pub(crate) raw_secs: f64,
     pub(crate) raw_method: String,
+}
+
+/// One relay claiming for every agent of a group while a fan-out to that group is written, and
+/// the relay's wake-up by a single agent's order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Relay {
+    /// Agent ids in each claim.
+    pub(crate) agents: u64,
+    /// The claims' `limit`.
+    pub(crate) limit: u32,
+    /// The claims' `wait`, in seconds.
+    pub(crate) wait_secs: u64,
+    /// The fan-out to those agents, written while the relay claims: submit until the 201.
+    pub(crate) fanout_secs: f64,
+    /// From the submit being sent until the relay has claimed every order of it.
+    pub(crate) claimed_secs: f64,
+    /// Claims that answered orders of the fan-out.
+    pub(crate) claims: u64,
+    /// Reporting every order's result through `POST /api/v1/results`, 1,000 a call, once all
+    /// were claimed.
+    pub(crate) reported_secs: f64,
+    /// Submit of a single-agent order → received by the relay's waiting claim.
+    pub(crate) wake: Latency,
+    /// Orders that did not come on the claim waiting when the submit was made.
+    pub(crate) late: u64,
 }

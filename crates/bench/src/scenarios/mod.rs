@@ -1,14 +1,17 @@
 //! The scenarios of issue 6, run one after the other on one backend.
 //!
 //! One service instance (`A`) serves them all, in this order: agents are registered; the open
-//! long-polls are held (before any order exists, so that every poll stays idle); the fan-out,
-//! submit throughput and delivery latency are measured; last, the expiry drain (its orders are
-//! overdue, which no other scenario may see).
+//! long-polls are held (before any order exists, so that every poll stays idle); the relay
+//! (before the fan-outs leave 10,000s of pending orders for its agents); the fan-out, submit
+//! throughput and delivery latency are measured; last, the expiry drain (its orders are
+//! overdue, which no other scenario may see). `cm-bench run --scenario S` runs only some of
+//! them (agents are registered whatever the choice).
 
 mod delivery;
 mod expiry;
 mod fanout;
 mod open_polls;
+mod relay;
 mod throughput;
 
 use std::path::PathBuf;
@@ -18,11 +21,26 @@ use anyhow::{Result, bail};
 use futures::StreamExt;
 
 pub(crate) use self::expiry::{SCHEDULER_LOG, memory_interval_secs};
-pub(crate) use self::open_polls::POLL_WAIT_SECS;
+use self::open_polls::POLL_WAIT_SECS;
 use crate::api::Api;
 use crate::raw::Raw;
 use crate::results::{BackendRun, Registration};
 use crate::service::Service;
+
+/// The longest `wait` the service is given (`limits.max_poll_wait_secs`): room for the
+/// long-polls of the open-polls scenario; the relay's claims ask for it.
+pub(crate) const MAX_POLL_WAIT_SECS: u64 = POLL_WAIT_SECS * 2;
+
+/// The scenarios, as `--scenario` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scenario {
+    OpenPolls,
+    Relay,
+    FanOut,
+    Throughput,
+    Delivery,
+    Expiry,
+}
 
 /// The backends the service can run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -64,6 +82,8 @@ pub(crate) struct Sizes {
     pub(crate) open_polls: u64,
     pub(crate) hold_secs: u64,
     pub(crate) expiry_orders: u64,
+    /// Agents one relay claims for.
+    pub(crate) relay_agents: u64,
 }
 
 impl Sizes {
@@ -82,17 +102,27 @@ impl Sizes {
             open_polls: 10_000,
             hold_secs: if quick { 5 } else { 15 },
             expiry_orders: if quick { 10_000 } else { 100_000 },
+            relay_agents: 10_000,
         }
     }
 
-    /// Agents registered for the fan-outs, the open polls and the expiry drain.
-    pub(crate) fn fleet(&self) -> u64 {
-        self.fanouts
+    /// The groups of the fleet (`firstN`), by size: the fan-outs, the open polls, the expiry
+    /// drain and the relay target one each.
+    pub(crate) fn group_sizes(&self) -> Vec<u64> {
+        let mut sizes: Vec<u64> = self
+            .fanouts
             .iter()
             .copied()
-            .chain([self.open_polls, self.expiry_orders])
-            .max()
-            .unwrap_or(0)
+            .chain([self.open_polls, self.expiry_orders, self.relay_agents])
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
+    /// Agents registered for the fan-outs, the open polls, the expiry drain and the relay.
+    pub(crate) fn fleet(&self) -> u64 {
+        self.group_sizes().last().copied().unwrap_or(0)
     }
 }
 
@@ -138,8 +168,15 @@ impl Bench {
     }
 }
 
-/// Runs every scenario on instance `a`, recording each outcome (or why there is none) in `out`.
-pub(crate) async fn run_all(bench: &Bench, a: &Service, out: &mut BackendRun) -> Result<()> {
+/// Runs the scenarios of `only` (every one when empty) on instance `a`, recording each outcome
+/// (or why there is none) in `out`.
+pub(crate) async fn run_all(
+    bench: &Bench,
+    a: &Service,
+    only: &[Scenario],
+    out: &mut BackendRun,
+) -> Result<()> {
+    let runs = |s: Scenario| only.is_empty() || only.contains(&s);
     let api = Api::new(a.base())?;
     let registration = register_fleet(bench, &api).await?;
     eprintln!(
@@ -150,33 +187,48 @@ pub(crate) async fn run_all(bench: &Bench, a: &Service, out: &mut BackendRun) ->
     );
     out.registration = Some(registration);
 
-    record(
-        out,
-        "open long-polls",
-        open_polls::run(bench, a, &api).await,
-        |out, r| out.open_polls = Some(r),
-    );
-    record(out, "fan-out", fanout::run(bench, &api).await, |out, r| {
-        out.fanout = r
-    });
-    record(
-        out,
-        "submit throughput",
-        throughput::run(bench, &api).await,
-        |out, r| out.throughput = Some(r),
-    );
-    record(
-        out,
-        "delivery latency",
-        delivery::run(bench, a).await,
-        |out, r| out.delivery = r,
-    );
-    record(
-        out,
-        "expiry drain",
-        expiry::run(bench, a, &api).await,
-        |out, r| out.expiry = Some(r),
-    );
+    if runs(Scenario::OpenPolls) {
+        record(
+            out,
+            "open long-polls",
+            open_polls::run(bench, a, &api).await,
+            |out, r| out.open_polls = Some(r),
+        );
+    }
+    if runs(Scenario::Relay) {
+        record(out, "relay", relay::run(bench, a).await, |out, r| {
+            out.relay = Some(r)
+        });
+    }
+    if runs(Scenario::FanOut) {
+        record(out, "fan-out", fanout::run(bench, &api).await, |out, r| {
+            out.fanout = r
+        });
+    }
+    if runs(Scenario::Throughput) {
+        record(
+            out,
+            "submit throughput",
+            throughput::run(bench, &api).await,
+            |out, r| out.throughput = Some(r),
+        );
+    }
+    if runs(Scenario::Delivery) {
+        record(
+            out,
+            "delivery latency",
+            delivery::run(bench, a).await,
+            |out, r| out.delivery = r,
+        );
+    }
+    if runs(Scenario::Expiry) {
+        record(
+            out,
+            "expiry drain",
+            expiry::run(bench, a, &api).await,
+            |out, r| out.expiry = Some(r),
+        );
+    }
     Ok(())
 }
 
@@ -206,14 +258,7 @@ const REGISTER_CONCURRENCY: usize = 32;
 /// a measurement; timed for the record.
 async fn register_fleet(bench: &Bench, api: &Api) -> Result<Registration> {
     let sizes = &bench.sizes;
-    let mut group_sizes: Vec<u64> = sizes
-        .fanouts
-        .iter()
-        .copied()
-        .chain([sizes.open_polls, sizes.expiry_orders])
-        .collect();
-    group_sizes.sort_unstable();
-    group_sizes.dedup();
+    let group_sizes = sizes.group_sizes();
     let mut agents: Vec<(String, Vec<String>)> = (0..sizes.fleet())
         .map(|i| {
             let groups = group_sizes
