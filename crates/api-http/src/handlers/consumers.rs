@@ -1,8 +1,6 @@
 //! Consumers other than an agent polling for itself (docs/delivery.md): the registry of server
 //! components and their polls, relays' claims, and results reported in batches.
 
-use std::time::Duration;
-
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,7 +14,7 @@ use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::delivery::PollBounds;
+use super::delivery::{PollBounds, long_poll, poll_params};
 use super::page_size;
 use crate::AppState;
 use crate::auth::Caller;
@@ -208,30 +206,6 @@ pub(crate) async fn delete(
     }
 }
 
-/// Waits (up to `wait`, unless shutting down) for `claim`, holding one of the open-poll slots.
-async fn long_poll<F>(
-    state: &AppState,
-    wait: u64,
-    claim: impl Fn(Duration) -> F,
-) -> Result<Vec<Order>, ApiError>
-where
-    F: Future<Output = Result<Vec<Order>, cm_ports::StoreError>>,
-{
-    let _slot = state
-        .open_polls()
-        .try_acquire()
-        .map_err(|_| ApiError::Overloaded)?;
-    if wait == 0 || state.is_shutting_down() {
-        return Ok(claim(Duration::ZERO).await?);
-    }
-    let stopping = state.shutting_down();
-    Ok(tokio::select! {
-        biased;
-        claimed = claim(Duration::from_secs(wait)) => claimed?,
-        () = stopping => Vec::new(),
-    })
-}
-
 /// Hands the component up to `limit` of its deliverable orders (those of `server` targets
 /// naming it), marking them `sent`, exactly like an agent's poll: when there are none, waits up
 /// to `wait` seconds for one to arrive. Only the component itself may poll.
@@ -261,16 +235,7 @@ pub(crate) async fn poll(
     query: QueryParams,
 ) -> Result<Json<Claimed>, ApiError> {
     caller.must_be_component(&component)?;
-    let q = query.only(&["wait", "limit"])?;
-    // The same bounds as an agent's poll: the service's.
-    let bounds = PollBounds::of(state.manager().settings());
-    let wait = q
-        .int("wait", 0, bounds.max_wait_secs)?
-        .unwrap_or(bounds.default_wait_secs());
-    let limit = q
-        .int("limit", 1, bounds.max_limit)?
-        .unwrap_or(bounds.default_limit());
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let (wait, limit) = poll_params(&state, query)?;
     let manager = state.manager();
     let orders = long_poll(&state, wait, |w| {
         manager.poll_component(&component, limit, w)

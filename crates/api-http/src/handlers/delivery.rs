@@ -52,6 +52,47 @@ impl PollBounds {
     }
 }
 
+/// A poll's `wait` (seconds) and `limit` from its query string, within the service's bounds
+/// (the defaults when absent); any other parameter is refused.
+pub(crate) fn poll_params(state: &AppState, query: QueryParams) -> Result<(u64, usize), ApiError> {
+    let q = query.only(&["wait", "limit"])?;
+    let bounds = PollBounds::of(state.manager().settings());
+    let wait = q
+        .int("wait", 0, bounds.max_wait_secs)?
+        .unwrap_or(bounds.default_wait_secs());
+    let limit = q
+        .int("limit", 1, bounds.max_limit)?
+        .unwrap_or(bounds.default_limit());
+    Ok((wait, usize::try_from(limit).unwrap_or(usize::MAX)))
+}
+
+/// Runs `claim` as a long-poll holding one of the open-poll slots
+/// ([`crate::HttpSettings::max_open_polls`]; none free: 503 at once): it waits up to `wait`
+/// seconds, and ends with an empty answer as soon as shutdown begins.
+pub(crate) async fn long_poll<F>(
+    state: &AppState,
+    wait: u64,
+    claim: impl Fn(Duration) -> F,
+) -> Result<Vec<Order>, ApiError>
+where
+    F: Future<Output = Result<Vec<Order>, cm_ports::StoreError>>,
+{
+    // Held until the answer is built: the slot of this poll among the open ones.
+    let _slot = state.open_polls().try_acquire().map_err(|_| {
+        tracing::debug!("too many open long-polls: refused a poll");
+        ApiError::Overloaded
+    })?;
+    if wait == 0 || state.is_shutting_down() {
+        return Ok(claim(Duration::ZERO).await?);
+    }
+    let stopping = state.shutting_down();
+    Ok(tokio::select! {
+        biased;
+        claimed = claim(Duration::from_secs(wait)) => claimed?,
+        () = stopping => Vec::new(),
+    })
+}
+
 /// The orders handed to the polling agent, now `sent`.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct Polled {
@@ -91,31 +132,9 @@ pub(crate) async fn poll(
     query: QueryParams,
 ) -> Result<Json<Polled>, ApiError> {
     caller.must_be(&agent)?;
-    let q = query.only(&["wait", "limit"])?;
-    let bounds = PollBounds::of(state.manager().settings());
-    let wait = q
-        .int("wait", 0, bounds.max_wait_secs)?
-        .unwrap_or(bounds.default_wait_secs());
-    let limit = q
-        .int("limit", 1, bounds.max_limit)?
-        .unwrap_or(bounds.default_limit());
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    // Held until the answer is built: the slot of this poll among the open ones.
-    let _slot = state.open_polls().try_acquire().map_err(|_| {
-        tracing::debug!(%agent, "too many open long-polls: refused a poll");
-        ApiError::Overloaded
-    })?;
+    let (wait, limit) = poll_params(&state, query)?;
     let manager = state.manager();
-    if wait == 0 || state.is_shutting_down() {
-        let orders = manager.poll(&agent, limit, Duration::ZERO).await?;
-        return Ok(Json(Polled { orders }));
-    }
-    let stopping = state.shutting_down();
-    let orders = tokio::select! {
-        biased;
-        polled = manager.poll(&agent, limit, Duration::from_secs(wait)) => polled?,
-        () = stopping => Vec::new(),
-    };
+    let orders = long_poll(&state, wait, |w| manager.poll(&agent, limit, w)).await?;
     Ok(Json(Polled { orders }))
 }
 
