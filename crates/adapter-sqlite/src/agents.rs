@@ -139,33 +139,21 @@ impl AgentRegistry for SqliteBackend {
     }
 
     async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError> {
-        let mut tx = self.write().await?;
-        let updated = sqlx::query("UPDATE agents SET key_hash = ?2 WHERE agent_id = ?1")
-            .bind(id.as_str())
-            .bind(hash.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(convert_sqlx_err)?
-            .rows_affected();
-        tx.commit().await.map_err(convert_sqlx_err)?;
-        Ok(updated > 0)
+        self.store_key_hash(
+            "UPDATE agents SET key_hash = ?2 WHERE agent_id = ?1",
+            id.as_str(),
+            hash,
+        )
+        .await
     }
 
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
-        let stored: Option<Option<String>> =
-            sqlx::query_scalar("SELECT key_hash FROM agents WHERE agent_id = ?1")
-                .bind(id.as_str())
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(convert_sqlx_err)?;
-        stored
-            .flatten()
-            .map(|raw| {
-                KeyHash::parse(&raw, "key_hash").map_err(|_| {
-                    StoreError::Corrupt(format!("agent {id} has a malformed key hash"))
-                })
-            })
-            .transpose()
+        self.read_key_hash(
+            "SELECT key_hash FROM agents WHERE agent_id = ?1",
+            id.as_str(),
+            || format!("agent {id}"),
+        )
+        .await
     }
 
     async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {

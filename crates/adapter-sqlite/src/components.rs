@@ -35,32 +35,21 @@ impl ComponentRegistry for SqliteBackend {
     }
 
     async fn set_key_hash(&self, name: &ComponentName, hash: &KeyHash) -> Result<bool, StoreError> {
-        let mut tx = self.write().await?;
-        let updated = sqlx::query("UPDATE components SET key_hash = ?2 WHERE name = ?1")
-            .bind(name.as_str())
-            .bind(hash.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(convert_sqlx_err)?
-            .rows_affected();
-        tx.commit().await.map_err(convert_sqlx_err)?;
-        Ok(updated > 0)
+        self.store_key_hash(
+            "UPDATE components SET key_hash = ?2 WHERE name = ?1",
+            name.as_str(),
+            hash,
+        )
+        .await
     }
 
     async fn key_hash(&self, name: &ComponentName) -> Result<Option<KeyHash>, StoreError> {
-        let stored: Option<String> =
-            sqlx::query_scalar("SELECT key_hash FROM components WHERE name = ?1")
-                .bind(name.as_str())
-                .fetch_optional(&self.reader)
-                .await
-                .map_err(convert_sqlx_err)?;
-        stored
-            .map(|raw| {
-                KeyHash::parse(&raw, "key_hash").map_err(|_| {
-                    StoreError::Corrupt(format!("component {name} has a malformed key hash"))
-                })
-            })
-            .transpose()
+        self.read_key_hash(
+            "SELECT key_hash FROM components WHERE name = ?1",
+            name.as_str(),
+            || format!("component {name}"),
+        )
+        .await
     }
 
     async fn list(

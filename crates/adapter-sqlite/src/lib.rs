@@ -22,6 +22,7 @@
 mod agents;
 mod components;
 mod error;
+mod keys;
 mod orders;
 
 use std::collections::HashSet;
