@@ -9,7 +9,7 @@ use cm_adapter_postgres::PostgresBackend;
 use cm_adapter_sqlite::SqliteBackend;
 use cm_ports::{
     AgentRegistry, Clock, ComponentRegistry, LocalNotifier, Notifier, OrderStore, Ports,
-    StoreError, SystemClock,
+    RequestStore, StoreError, SystemClock,
 };
 
 use crate::config::{BackendKind, StorageConfig};
@@ -42,7 +42,7 @@ impl Storage {
 /// logs and `cm_store_operation_seconds{backend}` (`cm_ports::instrumented`).
 fn ports(
     backend: BackendKind,
-    orders: Arc<dyn OrderStore>,
+    (orders, requests): (Arc<dyn OrderStore>, Arc<dyn RequestStore>),
     (agents, components): (Arc<dyn AgentRegistry>, Arc<dyn ComponentRegistry>),
     notifier: Arc<dyn Notifier>,
 ) -> Ports {
@@ -51,6 +51,7 @@ fn ports(
         orders,
         agents,
         components,
+        requests,
         notifier,
         clock,
     }
@@ -63,24 +64,28 @@ fn ports(
 /// The backend's [`StoreError`], or a message for a backend this build cannot open.
 pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError> {
     match storage.backend {
-        BackendKind::Memory => Ok(Storage {
-            ports: ports(
-                storage.backend,
-                Arc::new(MemoryOrders::new()),
-                (
-                    Arc::new(MemoryAgents::new()),
-                    Arc::new(MemoryComponents::new()),
+        BackendKind::Memory => {
+            let orders = MemoryOrders::new();
+            let requests = Arc::new(orders.requests());
+            Ok(Storage {
+                ports: ports(
+                    storage.backend,
+                    (Arc::new(orders), requests),
+                    (
+                        Arc::new(MemoryAgents::new()),
+                        Arc::new(MemoryComponents::new()),
+                    ),
+                    Arc::new(LocalNotifier::new()),
                 ),
-                Arc::new(LocalNotifier::new()),
-            ),
-            closer: Closer::Nothing,
-        }),
+                closer: Closer::Nothing,
+            })
+        }
         BackendKind::Sqlite => {
             let b = SqliteBackend::open(&storage.sqlite).await?;
             Ok(Storage {
                 ports: ports(
                     storage.backend,
-                    Arc::new(b.clone()),
+                    (Arc::new(b.clone()), Arc::new(b.clone())),
                     (Arc::new(b.clone()), Arc::new(b.clone())),
                     Arc::new(LocalNotifier::new()),
                 ),
@@ -93,7 +98,7 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
             Ok(Storage {
                 ports: ports(
                     storage.backend,
-                    Arc::new(b.clone()),
+                    (Arc::new(b.clone()), Arc::new(b.clone())),
                     (Arc::new(b.clone()), Arc::new(b.clone())),
                     Arc::new(notifier),
                 ),
@@ -106,7 +111,7 @@ pub(crate) async fn open(storage: &StorageConfig) -> Result<Storage, StoreError>
             Ok(Storage {
                 ports: ports(
                     storage.backend,
-                    Arc::new(b.clone()),
+                    (Arc::new(b.clone()), Arc::new(b.clone())),
                     (Arc::new(b.clone()), Arc::new(b.clone())),
                     Arc::new(notifier),
                 ),

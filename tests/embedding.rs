@@ -16,9 +16,11 @@ use cm_ports::{CommandManager, LocalNotifier, Ports, Settings, SubmitRequest, Sy
 async fn an_embedding_service_drives_the_whole_loop_through_the_use_cases() {
     // Storage: swap MemoryOrders/MemoryAgents for the SQLite, PostgreSQL or OpenSearch
     // backend (cm-adapter-*) without touching anything else.
+    let orders = MemoryOrders::new();
     let manager = CommandManager::new(
         Ports {
-            orders: Arc::new(MemoryOrders::new()),
+            requests: Arc::new(orders.requests()),
+            orders: Arc::new(orders),
             agents: Arc::new(MemoryAgents::new()),
             components: Arc::new(cm_adapter_memory::MemoryComponents::new()),
             notifier: Arc::new(LocalNotifier::new()),

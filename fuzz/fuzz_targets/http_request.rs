@@ -54,9 +54,11 @@ fn app() -> &'static (Runtime, Router) {
             .enable_time()
             .build()
             .expect("runtime");
+        let orders = MemoryOrders::new();
         let manager = CommandManager::new(
             Ports {
-                orders: Arc::new(MemoryOrders::new()),
+                requests: Arc::new(orders.requests()),
+                orders: Arc::new(orders),
                 agents: Arc::new(MemoryAgents::new()),
                 components: Arc::new(cm_adapter_memory::MemoryComponents::new()),
                 notifier: Arc::new(LocalNotifier::new()),

@@ -1,4 +1,5 @@
-//! In-memory implementations of the storage ports: [`MemoryOrders`], [`MemoryAgents`] and
+//! In-memory implementations of the storage ports: [`MemoryOrders`], [`MemoryRequests`] (from
+//! [`MemoryOrders::requests`], since claims consult the records), [`MemoryAgents`] and
 //! [`MemoryComponents`].
 //!
 //! They keep the same contract as the durable adapters (the conformance suite runs against
@@ -6,17 +7,18 @@
 //! All state sits behind one mutex per store, never held across an `.await`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cm_domain::{
     Agent, AgentId, ComponentName, Consumer, DeliveryPolicy, GroupName, KeyHash, Order, OrderId,
-    RequestId, Status,
+    PendingEnd, RequestId, RequestRecord, Status,
 };
 use cm_ports::{
     AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,
-    OrderPageRequest, OrderStore, Page, ReplaceError, RetentionMode, StatusCounts, StoreError,
+    OrderPageRequest, OrderStore, Page, ReplaceError, RequestCursor, RequestFilter,
+    RequestPageRequest, RequestStore, ResultGroup, RetentionMode, StatusCounts, StoreError,
     Upserted,
 };
 
@@ -26,6 +28,7 @@ type Key = (DateTime<Utc>, OrderId);
 #[derive(Debug, Default)]
 pub struct MemoryOrders {
     state: Mutex<Orders>,
+    requests: MemoryRequests,
 }
 
 #[derive(Debug, Default)]
@@ -64,7 +67,8 @@ impl Orders {
             }
             Status::InProgress | Status::Success | Status::Failure => {}
         }
-        if o.status() == Status::Pending {
+        // A held order cannot expire: its deadline counts from its release.
+        if o.status() == Status::Pending && !o.is_held() {
             self.pending_by_deadline.insert((o.delivery_deadline(), id));
         }
         if let Some(t) = o.result_deadline() {
@@ -146,6 +150,131 @@ impl MemoryOrders {
     fn lock(&self) -> MutexGuard<'_, Orders> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The request records these orders belong to: claims hand out an order only while its
+    /// request's record (if any) delivers.
+    #[must_use]
+    pub fn requests(&self) -> MemoryRequests {
+        self.requests.clone()
+    }
+
+    /// The ids of `request`'s orders that are `pending`, in (`@timestamp`, id) order.
+    fn pending_of(s: &Orders, request: &RequestId) -> Vec<(DateTime<Utc>, OrderId)> {
+        let mut pending: Vec<(DateTime<Utc>, OrderId)> = s
+            .by_request
+            .get(request)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| s.by_id.get(id))
+            .filter(|o| o.status() == Status::Pending)
+            .map(|o| (o.created_at(), *o.order_id()))
+            .collect();
+        pending.sort_unstable();
+        pending
+    }
+}
+
+/// The request records, in memory; shared with the [`MemoryOrders`] that made it.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryRequests {
+    records: Arc<Mutex<HashMap<RequestId, RequestRecord>>>,
+}
+
+impl MemoryRequests {
+    fn lock(&self) -> MutexGuard<'_, HashMap<RequestId, RequestRecord>> {
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The request gate: may orders of `request` go out now?
+    fn delivers(records: &HashMap<RequestId, RequestRecord>, request: &RequestId) -> bool {
+        records.get(request).is_none_or(|r| r.state().delivers())
+    }
+}
+
+fn newest_first(a: &RequestRecord, b: &RequestRecord) -> std::cmp::Ordering {
+    (b.created_at(), b.request_id()).cmp(&(a.created_at(), a.request_id()))
+}
+
+#[async_trait]
+impl RequestStore for MemoryRequests {
+    async fn create(&self, record: &RequestRecord) -> Result<bool, StoreError> {
+        let mut records = self.lock();
+        if records.contains_key(record.request_id()) {
+            return Ok(false);
+        }
+        records.insert(*record.request_id(), record.clone());
+        Ok(true)
+    }
+
+    async fn get(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        Ok(self.lock().get(id).cloned())
+    }
+
+    async fn replace(
+        &self,
+        current: &RequestRecord,
+        next: &RequestRecord,
+    ) -> Result<(), ReplaceError> {
+        let mut records = self.lock();
+        match records.get(current.request_id()) {
+            None => Err(ReplaceError::NotFound),
+            Some(stored) if stored.revision() != current.revision() => Err(ReplaceError::Conflict),
+            Some(_) => {
+                records.insert(*next.request_id(), next.clone());
+                Ok(())
+            }
+        }
+    }
+
+    async fn list(
+        &self,
+        filter: &RequestFilter,
+        page: &RequestPageRequest,
+    ) -> Result<Page<RequestRecord, RequestCursor>, StoreError> {
+        let records = self.lock();
+        let mut items: Vec<RequestRecord> = records
+            .values()
+            .filter(|r| filter.matches(r))
+            .filter(|r| page.after.is_none_or(|c| c.precedes(r)))
+            .cloned()
+            .collect();
+        items.sort_by(newest_first);
+        items.truncate(page.size);
+        Ok(Page::read(items, page.size, RequestCursor::after))
+    }
+
+    async fn unsettled(
+        &self,
+        after: Option<RequestCursor>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        let records = self.lock();
+        let mut items: Vec<RequestRecord> = records
+            .values()
+            .filter(|r| !r.is_settled())
+            .filter(|r| {
+                after.is_none_or(|c| (r.created_at(), *r.request_id()) > (c.created_at, c.request_id))
+            })
+            .cloned()
+            .collect();
+        items.sort_by(|a, b| newest_first(b, a));
+        items.truncate(limit);
+        Ok(items)
+    }
+
+    async fn purge_settled(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+        let mut records = self.lock();
+        let due: Vec<RequestId> = records
+            .values()
+            .filter(|r| r.is_settled() && r.finished_at().is_some_and(|t| t <= cutoff))
+            .take(limit)
+            .map(|r| *r.request_id())
+            .collect();
+        for id in &due {
+            records.remove(id);
+        }
+        Ok(due.len() as u64)
+    }
 }
 
 fn first_ids(set: &BTreeSet<Key>, upto: DateTime<Utc>, limit: usize) -> Vec<OrderId> {
@@ -204,6 +333,7 @@ impl OrderStore for MemoryOrders {
         policy: &DeliveryPolicy,
     ) -> Result<Vec<Order>, StoreError> {
         let mut s = self.lock();
+        let records = self.requests.lock();
         // The oldest `limit` deliverable orders of each consumer, then the oldest of those.
         let mut keys: Vec<Key> = Vec::new();
         for consumer in consumers.iter() {
@@ -212,11 +342,17 @@ impl OrderStore for MemoryOrders {
             };
             keys.extend(
                 open.iter()
-                    .filter(|(_, id)| s.by_id.get(id).is_some_and(|o| o.is_deliverable(now)))
+                    .filter(|(_, id)| {
+                        s.by_id.get(id).is_some_and(|o| {
+                            o.is_deliverable(now)
+                                && MemoryRequests::delivers(&records, o.request_id())
+                        })
+                    })
                     .take(limit)
                     .copied(),
             );
         }
+        drop(records);
         keys.sort_unstable();
         let picked: Vec<Order> = keys
             .iter()
@@ -248,34 +384,92 @@ impl OrderStore for MemoryOrders {
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let s = self.lock();
+        let records = self.requests.lock();
         Ok(consumers
             .iter()
             .filter_map(|c| s.open_by_consumer.get(&c))
             .flatten()
             .filter_map(|(_, id)| s.by_id.get(id))
+            .filter(|o| MemoryRequests::delivers(&records, o.request_id()))
             .filter_map(|o| o.becomes_deliverable_after(now))
             .min())
     }
 
-    async fn cancel_pending(
+    async fn end_pending(
         &self,
         request: &RequestId,
+        end: PendingEnd,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
         let mut s = self.lock();
-        let mut pending: Vec<(DateTime<Utc>, OrderId)> = s
+        let ids = Self::pending_of(&s, request)
+            .into_iter()
+            .take(limit)
+            .map(|(_, id)| id)
+            .collect();
+        Ok(s.apply_batch(ids, |o| o.end_pending(now, end).ok()))
+    }
+
+    async fn release_held(
+        &self,
+        request: &RequestId,
+        below: u64,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        let mut s = self.lock();
+        let mut held: Vec<(u64, OrderId)> = Self::pending_of(&s, request)
+            .into_iter()
+            .filter_map(|(_, id)| s.by_id.get(&id))
+            .filter(|o| o.is_held())
+            .filter_map(|o| o.position().filter(|p| *p < below).map(|p| (p, *o.order_id())))
+            .collect();
+        held.sort_unstable();
+        let mut released = Vec::new();
+        for (_, id) in held.into_iter().take(limit) {
+            if let Some(next) = s.by_id.get(&id).and_then(|o| o.release(now).ok()) {
+                s.put(next.clone());
+                released.push(next);
+            }
+        }
+        Ok(released)
+    }
+
+    async fn result_groups(&self, request: &RequestId) -> Result<Vec<ResultGroup>, StoreError> {
+        let s = self.lock();
+        let mut groups: HashMap<(Status, i16, String), (u64, BTreeSet<String>)> = HashMap::new();
+        for o in s
             .by_request
             .get(request)
             .into_iter()
             .flatten()
             .filter_map(|id| s.by_id.get(id))
-            .filter(|o| o.status() == Status::Pending)
-            .map(|o| (o.created_at(), *o.order_id()))
+            .filter(|o| o.status().is_terminal())
+        {
+            let (code, message) = o
+                .result()
+                .map_or((0, String::new()), |r| (r.code(), r.message().to_owned()));
+            let (count, sample) = groups.entry((o.status(), code, message)).or_default();
+            *count += 1;
+            sample.insert(o.target().id().to_owned());
+            if sample.len() > ResultGroup::SAMPLE {
+                sample.pop_last();
+            }
+        }
+        let mut out: Vec<ResultGroup> = groups
+            .into_iter()
+            .map(|((status, code, message), (count, sample))| ResultGroup {
+                status,
+                code,
+                message,
+                count,
+                sample: sample.into_iter().collect(),
+            })
             .collect();
-        pending.sort_unstable();
-        let ids = pending.into_iter().take(limit).map(|(_, id)| id).collect();
-        Ok(s.apply_batch(ids, |o| o.cancel(now).ok()))
+        ResultGroup::sort(&mut out);
+        out.truncate(ResultGroup::MAX_GROUPS);
+        Ok(out)
     }
 
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
@@ -326,7 +520,7 @@ impl OrderStore for MemoryOrders {
         let mut counts = StatusCounts::default();
         for id in s.by_request.get(request).into_iter().flatten() {
             if let Some(o) = s.by_id.get(id) {
-                counts.add(o.status(), 1);
+                counts.count(o);
             }
         }
         Ok(counts)

@@ -7,8 +7,10 @@ use cm_ports::LocalNotifier;
 use cm_ports::testkit::Backend;
 
 async fn backend() -> Backend {
+    let orders = MemoryOrders::new();
     Backend {
-        orders: Arc::new(MemoryOrders::new()),
+        requests: Arc::new(orders.requests()),
+        orders: Arc::new(orders),
         agents: Arc::new(MemoryAgents::new()),
         components: Arc::new(MemoryComponents::new()),
         notifier: Arc::new(LocalNotifier::new()),

@@ -201,6 +201,7 @@ mod tests {
             now: chrono::Utc::now(),
             not_before: None,
             retry_of: None,
+            position: None,
         })
     }
 

@@ -41,6 +41,7 @@ fn manager_over(
             orders,
             agents: Arc::new(MemoryAgents::new()),
             components: Arc::new(cm_adapter_memory::MemoryComponents::new()),
+            requests: Arc::new(cm_adapter_memory::MemoryRequests::default()),
             notifier,
             clock: Arc::new(SystemClock),
         },

@@ -6,6 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::FieldError;
+use crate::request::RateControl;
 use crate::ids::{AgentId, ComponentName, GroupName};
 use crate::schedule::Schedule;
 
@@ -261,6 +262,7 @@ pub struct Command {
     action: Action,
     timeout: Timeout,
     schedule: Schedule,
+    rate_control: Option<RateControl>,
 }
 
 impl Command {
@@ -283,6 +285,7 @@ impl Command {
             action,
             timeout,
             schedule: Schedule::default(),
+            rate_control: None,
         })
     }
 
@@ -292,6 +295,19 @@ impl Command {
     pub const fn with_schedule(mut self, schedule: Schedule) -> Self {
         self.schedule = schedule;
         self
+    }
+
+    /// The command with rate control (docs/rollout.md): a cap on orders out at once and an
+    /// error budget.
+    #[must_use]
+    pub const fn with_rate_control(mut self, rate_control: RateControl) -> Self {
+        self.rate_control = Some(rate_control);
+        self
+    }
+
+    #[must_use]
+    pub const fn rate_control(&self) -> Option<RateControl> {
+        self.rate_control
     }
 
     #[must_use]

@@ -23,6 +23,8 @@ pub struct Expander<'a> {
     retry_of: Option<RequestId>,
     rollout: Rollout,
     orders: u64,
+    /// Rate control: orders get positions, and those at or beyond this one start held.
+    released: Option<u64>,
 }
 
 impl<'a> Expander<'a> {
@@ -43,6 +45,7 @@ impl<'a> Expander<'a> {
             retry_of: None,
             rollout: command.schedule().rollout(now),
             orders: 1,
+            released: None,
         }
     }
 
@@ -51,6 +54,14 @@ impl<'a> Expander<'a> {
     #[must_use]
     pub const fn spread_over(mut self, orders: u64) -> Self {
         self.orders = orders;
+        self
+    }
+
+    /// Rate control (docs/rollout.md): each order carries its slot as its position, and the
+    /// orders in slots from `released` on start held.
+    #[must_use]
+    pub const fn hold_from(mut self, released: u64) -> Self {
+        self.released = Some(released);
         self
     }
 
@@ -114,6 +125,7 @@ impl<'a> Expander<'a> {
             // `Order::new` keeps it only when it lies after `now`.
             not_before: Some(self.rollout.not_before(slot, self.orders)),
             retry_of: self.retry_of,
+            position: self.released.map(|released| (slot, slot >= released)),
         })
     }
 

@@ -13,6 +13,7 @@ mod expansion;
 mod ids;
 mod order;
 mod policy;
+mod request;
 mod schedule;
 pub mod time;
 
@@ -30,7 +31,11 @@ pub use ids::{
 };
 pub use order::{
     AgentRef, CANCELLED, CommandResult, EXPIRED, MAX_RESULT_DATA, NO_RESULT, NewOrder, Order,
-    Report, ReportOutcome, ReportStatus, SERVICE_RESULT_CODE, Status,
+    PendingEnd, Report, ReportOutcome, ReportStatus, SERVICE_RESULT_CODE, STOPPED, Status,
+};
+pub use request::{
+    ERROR_BUDGET_EXHAUSTED, HELD_TOO_LONG, Limit, RateControl, RecordedSchedule, RequestAction,
+    RequestRecord, RequestState, RequestStateError, SUBMIT_NEVER_COMPLETED, StatusCounts, Step,
 };
 pub use policy::DeliveryPolicy;
 pub use schedule::{Rollout, Schedule};

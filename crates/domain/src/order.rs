@@ -7,7 +7,12 @@
 //! pending --cancel--> failure (cancelled)
 //! sent | in_progress --give_up (result_timeout passed)--> failure (no result)
 //! sent --deliver again (redeliver_after passed)--> sent
+//! pending (held) --release--> pending
+//! pending --stop (request stopped)--> failure (stopped | expired)
 //! ```
+//! An order of a request with a concurrency cap (docs/rollout.md) carries its `position` in the
+//! request and starts `held` unless its position is among the first slots: a held order is
+//! neither deliverable nor expirable, and its delivery deadline counts from its release.
 //! Every transition is a function of the current order and `now` that returns the next order or
 //! a [`TransitionError`]; storage applies the result only if the stored order is still the one
 //! the transition started from (compare-and-set).
@@ -100,6 +105,31 @@ pub const EXPIRED: &str = "expired";
 pub const CANCELLED: &str = "cancelled";
 /// Result message of a delivered order whose agent never reported a final result.
 pub const NO_RESULT: &str = "no result";
+/// Result message of an order not yet handed out when its request stopped.
+pub const STOPPED: &str = "stopped";
+
+/// How the service ends a `pending` order (held or not) on behalf of its request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PendingEnd {
+    /// The request was cancelled: `failure`, `cancelled`.
+    Cancelled,
+    /// The request stopped when its error budget ran out: `failure`, `stopped`.
+    Stopped,
+    /// The request was held too long: `failure`, `expired`.
+    Expired,
+}
+
+impl PendingEnd {
+    /// The result message the ended orders carry.
+    #[must_use]
+    pub const fn message(self) -> &'static str {
+        match self {
+            Self::Cancelled => CANCELLED,
+            Self::Stopped => STOPPED,
+            Self::Expired => EXPIRED,
+        }
+    }
+}
 /// Longest `data` of a report, in characters (Unicode scalar values, as JSON Schema's
 /// `maxLength` counts them).
 pub const MAX_RESULT_DATA: usize = 64 * 1024;
@@ -266,6 +296,17 @@ struct OrderCommand {
     finished_at: Option<DateTime<Utc>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     retry_of: Option<RequestId>,
+    /// Rate control: the order's position in its request (0-based, expansion order).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    position: Option<u64>,
+    /// Rate control: not released yet (neither deliverable nor expirable).
+    #[serde(default, skip_serializing_if = "is_false")]
+    held: bool,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+const fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)]
@@ -302,6 +343,8 @@ pub struct NewOrder<'a> {
     /// When the order may first be handed out; `None` is `now`.
     pub not_before: Option<DateTime<Utc>>,
     pub retry_of: Option<RequestId>,
+    /// Rate control: the order's position in its request, and whether it starts held.
+    pub position: Option<(u64, bool)>,
 }
 
 impl Order {
@@ -333,6 +376,8 @@ impl Order {
                 result_deadline: None,
                 finished_at: None,
                 retry_of: new.retry_of,
+                position: new.position.map(|(p, _)| p),
+                held: new.position.is_some_and(|(_, held)| held),
             },
         }
     }
@@ -465,19 +510,42 @@ impl Order {
         self.command.retry_of.as_ref()
     }
 
+    /// Rate control: the order's position in its request; `None` when its request has no cap.
+    #[must_use]
+    pub const fn position(&self) -> Option<u64> {
+        self.command.position
+    }
+
+    /// Rate control: held back until a slot frees up (or the request is resumed).
+    #[must_use]
+    pub const fn is_held(&self) -> bool {
+        self.command.held
+    }
+
+    /// A failure of the action: ended `failure` by a report or by `no result`, not expired
+    /// undelivered, cancelled or stopped by the service (what an error budget counts).
+    #[must_use]
+    pub fn is_action_failure(&self) -> bool {
+        self.status() == Status::Failure
+            && !self.command.result.as_ref().is_some_and(|r| {
+                r.code == SERVICE_RESULT_CODE
+                    && matches!(r.message.as_str(), EXPIRED | CANCELLED | STOPPED)
+            })
+    }
+
     // ---- predicates: which transition is due at `now` -------------------------------------
 
     /// A `pending` order whose delivery deadline has passed.
     #[must_use]
     pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
-        self.status() == Status::Pending && now >= self.delivery_timestamp
+        self.status() == Status::Pending && !self.command.held && now >= self.delivery_timestamp
     }
 
     /// May this order be handed to its consumer at `now`? A `pending` order from its
     /// `not_before` until (excluding) its deadline; a `sent` order once its redelivery is due.
     #[must_use]
     pub fn is_deliverable(&self, now: DateTime<Utc>) -> bool {
-        if self.consumer().is_none() {
+        if self.consumer().is_none() || self.command.held {
             return false;
         }
         match self.status() {
@@ -576,10 +644,36 @@ impl Order {
     /// # Errors
     /// A [`TransitionError`] unless the order is `pending`.
     pub fn cancel(&self, now: DateTime<Utc>) -> Result<Self, TransitionError> {
+        self.end_pending(now, PendingEnd::Cancelled)
+    }
+
+    /// `pending (held or not) -> failure` with the message of `end`.
+    ///
+    /// # Errors
+    /// A [`TransitionError`] unless the order is `pending`.
+    pub fn end_pending(&self, now: DateTime<Utc>, end: PendingEnd) -> Result<Self, TransitionError> {
         if self.status() != Status::Pending {
-            return Err(self.refuse("cancelled"));
+            return Err(self.refuse("ended"));
         }
-        Ok(self.finish(now, Status::Failure, CommandResult::service(CANCELLED)))
+        let mut next = self.finish(now, Status::Failure, CommandResult::service(end.message()));
+        next.command.held = false;
+        Ok(next)
+    }
+
+    /// Rate control: a held order may go out: `pending (held) -> pending`. Its delivery deadline
+    /// counts from now (or from its `not_before`, when that is later).
+    ///
+    /// # Errors
+    /// A [`TransitionError`] unless the order is `pending` and held.
+    pub fn release(&self, now: DateTime<Utc>) -> Result<Self, TransitionError> {
+        if self.status() != Status::Pending || !self.command.held {
+            return Err(self.refuse("released"));
+        }
+        let mut next = self.clone();
+        next.command.held = false;
+        let start = self.command.not_before.map_or(now, |nb| nb.max(now));
+        next.delivery_timestamp = start + self.command.timeout.duration();
+        Ok(next)
     }
 
     /// `sent | in_progress -> failure (no result)` once the result deadline has passed.
@@ -654,6 +748,7 @@ mod tests {
             now: t0(),
             not_before,
             retry_of: None,
+            position: None,
         })
     }
 
@@ -918,6 +1013,7 @@ mod tests {
             now: t0(),
             not_before: Some(t0() + Duration::seconds(5)),
             retry_of: None,
+            position: None,
         });
         assert_eq!(
             server.becomes_deliverable_after(t0()),
@@ -974,6 +1070,7 @@ mod tests {
             now: t0(),
             not_before: None,
             retry_of: None,
+            position: None,
         });
         assert!(o.is_deliverable(t0()));
         assert_eq!(

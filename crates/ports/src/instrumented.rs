@@ -21,7 +21,8 @@ use std::time::Instant;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cm_domain::{
-    Agent, AgentId, ComponentName, DeliveryPolicy, GroupName, KeyHash, Order, OrderId, RequestId,
+    Agent, AgentId, ComponentName, DeliveryPolicy, GroupName, KeyHash, Order, OrderId, PendingEnd,
+    RequestId, RequestRecord,
 };
 use tracing::{Instrument, Span};
 
@@ -29,7 +30,8 @@ use crate::metric::{self, Outcome, StoreOp};
 use crate::service::Ports;
 use crate::store::{
     AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,
-    OrderPageRequest, OrderStore, Page, ReplaceError, RetentionMode, StatusCounts, StoreError,
+    OrderPageRequest, OrderStore, Page, ReplaceError, RequestCursor, RequestFilter,
+    RequestPageRequest, RequestStore, ResultGroup, RetentionMode, StatusCounts, StoreError,
     Upserted,
 };
 
@@ -43,6 +45,7 @@ impl Ports {
             orders: Arc::new(InstrumentedOrders::new(self.orders, backend)),
             agents: Arc::new(InstrumentedAgents::new(self.agents, backend)),
             components: Arc::new(InstrumentedComponents::new(self.components, backend)),
+            requests: Arc::new(InstrumentedRequests::new(self.requests, backend)),
             ..self
         }
     }
@@ -224,18 +227,46 @@ impl OrderStore for InstrumentedOrders {
         )
     }
 
-    async fn cancel_pending(
+    async fn end_pending(
         &self,
         request: &RequestId,
+        end: PendingEnd,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
         observed!(
             self,
-            StoreOp::CancelPending,
-            self.inner.cancel_pending(request, now, limit),
+            StoreOp::EndPending,
+            self.inner.end_pending(request, end, now, limit),
             request_id = %request,
+            end = end.message(),
             limit
+        )
+    }
+
+    async fn release_held(
+        &self,
+        request: &RequestId,
+        below: u64,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        observed!(
+            self,
+            StoreOp::ReleaseHeld,
+            self.inner.release_held(request, below, now, limit),
+            request_id = %request,
+            below,
+            limit
+        )
+    }
+
+    async fn result_groups(&self, request: &RequestId) -> Result<Vec<ResultGroup>, StoreError> {
+        observed!(
+            self,
+            StoreOp::ResultGroups,
+            self.inner.result_groups(request),
+            request_id = %request
         )
     }
 
@@ -476,6 +507,98 @@ impl ComponentRegistry for InstrumentedComponents {
     }
 }
 
+/// A [`RequestStore`] that traces, times and logs every operation of the one it wraps.
+#[derive(Clone)]
+pub struct InstrumentedRequests {
+    inner: Arc<dyn RequestStore>,
+    backend: &'static str,
+}
+
+impl InstrumentedRequests {
+    #[must_use]
+    pub fn new(inner: Arc<dyn RequestStore>, backend: &'static str) -> Self {
+        Self { inner, backend }
+    }
+}
+
+impl std::fmt::Debug for InstrumentedRequests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstrumentedRequests")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl RequestStore for InstrumentedRequests {
+    async fn create(&self, record: &RequestRecord) -> Result<bool, StoreError> {
+        observed!(
+            self,
+            StoreOp::RequestCreate,
+            self.inner.create(record),
+            request_id = %record.request_id()
+        )
+    }
+
+    async fn get(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        observed!(
+            self,
+            StoreOp::RequestGet,
+            self.inner.get(id),
+            request_id = %id
+        )
+    }
+
+    async fn replace(
+        &self,
+        current: &RequestRecord,
+        next: &RequestRecord,
+    ) -> Result<(), ReplaceError> {
+        observed!(
+            self,
+            StoreOp::RequestReplace,
+            self.inner.replace(current, next),
+            request_id = %current.request_id(),
+            state = next.state().as_str()
+        )
+    }
+
+    async fn list(
+        &self,
+        filter: &RequestFilter,
+        page: &RequestPageRequest,
+    ) -> Result<Page<RequestRecord, RequestCursor>, StoreError> {
+        observed!(
+            self,
+            StoreOp::RequestList,
+            self.inner.list(filter, page),
+            size = page.size
+        )
+    }
+
+    async fn unsettled(
+        &self,
+        after: Option<RequestCursor>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        observed!(
+            self,
+            StoreOp::RequestUnsettled,
+            self.inner.unsettled(after, limit),
+            limit
+        )
+    }
+
+    async fn purge_settled(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+        observed!(
+            self,
+            StoreOp::RequestPurgeSettled,
+            self.inner.purge_settled(cutoff, limit),
+            limit
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Mutex, PoisonError};
@@ -592,6 +715,7 @@ mod tests {
             now: t0(),
             not_before: None,
             retry_of: None,
+            position: None,
         })
     }
 
@@ -767,6 +891,7 @@ mod tests {
             orders: Arc::new(orders),
             agents: Arc::new(agents),
             components: Arc::new(crate::store::MockComponentRegistry::new()),
+            requests: Arc::new(crate::store::MockRequestStore::new()),
             notifier: Arc::new(MockNotifier::new()),
             clock: Arc::new(MockClock::new()),
         }

@@ -1,6 +1,7 @@
 //! The ports of the command manager and the use cases over them.
 //!
-//! * [`store`]: [`OrderStore`] (the durable orders stream) and [`AgentRegistry`];
+//! * [`store`]: [`OrderStore`] (the durable orders stream), [`RequestStore`] (the request
+//!   records), [`AgentRegistry`] and [`ComponentRegistry`];
 //! * [`notify`]: [`Notifier`], which wakes long-polls, and [`WakeHub`], its in-process half;
 //! * [`clock`]: [`Clock`] and the id sources;
 //! * [`auth`]: agents' keys ([`AgentKey`]) and constant-time comparison of secrets;
@@ -22,15 +23,18 @@ pub mod testkit;
 
 pub use auth::{AgentKey, NoRandomness};
 pub use clock::{Clock, FreshIds, SystemClock};
-pub use instrumented::{InstrumentedAgents, InstrumentedComponents, InstrumentedOrders};
+pub use instrumented::{
+    InstrumentedAgents, InstrumentedComponents, InstrumentedOrders, InstrumentedRequests,
+};
 pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
 pub use service::{
-    CancelError, CommandManager, Idempotency, ItemOutcome, MAX_PAGE_SIZE, MAX_RELAY_CONSUMERS,
+    CancelError, CommandManager, DryRunPlan, Idempotency, ItemOutcome, MAX_PAGE_SIZE, MAX_RELAY_CONSUMERS,
     MAX_RELAY_LIMIT, MAX_RELAY_SERVERS, MAX_RESULTS_PER_CALL, Ports, Registered, ReportError,
-    Reporter, ResultItem, RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest,
+    Reporter, RequestError, RequestView, ResultItem, RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest,
 };
 pub use store::{
     AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,
-    OrderPageRequest, OrderStore, Page, ReplaceError, RetentionMode, StatusCounts, StoreError,
+    OrderPageRequest, OrderStore, Page, ReplaceError, RequestCursor, RequestFilter,
+    RequestPageRequest, RequestStore, ResultGroup, RetentionMode, StatusCounts, StoreError,
     Upserted,
 };

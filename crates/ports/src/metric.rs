@@ -118,8 +118,26 @@ pub const RESULTS: Metric = Metric::counter(
     "Results reported, one per order, by outcome (applied, already_applied, conflict, not_found, forbidden, invalid).",
 );
 
+/// Counter with label `to` (`RequestState::as_str`): request records entering a state.
+pub const REQUEST_TRANSITIONS: Metric = Metric::counter(
+    "cm_request_transitions_total",
+    "Requests that entered a state (to): writing, scheduled, running, paused, completed, cancelled, stopped, aborted.",
+);
+
+/// Counter: held orders released by rate control.
+pub const ORDERS_RELEASED: Metric = Metric::counter(
+    "cm_orders_released_total",
+    "Held orders of rate-controlled requests released as concurrency slots freed up (or on resume).",
+);
+
+/// Counter with label `reason` (the request's `state_reason`).
+pub const REQUEST_STOPS: Metric = Metric::counter(
+    "cm_request_stops_total",
+    "Requests that stopped by themselves, by reason (error budget exhausted, held too long).",
+);
+
 /// Every metric of this crate.
-pub const ALL: [Metric; 8] = [
+pub const ALL: [Metric; 11] = [
     ORDERS_CREATED,
     ORDER_TRANSITIONS,
     OPEN_LONG_POLLS,
@@ -128,6 +146,9 @@ pub const ALL: [Metric; 8] = [
     OPEN_RELAY_CLAIMS,
     ORDERS_CLAIMED_BY_RELAYS,
     RESULTS,
+    REQUEST_TRANSITIONS,
+    ORDERS_RELEASED,
+    REQUEST_STOPS,
 ];
 
 /// Registers the HELP text of every metric of this crate with the installed recorder.
@@ -150,6 +171,8 @@ pub enum Via {
     Reported,
     /// Never delivered before their deadline (to `failure`).
     Expired,
+    /// The request stopped (error budget, held too long) before the order was handed out.
+    Stopped,
     /// Cancelled while pending, one by one or with their whole request (to `failure`).
     Cancelled,
     /// Delivered, but their agent reported nothing before the result deadline (to `failure`).
@@ -157,12 +180,13 @@ pub enum Via {
 }
 
 impl Via {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Delivered,
         Self::Redelivered,
         Self::Progress,
         Self::Reported,
         Self::Expired,
+        Self::Stopped,
         Self::Cancelled,
         Self::NoResult,
     ];
@@ -175,6 +199,7 @@ impl Via {
             Self::Progress => "progress",
             Self::Reported => "reported",
             Self::Expired => "expired",
+            Self::Stopped => "stopped",
             Self::Cancelled => "cancelled",
             Self::NoResult => "no_result",
         }
@@ -253,7 +278,8 @@ impl Outcome {
 }
 
 /// The `op` label of [`STORE_OPERATION`]: one method of `OrderStore`, `AgentRegistry` or
-/// `ComponentRegistry`. The registries' methods are prefixed `agent_` / `component_`.
+/// `ComponentRegistry` or `RequestStore`. The registries' methods are prefixed `agent_` /
+/// `component_`, the request store's `request_`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StoreOp {
     Insert,
@@ -262,7 +288,9 @@ pub enum StoreOp {
     Claim,
     Replace,
     NextDue,
-    CancelPending,
+    EndPending,
+    ReleaseHeld,
+    ResultGroups,
     ExpireDue,
     GiveUpUnreported,
     PurgeFinished,
@@ -283,17 +311,25 @@ pub enum StoreOp {
     ComponentKeyHash,
     ComponentList,
     ComponentDelete,
+    RequestCreate,
+    RequestGet,
+    RequestReplace,
+    RequestList,
+    RequestUnsettled,
+    RequestPurgeSettled,
 }
 
 impl StoreOp {
-    pub const ALL: [Self; 27] = [
+    pub const ALL: [Self; 35] = [
         Self::Insert,
         Self::Get,
         Self::Query,
         Self::Claim,
         Self::Replace,
         Self::NextDue,
-        Self::CancelPending,
+        Self::EndPending,
+        Self::ReleaseHeld,
+        Self::ResultGroups,
         Self::ExpireDue,
         Self::GiveUpUnreported,
         Self::PurgeFinished,
@@ -314,6 +350,12 @@ impl StoreOp {
         Self::ComponentKeyHash,
         Self::ComponentList,
         Self::ComponentDelete,
+        Self::RequestCreate,
+        Self::RequestGet,
+        Self::RequestReplace,
+        Self::RequestList,
+        Self::RequestUnsettled,
+        Self::RequestPurgeSettled,
     ];
 
     #[must_use]
@@ -325,7 +367,9 @@ impl StoreOp {
             Self::Claim => "claim",
             Self::Replace => "replace",
             Self::NextDue => "next_due",
-            Self::CancelPending => "cancel_pending",
+            Self::EndPending => "end_pending",
+            Self::ReleaseHeld => "release_held",
+            Self::ResultGroups => "result_groups",
             Self::ExpireDue => "expire_due",
             Self::GiveUpUnreported => "give_up_unreported",
             Self::PurgeFinished => "purge_finished",
@@ -346,6 +390,12 @@ impl StoreOp {
             Self::ComponentKeyHash => "component_key_hash",
             Self::ComponentList => "component_list",
             Self::ComponentDelete => "component_delete",
+            Self::RequestCreate => "request_create",
+            Self::RequestGet => "request_get",
+            Self::RequestReplace => "request_replace",
+            Self::RequestList => "request_list",
+            Self::RequestUnsettled => "request_unsettled",
+            Self::RequestPurgeSettled => "request_purge_settled",
         }
     }
 }

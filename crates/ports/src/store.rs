@@ -8,9 +8,10 @@ use std::fmt;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
+pub use cm_domain::StatusCounts;
 use cm_domain::{
     Agent, AgentId, ComponentName, Consumer, DeliveryPolicy, FieldError, GroupName, KeyHash, Order,
-    OrderId, RequestId, Status, TargetType,
+    OrderId, PendingEnd, RequestId, RequestRecord, RequestState, Source, Status, TargetType,
 };
 
 /// Storage could not do what was asked. `Unavailable`, `Contention` and `Corrupt` are answered
@@ -148,6 +149,129 @@ impl fmt::Display for OrderCursor {
     }
 }
 
+/// A position in the requests listing's order: newest first by `created_at`, then by
+/// `request_id` descending. Its text form is that of [`OrderCursor`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestCursor {
+    pub created_at: DateTime<Utc>,
+    pub request_id: RequestId,
+}
+
+impl RequestCursor {
+    /// The cursor just past `record`.
+    #[must_use]
+    pub fn after(record: &RequestRecord) -> Self {
+        Self {
+            created_at: record.created_at(),
+            request_id: *record.request_id(),
+        }
+    }
+
+    /// The opaque text form handed to clients.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        OrderCursor {
+            created_at: self.created_at,
+            order_id: OrderId::from_uuid(*self.request_id.as_uuid()),
+        }
+        .encode()
+    }
+
+    /// # Errors
+    /// A [`FieldError`] on `field` when `raw` does not match [`OrderCursor::PATTERN`].
+    pub fn decode(raw: &str, field: &str) -> Result<Self, FieldError> {
+        let c = OrderCursor::decode(raw, field)?;
+        Ok(Self {
+            created_at: c.created_at,
+            request_id: RequestId::from_uuid(*c.order_id.as_uuid()),
+        })
+    }
+
+    /// Whether `record` lies strictly after this cursor in the listing's order (is older).
+    #[must_use]
+    pub fn precedes(&self, record: &RequestRecord) -> bool {
+        (record.created_at(), *record.request_id()) < (self.created_at, self.request_id)
+    }
+}
+
+/// The filter of a requests listing (`GET /api/v1/requests`, docs/api.md). Every field that is set
+/// must match; `since` is inclusive and `until` exclusive, both on `created_at`; `target_type`
+/// and `target_id` are the target as submitted (a group, not its members).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestFilter {
+    pub state: Option<RequestState>,
+    pub action: Option<String>,
+    pub user: Option<String>,
+    pub source: Option<Source>,
+    pub target_type: Option<TargetType>,
+    pub target_id: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl RequestFilter {
+    /// The rule every adapter's query must agree with.
+    #[must_use]
+    pub fn matches(&self, r: &RequestRecord) -> bool {
+        let Self {
+            state,
+            action,
+            user,
+            source,
+            target_type,
+            target_id,
+            since,
+            until,
+        } = self;
+        state.is_none_or(|s| r.state() == s)
+            && action.as_deref().is_none_or(|a| r.action().name == a)
+            && user.as_deref().is_none_or(|u| r.user() == Some(u))
+            && source.is_none_or(|s| r.source() == s)
+            && target_type.is_none_or(|t| r.target().kind() == t)
+            && target_id.as_deref().is_none_or(|t| r.target().id() == t)
+            && since.is_none_or(|t| r.created_at() >= t)
+            && until.is_none_or(|t| r.created_at() < t)
+    }
+}
+
+/// Which page of requests to read: at most `size` records strictly after `after` (older).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestPageRequest {
+    pub size: usize,
+    pub after: Option<RequestCursor>,
+}
+
+/// The finished orders of one request that ended alike: same status, result code and message
+/// (`GET /api/v1/requests/{id}/results`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultGroup {
+    pub status: Status,
+    pub code: i16,
+    pub message: String,
+    pub count: u64,
+    /// Up to [`ResultGroup::SAMPLE`] target ids of the group's orders (agent ids, component
+    /// names), in ascending order.
+    pub sample: Vec<String>,
+}
+
+impl ResultGroup {
+    /// Most target ids a group's sample holds.
+    pub const SAMPLE: usize = 10;
+    /// Most groups one breakdown answers (the largest ones).
+    pub const MAX_GROUPS: usize = 100;
+
+    /// The breakdown's order: largest group first, then status, code and message ascending.
+    pub fn sort(groups: &mut [Self]) {
+        groups.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then(a.status.cmp(&b.status))
+                .then(a.code.cmp(&b.code))
+                .then(a.message.cmp(&b.message))
+        });
+    }
+}
+
 /// One page of a listing, and the cursor of the next page (`None` on the last page).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T, C> {
@@ -182,45 +306,6 @@ pub struct AgentPageRequest {
     pub group: Option<GroupName>,
     pub size: usize,
     pub after: Option<AgentId>,
-}
-
-/// How many orders of one request are in each status.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatusCounts {
-    pub pending: u64,
-    pub sent: u64,
-    pub in_progress: u64,
-    pub success: u64,
-    pub failure: u64,
-}
-
-impl StatusCounts {
-    #[must_use]
-    pub const fn total(&self) -> u64 {
-        self.pending + self.sent + self.in_progress + self.success + self.failure
-    }
-
-    /// Counts one more order in `status`.
-    pub fn add(&mut self, status: Status, n: u64) {
-        match status {
-            Status::Pending => self.pending += n,
-            Status::Sent => self.sent += n,
-            Status::InProgress => self.in_progress += n,
-            Status::Success => self.success += n,
-            Status::Failure => self.failure += n,
-        }
-    }
-
-    #[must_use]
-    pub const fn get(&self, status: Status) -> u64 {
-        match status {
-            Status::Pending => self.pending,
-            Status::Sent => self.sent,
-            Status::InProgress => self.in_progress,
-            Status::Success => self.success,
-            Status::Failure => self.failure,
-        }
-    }
 }
 
 /// The consumers one claim takes orders for: one agent (an agent's poll), one component (a
@@ -385,6 +470,12 @@ pub trait OrderStore: Send + Sync + 'static {
     /// most one concurrent caller, whether that is an agent's poll, a component's poll or a
     /// relay's claim for many consumers (up to 10,000).
     ///
+    /// The request gate: an order whose request has a record (see [`RequestStore`]) is handed
+    /// out only while that record's state delivers (`RequestState::delivers`: `scheduled` or
+    /// `running`), as read in the same statement or after the candidates were found, so that no
+    /// order of a submit still `writing`, or of a paused, cancelled, stopped or aborted request,
+    /// ever goes out. Held orders (`Order::is_held`) are never deliverable.
+    ///
     /// # Errors
     /// [`StoreError`]; then no order was marked `sent` by this call.
     async fn claim(
@@ -416,19 +507,43 @@ pub trait OrderStore: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, StoreError>;
 
-    /// Cancels up to `limit` of the still-pending orders of `request` (`Order::cancel(now)`).
+    /// Ends up to `limit` of the still-pending orders of `request`, held or not
+    /// (`Order::end_pending(now, end)`).
     ///
     /// # Errors
     /// [`StoreError`]; orders already changed stay changed.
-    async fn cancel_pending(
+    async fn end_pending(
         &self,
         request: &RequestId,
+        end: PendingEnd,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError>;
 
+    /// Rate control: releases up to `limit` of the held orders of `request` whose position is
+    /// below `below` (`Order::release(now)`), lowest position first, and returns them released.
+    /// Releasing what is already released changes nothing, so the call is idempotent.
+    ///
+    /// # Errors
+    /// [`StoreError`]; orders already released stay released.
+    async fn release_held(
+        &self,
+        request: &RequestId,
+        below: u64,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError>;
+
+    /// The finished orders of `request` grouped by (status, result code, result message),
+    /// largest group first ([`ResultGroup::sort`]), at most [`ResultGroup::MAX_GROUPS`] groups,
+    /// each with a sample of up to [`ResultGroup::SAMPLE`] target ids in ascending order.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn result_groups(&self, request: &RequestId) -> Result<Vec<ResultGroup>, StoreError>;
+
     /// Expires up to `limit` pending orders whose deadline passed at `now`
-    /// (`Order::expire`).
+    /// (`Order::expire`; never a held order).
     ///
     /// # Errors
     /// [`StoreError`]; orders already changed stay changed.
@@ -462,7 +577,8 @@ pub trait OrderStore: Send + Sync + 'static {
     /// [`StoreError`] when the backend cannot answer.
     async fn get_archived(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
 
-    /// How many orders of `request` are in each status (all zero for an unknown request).
+    /// How many orders of `request` are in each status, and how many failed as errors of the
+    /// action (`StatusCounts::count`; all zero for an unknown request).
     ///
     /// # Errors
     /// [`StoreError`] when the backend cannot answer.
@@ -479,6 +595,63 @@ pub trait OrderStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] otherwise.
     async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The request records (docs/requests.md): one per command of a submit, written before its orders
+/// (`wazuh-commands-requests` in OpenSearch). It lives in the same backend as the orders, whose
+/// claims consult it (the request gate of [`OrderStore::claim`]).
+#[cfg_attr(any(test, feature = "testkit"), mockall::automock)]
+#[async_trait]
+pub trait RequestStore: Send + Sync + 'static {
+    /// Writes a new record; `false` (and nothing written) when one with its id exists.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write may not be durable.
+    async fn create(&self, record: &RequestRecord) -> Result<bool, StoreError>;
+
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn get(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError>;
+
+    /// Replaces `current` by `next` only if the stored record's revision is still
+    /// `current.revision()`.
+    ///
+    /// # Errors
+    /// [`ReplaceError::Conflict`] when the stored record changed, [`ReplaceError::NotFound`]
+    /// when it does not exist, [`ReplaceError::Store`] otherwise.
+    async fn replace(&self, current: &RequestRecord, next: &RequestRecord)
+    -> Result<(), ReplaceError>;
+
+    /// Records matching `filter`, newest first (`created_at`, then `request_id`, both
+    /// descending), after `page.after`. `next` is set whenever the page is full, and paging with
+    /// it visits every matching record exactly once.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn list(
+        &self,
+        filter: &RequestFilter,
+        page: &RequestPageRequest,
+    ) -> Result<Page<RequestRecord, RequestCursor>, StoreError>;
+
+    /// Records not settled yet (`RequestRecord::is_settled` false), oldest first (`created_at`,
+    /// then `request_id`, ascending), strictly after `after`, at most `limit`: the requests
+    /// the scheduler still has work for.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn unsettled(
+        &self,
+        after: Option<RequestCursor>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError>;
+
+    /// Retention: removes up to `limit` settled records that finished at or before `cutoff`,
+    /// and answers how many it removed.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn purge_settled(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<u64, StoreError>;
 }
 
 /// The agents registry that group expansion reads (`wazuh-agents` in OpenSearch).
@@ -616,15 +789,5 @@ mod tests {
                 "after"
             );
         }
-    }
-
-    #[test]
-    fn status_counts_total_every_status() {
-        let mut c = StatusCounts::default();
-        for s in Status::ALL {
-            c.add(s, 2);
-        }
-        assert_eq!(c.total(), 10);
-        assert_eq!(c.get(Status::InProgress), 2);
     }
 }

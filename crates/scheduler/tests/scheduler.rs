@@ -254,11 +254,15 @@ fn failing_expiry_with(error: StoreError) -> (CommandManager, Arc<AtomicUsize>, 
         n.fetch_add(1, Ordering::SeqCst);
         Ok(Batch::default())
     });
+    let mut requests = cm_ports::testkit::MockRequestStore::new();
+    requests.expect_unsettled().returning(|_, _| Ok(Vec::new()));
+    requests.expect_purge_settled().returning(|_, _| Ok(0));
     let manager = CommandManager::new(
         Ports {
             orders: Arc::new(store),
             agents: Arc::new(MockAgentRegistry::new()),
             components: Arc::new(cm_ports::testkit::MockComponentRegistry::new()),
+            requests: Arc::new(requests),
             notifier: Arc::new(MockNotifier::new()),
             clock: Arc::new(cm_ports::testkit::ManualClock::new(at(0))),
         },

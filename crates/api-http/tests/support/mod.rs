@@ -47,9 +47,11 @@ impl App {
     pub fn with_settings(http: HttpSettings, auth: bool, settings: Settings) -> Self {
         let agents = Arc::new(MemoryAgents::new());
         let notifier = Arc::new(LocalNotifier::new());
+        let orders = MemoryOrders::new();
         let manager = CommandManager::new(
             Ports {
-                orders: Arc::new(MemoryOrders::new()),
+                requests: Arc::new(orders.requests()),
+                orders: Arc::new(orders),
                 agents: agents.clone(),
                 components: Arc::new(MemoryComponents::new()),
                 notifier: notifier.clone(),

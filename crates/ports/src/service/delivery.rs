@@ -224,6 +224,13 @@ impl CommandManager {
                     ReportStatus::Success | ReportStatus::Failure => Via::Reported,
                 };
                 count_transition(next.status(), via, 1);
+                if next.status().is_terminal() && next.position().is_some() {
+                    // Rate control: a slot freed up, or the error budget moved; act promptly
+                    // rather than at the scheduler's next pass (which would, too).
+                    if let Err(e) = self.advance_request(next.request_id()).await {
+                        tracing::warn!(request = %next.request_id(), error = %e, "could not move the request along after a result; the scheduler will");
+                    }
+                }
                 Ok((next, true))
             }
             Changed::Unchanged(current) => Ok((current, false)),

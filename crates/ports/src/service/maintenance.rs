@@ -56,6 +56,21 @@ impl CommandManager {
         if n > 0 {
             metrics::counter!(metric::ORDERS_PURGED.name, "mode" => mode.as_str()).increment(n);
         }
+        // Settled request records go with their orders (they finished no later than their
+        // last order).
+        let limit = self.settings.maintenance_batch.max(1);
+        loop {
+            let cutoff = self
+                .ports
+                .clock
+                .now()
+                .checked_sub_signed(age)
+                .unwrap_or(DateTime::<Utc>::MIN_UTC);
+            let purged = self.ports.requests.purge_settled(cutoff, limit).await?;
+            if purged < limit as u64 {
+                break;
+            }
+        }
         Ok(n)
     }
 

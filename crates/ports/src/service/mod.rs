@@ -7,6 +7,7 @@ mod consumers;
 mod delivery;
 mod maintenance;
 mod orders;
+mod records;
 mod requests;
 mod submit;
 #[cfg(test)]
@@ -24,11 +25,12 @@ pub use self::consumers::{
 };
 pub use self::delivery::ReportError;
 pub use self::orders::{CancelError, MAX_PAGE_SIZE};
+pub use self::records::{RequestError, RequestView};
 pub use self::requests::RetryError;
-pub use self::submit::{Idempotency, SubmitError, SubmitRequest, SubmittedRequest};
+pub use self::submit::{DryRunPlan, Idempotency, SubmitError, SubmitRequest, SubmittedRequest};
 use crate::clock::Clock;
 use crate::notify::Notifier;
-use crate::store::{AgentRegistry, ComponentRegistry, OrderStore, RetentionMode};
+use crate::store::{AgentRegistry, ComponentRegistry, OrderStore, RequestStore, RetentionMode};
 
 /// The limits and policies the use cases apply. Every field has a safe default, and
 /// [`Settings::default`] is the one place those defaults are written: the service's
@@ -56,6 +58,12 @@ pub struct Settings {
     /// Finished orders older than this are deleted or archived; `None` keeps them forever.
     pub retention: Option<Duration>,
     pub retention_mode: RetentionMode,
+    /// A request held (paused, or waiting for a concurrency slot) longer than this is stopped
+    /// (`held too long`).
+    pub max_hold: Duration,
+    /// A submit whose request record is still `writing` this long after its last change is
+    /// taken for dead: its orders are removed and the request ends `aborted`.
+    pub writing_grace: Duration,
 }
 
 impl Default for Settings {
@@ -72,6 +80,8 @@ impl Default for Settings {
             maintenance_batch: 1_000,
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             retention_mode: RetentionMode::Delete,
+            max_hold: Duration::from_secs(7 * 24 * 3600),
+            writing_grace: Duration::from_secs(600),
         }
     }
 }
@@ -82,6 +92,8 @@ pub struct Ports {
     pub orders: Arc<dyn OrderStore>,
     pub agents: Arc<dyn AgentRegistry>,
     pub components: Arc<dyn ComponentRegistry>,
+    /// The request records; the same backend as `orders` (its claims consult them).
+    pub requests: Arc<dyn RequestStore>,
     pub notifier: Arc<dyn Notifier>,
     pub clock: Arc<dyn Clock>,
 }
@@ -97,6 +109,7 @@ impl std::fmt::Debug for Ports {
 pub struct CommandManager {
     ports: Ports,
     settings: Arc<Settings>,
+    advancing: records::Advancing,
 }
 
 impl CommandManager {
@@ -105,6 +118,7 @@ impl CommandManager {
         Self {
             ports,
             settings: Arc::new(settings),
+            advancing: records::Advancing::default(),
         }
     }
 

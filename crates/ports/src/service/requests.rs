@@ -1,13 +1,15 @@
 //! Rollout control over a whole request (docs/rollout.md): cancel what has not been handed out yet,
 //! re-run the orders that ended in a status, and list one request's orders.
 
-use cm_domain::{Agent, Command, Expander, FieldError, IdSource, Order, RequestId, Status};
+use cm_domain::{
+    Agent, Command, Expander, FieldError, IdSource, Order, PendingEnd, RequestId, RequestRecord,
+    Status,
+};
 
-use super::cas::CAS_ATTEMPTS;
+use super::records::RequestError;
 use super::submit::{SubmittedRequest, Writer};
 use super::{CommandManager, MAX_PAGE_SIZE};
 use crate::clock::FreshIds;
-use crate::metric::{Via, count_transition};
 use crate::store::{OrderCursor, OrderFilter, OrderPageRequest, Page, StatusCounts, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,44 +29,47 @@ pub enum RetryError {
 }
 
 impl CommandManager {
-    /// Cancels every still-`pending` order of `request` (`failure`, `cancelled`), in batches of
-    /// `maintenance_batch` until none is left, and answers the per-status counts after the
-    /// change; `None` when no order has this request id. Orders handed out meanwhile stay
-    /// `sent`: the cancel never takes back a delivery.
+    /// Cancels a request: its record (when it has one) becomes `cancelled`, which stops its
+    /// orders going out at once, and every still-`pending` order (held or not) ends `failure`,
+    /// `cancelled`, in batches of `maintenance_batch` until none is left. Answers the per-status
+    /// counts after the change; `None` when neither a record nor an order has this id. Orders
+    /// handed out meanwhile stay `sent`: the cancel never takes back a delivery. Cancelling a
+    /// finished request changes nothing.
     ///
     /// # Errors
-    /// [`StoreError`] when storage fails (orders cancelled before the failure stay cancelled);
+    /// [`RequestError::State`] for a request still being written; [`RequestError::Unavailable`]
+    /// when storage fails (orders cancelled before the failure stay cancelled), with
     /// [`StoreError::Contention`] when the request's pending orders keep changing under every
     /// batch.
     #[tracing::instrument(skip(self), fields(request = %request))]
     pub async fn cancel_request(
         &self,
         request: &RequestId,
-    ) -> Result<Option<StatusCounts>, StoreError> {
-        let limit = self.settings.maintenance_batch.max(1);
-        let mut cancelled = 0u64;
-        let mut stalled = 0;
-        let drained = loop {
-            let now = self.ports.clock.now();
-            let batch = match self.ports.orders.cancel_pending(request, now, limit).await {
-                Ok(batch) => batch,
-                Err(e) => break Err(e),
-            };
-            cancelled += batch.changed as u64;
-            if batch.examined < limit {
-                break Ok(());
-            }
-            // A full batch that changed nothing was delivered (or cancelled) by others
-            // meanwhile; the next one looks again. A store that keeps answering so is broken.
-            stalled = if batch.changed == 0 { stalled + 1 } else { 0 };
-            if stalled >= CAS_ATTEMPTS {
-                break Err(StoreError::Contention(
-                    "the request's orders kept changing during the cancel".to_owned(),
-                ));
-            }
+    ) -> Result<Option<StatusCounts>, RequestError> {
+        let record = match self
+            .change_record(request, |r, now| {
+                if r.state().is_finished() {
+                    Ok(None)
+                } else {
+                    r.cancel(now)
+                }
+            })
+            .await
+        {
+            Ok(record) => Some(record),
+            Err(RequestError::NotFound) => None,
+            Err(e) => return Err(e),
         };
-        count_transition(Status::Failure, Via::Cancelled, cancelled);
-        drained?;
+        let cancels = record
+            .as_ref()
+            .is_none_or(|r| r.state() == cm_domain::RequestState::Cancelled);
+        if cancels {
+            self.end_pending(request, PendingEnd::Cancelled).await?;
+        }
+        if let Some(record) = record {
+            let (_, counts) = self.advance_record(record).await?;
+            return Ok(Some(counts));
+        }
         let counts = self.ports.orders.progress(request).await?;
         Ok((counts.total() > 0).then_some(counts))
     }
@@ -96,9 +101,6 @@ impl CommandManager {
         let now = self.ports.clock.now();
         let mut ids = FreshIds;
         let retry_id = ids.request_id(0);
-        let mut writer = Writer::new(self);
-        writer.written.push(retry_id);
-        let mut order_ids = Vec::new();
         let filter = OrderFilter {
             request_id: Some(*request),
             status: Some(status),
@@ -108,16 +110,39 @@ impl CommandManager {
             size: self.settings.expansion_page.clamp(1, MAX_PAGE_SIZE),
             after: None,
         };
+        let mut found = self.ports.orders.query(&filter, &page).await?;
+        let Some(first) = found.items.first() else {
+            let known = self.ports.orders.progress(request).await?.total() > 0
+                || self.ports.requests.get(request).await?.is_some();
+            return Err(if known {
+                RetryError::NothingToRetry(status)
+            } else {
+                RetryError::NotFound
+            });
+        };
+        // The re-run keeps the original's rate control: a retry of a fleet-wide failure is as
+        // dangerous as the first run.
+        let original = self.ports.requests.get(request).await?;
+        let mut command = command_of(first)?;
+        if let Some(rate) = original.as_ref().and_then(RequestRecord::rate_control) {
+            command = command.with_rate_control(*rate);
+        }
+        let planned = self.ports.orders.progress(request).await?.get(status);
+        let record = RequestRecord::new(retry_id, &command, Some(*request), planned, now);
+        let record = self.open_record(record).await?;
+        let hold_from = record.rate_control().map(|_| record.released());
+        let mut writer = Writer::new(self);
+        writer.written.push(retry_id);
+        writer.records.push(record);
+        let mut order_ids = Vec::new();
+        let mut slot = 0u64;
         loop {
-            let found = match self.ports.orders.query(&filter, &page).await {
-                Ok(found) => found,
-                Err(e) => return Err(writer.abandon(e, false).await.into()),
-            };
             for old in &found.items {
-                let order = match retry_order(old, retry_id, *request, now, &mut ids) {
+                let order = match retry_order(old, retry_id, *request, now, slot, hold_from, &mut ids) {
                     Ok(order) => order,
                     Err(e) => return Err(writer.abandon(e, false).await.into()),
                 };
+                slot += 1;
                 if let Err(e) = writer.push(order, &mut order_ids).await {
                     return Err(writer.abandon(e, false).await.into());
                 }
@@ -126,15 +151,15 @@ impl CommandManager {
                 Some(next) => page.after = Some(next),
                 None => break,
             }
-        }
-        if order_ids.is_empty() {
-            return Err(if self.ports.orders.progress(request).await?.total() == 0 {
-                RetryError::NotFound
-            } else {
-                RetryError::NothingToRetry(status)
-            });
+            found = match self.ports.orders.query(&filter, &page).await {
+                Ok(found) => found,
+                Err(e) => return Err(writer.abandon(e, false).await.into()),
+            };
         }
         if let Err(e) = writer.flush().await {
+            return Err(writer.abandon(e, false).await.into());
+        }
+        if let Err(e) = writer.commit(&[order_ids.len() as u64]).await {
             return Err(writer.abandon(e, false).await.into());
         }
         writer.notify().await;
@@ -173,25 +198,36 @@ impl CommandManager {
     }
 }
 
-/// The order that re-runs `old` in the request `retry_id`.
-fn retry_order(
-    old: &Order,
-    retry_id: RequestId,
-    retried: RequestId,
-    now: chrono::DateTime<chrono::Utc>,
-    ids: &mut dyn IdSource,
-) -> Result<Order, StoreError> {
-    let command = Command::new(
+/// The command an order was expanded from (its target the order's own).
+fn command_of(old: &Order) -> Result<Command, StoreError> {
+    Command::new(
         old.source(),
         old.user().map(str::to_owned),
         old.target().clone(),
         old.action().clone(),
         old.timeout(),
     )
-    .map_err(|e| StoreError::Corrupt(format!("order {}: {e}", old.order_id())))?;
-    let ex = Expander::new(&command, 0, retry_id, now).retry_of(retried);
+    .map_err(|e| StoreError::Corrupt(format!("order {}: {e}", old.order_id())))
+}
+
+/// The order that re-runs `old` in the request `retry_id`, in position `slot` (held from
+/// `hold_from` on, under rate control).
+fn retry_order(
+    old: &Order,
+    retry_id: RequestId,
+    retried: RequestId,
+    now: chrono::DateTime<chrono::Utc>,
+    slot: u64,
+    hold_from: Option<u64>,
+    ids: &mut dyn IdSource,
+) -> Result<Order, StoreError> {
+    let command = command_of(old)?;
+    let mut ex = Expander::new(&command, 0, retry_id, now).retry_of(retried);
+    if let Some(released) = hold_from {
+        ex = ex.hold_from(released);
+    }
     Ok(match old.agent() {
-        Some(a) => ex.agent_order(&Agent::new(a.id().clone(), a.groups().to_vec()), ids),
+        Some(a) => ex.agent_order_at(slot, &Agent::new(a.id().clone(), a.groups().to_vec()), ids),
         None => ex.server_order(ids),
     })
 }

@@ -2,13 +2,15 @@
 
 use cm_domain::{
     Agent, AgentId, Command, Consumer, Expander, ExpansionError, FieldError, GroupName, IdSource,
-    IdempotencyKey, KeyedIds, Order, OrderId, RequestId, TargetType,
+    IdempotencyKey, KeyedIds, Order, OrderId, RequestId, RequestRecord, RequestState, TargetType,
 };
 
 use super::CommandManager;
+use super::cas::CAS_ATTEMPTS;
+use super::records::count_request;
 use crate::clock::FreshIds;
 use crate::metric;
-use crate::store::{AgentPageRequest, StoreError};
+use crate::store::{AgentPageRequest, ReplaceError, StoreError};
 
 /// A validated request: 1..=`max_commands` commands, optionally with an idempotency key.
 #[derive(Debug, Clone)]
@@ -23,6 +25,19 @@ pub struct SubmitRequest {
 pub struct Idempotency {
     pub key: IdempotencyKey,
     pub fingerprint: String,
+}
+
+/// What a dry run found for one command: how many orders it would expand to and a sample of
+/// their target ids (up to [`DryRunPlan::SAMPLE`]: the agent, the component, or the group's
+/// first members by id).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DryRunPlan {
+    pub targets: u64,
+    pub sample: Vec<String>,
+}
+
+impl DryRunPlan {
+    pub const SAMPLE: usize = 10;
 }
 
 /// The ids one command of a submit produced.
@@ -80,6 +95,15 @@ enum Plan {
     Server,
 }
 
+impl Plan {
+    const fn orders(&self) -> u64 {
+        match self {
+            Self::Agent(_) | Self::Server => 1,
+            Self::Group(_, n) => *n,
+        }
+    }
+}
+
 impl CommandManager {
     /// Expands every command of `request` and writes the orders. All or nothing to the caller:
     /// every schedule and target is checked before the first write, and if storage fails midway
@@ -89,29 +113,23 @@ impl CommandManager {
     ///
     /// # Errors
     /// [`SubmitError`].
+    ///
+    /// Each command's request record is written first, in state `writing`, which no claim
+    /// hands out orders of; it is committed (`running` or `scheduled`) once every order of the
+    /// submit is durable, just before the answer. A submit that dies midway leaves its orders
+    /// behind the gate: a retry with the same idempotency key completes it, otherwise the
+    /// scheduler removes them after `writing_grace` and the request ends `aborted`.
+    ///
+    /// # Errors
+    /// [`SubmitError`].
     #[tracing::instrument(skip_all, fields(commands = request.commands.len()))]
     pub async fn submit(
         &self,
         request: SubmitRequest,
     ) -> Result<Vec<SubmittedRequest>, SubmitError> {
         let n = request.commands.len();
-        if n == 0 || n > self.settings.max_commands {
-            return Err(FieldError::new(
-                "commands",
-                format!("must hold 1 to {} commands", self.settings.max_commands),
-            )
-            .into());
-        }
         let now = self.ports.clock.now();
-        let horizon = chrono::Duration::from_std(self.settings.max_schedule_ahead)
-            .unwrap_or(chrono::Duration::MAX);
-        for (index, command) in request.commands.iter().enumerate() {
-            command
-                .schedule()
-                .validate(now, horizon)
-                .map_err(|e| SubmitError::TooFarAhead(e.under(&format!("commands[{index}]"))))?;
-        }
-        let plans = self.plan(&request.commands).await?;
+        let plans = self.validate_and_plan(&request.commands, now).await?;
 
         let mut fresh = FreshIds;
         let mut keyed = request
@@ -127,7 +145,20 @@ impl CommandManager {
         let mut out = Vec::with_capacity(n);
         for (index, (command, plan)) in request.commands.iter().zip(plans).enumerate() {
             let request_id = ids.request_id(index);
-            let ex = Expander::new(command, index, request_id, now);
+            let record = RequestRecord::new(request_id, command, None, plan.orders(), now);
+            let record = match self.open_record(record).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let written = writer.written.clone();
+                    let e = writer.abandon(e, request.idempotency.is_some()).await;
+                    return Err(refusal(e, &written));
+                }
+            };
+            let mut ex = Expander::new(command, index, request_id, now);
+            if record.rate_control().is_some() {
+                ex = ex.hold_from(record.released());
+            }
+            writer.records.push(record);
             let mut order_ids = Vec::new();
             let result = match plan {
                 Plan::Agent(agent) => {
@@ -158,8 +189,158 @@ impl CommandManager {
             let e = writer.abandon(e, request.idempotency.is_some()).await;
             return Err(refusal(e, &written));
         }
+        let totals: Vec<u64> = out.iter().map(|s| s.order_ids.len() as u64).collect();
+        if let Err(e) = writer.commit(&totals).await {
+            let written = writer.written.clone();
+            let e = writer.abandon(e, request.idempotency.is_some()).await;
+            return Err(refusal(e, &written));
+        }
         writer.notify().await;
         Ok(out)
+    }
+
+    /// Validates and plans `request` exactly as [`Self::submit`] would, and writes nothing:
+    /// one plan per command with its order count and a sample of its targets.
+    ///
+    /// # Errors
+    /// The [`SubmitError`] the submit would answer (never `Unavailable` for a write).
+    pub async fn dry_run(&self, request: &SubmitRequest) -> Result<Vec<DryRunPlan>, SubmitError> {
+        let now = self.ports.clock.now();
+        let plans = self.validate_and_plan(&request.commands, now).await?;
+        let mut out = Vec::with_capacity(plans.len());
+        for (command, plan) in request.commands.iter().zip(plans) {
+            let targets = plan.orders();
+            let sample = match plan {
+                Plan::Agent(agent) => vec![agent.id().as_str().to_owned()],
+                Plan::Server => vec![command.target().id().to_owned()],
+                Plan::Group(group, _) => self
+                    .ports
+                    .agents
+                    .list(&AgentPageRequest {
+                        group: Some(group),
+                        size: DryRunPlan::SAMPLE,
+                        after: None,
+                    })
+                    .await?
+                    .items
+                    .iter()
+                    .map(|a| a.id().as_str().to_owned())
+                    .collect(),
+            };
+            out.push(DryRunPlan { targets, sample });
+        }
+        Ok(out)
+    }
+
+    /// The checks of a submit before anything is written: the number of commands, every
+    /// schedule against `now`, every target.
+    async fn validate_and_plan(
+        &self,
+        commands: &[Command],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Plan>, SubmitError> {
+        let n = commands.len();
+        if n == 0 || n > self.settings.max_commands {
+            return Err(FieldError::new(
+                "commands",
+                format!("must hold 1 to {} commands", self.settings.max_commands),
+            )
+            .into());
+        }
+        let horizon = chrono::Duration::from_std(self.settings.max_schedule_ahead)
+            .unwrap_or(chrono::Duration::MAX);
+        for (index, command) in commands.iter().enumerate() {
+            command
+                .schedule()
+                .validate(now, horizon)
+                .map_err(|e| SubmitError::TooFarAhead(e.under(&format!("commands[{index}]"))))?;
+        }
+        self.plan(commands).await
+    }
+
+    /// Writes `record` (state `writing`) before its orders. A record already stored under its
+    /// id comes from an earlier attempt with the same idempotency key: one still `writing` or
+    /// already committed is kept (this attempt completes it), an aborted one is written again.
+    pub(super) async fn open_record(
+        &self,
+        record: RequestRecord,
+    ) -> Result<RequestRecord, StoreError> {
+        if self.ports.requests.create(&record).await? {
+            count_request(RequestState::Writing);
+            return Ok(record);
+        }
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(current) = self.ports.requests.get(record.request_id()).await? else {
+                if self.ports.requests.create(&record).await? {
+                    count_request(RequestState::Writing);
+                    return Ok(record);
+                }
+                continue;
+            };
+            let Some(next) = current.rewrite(self.ports.clock.now()) else {
+                return Ok(current);
+            };
+            match self.ports.requests.replace(&current, &next).await {
+                Ok(()) => {
+                    count_request(RequestState::Writing);
+                    return Ok(next);
+                }
+                Err(ReplaceError::Conflict | ReplaceError::NotFound) => {}
+                Err(ReplaceError::Store(e)) => return Err(e),
+            }
+        }
+        Err(StoreError::Contention(
+            "the request record kept changing while the submit opened it".to_owned(),
+        ))
+    }
+
+    /// Commits `record` once its `total` orders are durable: `writing -> running | scheduled`.
+    /// A record aborted meanwhile (the submit outlived `writing_grace`) fails the submit.
+    pub(super) async fn commit_record(
+        &self,
+        record: &RequestRecord,
+        total: u64,
+    ) -> Result<(), StoreError> {
+        let mut current = record.clone();
+        for _ in 0..CAS_ATTEMPTS {
+            let next = match current.commit(total, self.ports.clock.now()) {
+                Ok(Some(next)) => next,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{e}: the submit took longer than the writing grace period"
+                    )));
+                }
+            };
+            match self.ports.requests.replace(&current, &next).await {
+                Ok(()) => {
+                    count_request(next.state());
+                    return Ok(());
+                }
+                Err(ReplaceError::Conflict) => {}
+                Err(ReplaceError::NotFound) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the record of request {} disappeared during the submit",
+                        record.request_id()
+                    )));
+                }
+                Err(ReplaceError::Store(e)) => return Err(e),
+            }
+            current = self
+                .ports
+                .requests
+                .get(record.request_id())
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Unavailable(format!(
+                        "the record of request {} disappeared during the submit",
+                        record.request_id()
+                    ))
+                })?;
+        }
+        Err(StoreError::Contention(
+            "the request record kept changing during the commit".to_owned(),
+        ))
     }
 
     /// Checks every command's target before anything is written.
@@ -280,6 +461,8 @@ pub(super) struct Writer<'a> {
     woken: Vec<Consumer>,
     /// Requests that have (or may have) orders in storage.
     pub(super) written: Vec<RequestId>,
+    /// Their records, as opened (state `writing`, or committed by an earlier attempt).
+    pub(super) records: Vec<RequestRecord>,
 }
 
 impl<'a> Writer<'a> {
@@ -289,6 +472,7 @@ impl<'a> Writer<'a> {
             buffer: Vec::with_capacity(manager.settings.write_batch),
             woken: Vec::new(),
             written: Vec::new(),
+            records: Vec::new(),
         }
     }
 
@@ -330,16 +514,34 @@ impl<'a> Writer<'a> {
     /// by retrying it, so the orders already written are removed; with one, they stay for the
     /// retry to complete (removing them could remove orders an earlier attempt acknowledged).
     /// Returns `error`, to answer with.
+    ///
+    /// Their records, still `writing`, keep every order behind the gate either way: without a
+    /// key they end `aborted` here; with one, the retry commits them (or the scheduler aborts
+    /// them after the grace period).
     pub(super) async fn abandon(self, error: StoreError, keyed: bool) -> StoreError {
         tracing::warn!(%error, "submit failed while writing orders");
         if !keyed {
-            for request in &self.written {
-                if let Err(e) = self.manager.ports.orders.delete_request(request).await {
-                    tracing::error!(%request, error = %e, "could not remove the orders of a failed submit");
+            // Aborting removes the orders; a record committed already (a later commit of the
+            // same submit failed) loses the compare-and-set and keeps its orders.
+            for record in &self.records {
+                if record.state() != RequestState::Writing {
+                    continue;
+                }
+                if let Err(e) = self.manager.abort_record(record.clone()).await {
+                    tracing::error!(request = %record.request_id(), error = %e, "could not abort the request of a failed submit; the scheduler will after the grace period");
                 }
             }
         }
         error
+    }
+
+    /// Commits every record once all orders are durable; `totals` are the order counts by
+    /// command.
+    pub(super) async fn commit(&self, totals: &[u64]) -> Result<(), StoreError> {
+        for (record, total) in self.records.iter().zip(totals) {
+            self.manager.commit_record(record, *total).await?;
+        }
+        Ok(())
     }
 
     /// Wakes the consumers (agents, components) of the orders written, each once however many

@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use cm_domain::{
     Action, CANCELLED, Command, ComponentName, Consumer, DeliveryPolicy, EXPIRED, KeyHash,
-    NO_RESULT, Order, OrderId, Report, ReportOutcome, ReportStatus, RequestId, Source, Status,
+    NO_RESULT, Order, OrderId, PendingEnd, Report, ReportOutcome, ReportStatus, RequestId, Source,
+    Status,
     Target, TargetType, Timeout,
 };
 use serde_json::json;
@@ -475,7 +476,7 @@ pub async fn cancel_pending_cancels_only_the_pending_orders_of_the_request(b: Ba
     loop {
         let batch = b
             .orders
-            .cancel_pending(&request, at(2), 10)
+            .end_pending(&request, PendingEnd::Cancelled, at(2), 10)
             .await
             .expect("cancel");
         assert!(batch.examined <= 10);
@@ -1364,6 +1365,7 @@ fn service_at(b: &Backend, clock: &Arc<super::ManualClock>) -> crate::CommandMan
             orders: Arc::clone(&b.orders),
             agents: Arc::clone(&b.agents),
             components: Arc::clone(&b.components),
+            requests: Arc::clone(&b.requests),
             notifier: Arc::clone(&b.notifier),
             clock: Arc::clone(clock) as Arc<dyn Clock>,
         },

@@ -19,10 +19,12 @@ use uuid::Uuid;
 
 pub use crate::clock::MockClock;
 pub use crate::notify::MockNotifier;
-pub use crate::store::{MockAgentRegistry, MockComponentRegistry, MockOrderStore};
+pub use crate::store::{
+    MockAgentRegistry, MockComponentRegistry, MockOrderStore, MockRequestStore,
+};
 use crate::{
-    AgentRegistry, Clock, CommandManager, ComponentRegistry, Notifier, OrderStore, Ports, Settings,
-    SystemClock,
+    AgentRegistry, Clock, CommandManager, ComponentRegistry, Notifier, OrderStore, Ports,
+    RequestStore, Settings, SystemClock,
 };
 
 /// The ports one adapter provides, freshly isolated for one test.
@@ -31,6 +33,8 @@ pub struct Backend {
     pub orders: Arc<dyn OrderStore>,
     pub agents: Arc<dyn AgentRegistry>,
     pub components: Arc<dyn ComponentRegistry>,
+    /// The request records, in the same backend as `orders`.
+    pub requests: Arc<dyn RequestStore>,
     pub notifier: Arc<dyn Notifier>,
     /// Whatever must live as long as the backend (a temporary directory, a database to drop).
     pub guard: Option<Arc<dyn std::any::Any + Send + Sync>>,
@@ -51,6 +55,7 @@ impl Backend {
                 orders: Arc::clone(&self.orders),
                 agents: Arc::clone(&self.agents),
                 components: Arc::clone(&self.components),
+                requests: Arc::clone(&self.requests),
                 notifier: Arc::clone(&self.notifier),
                 clock: Arc::new(SystemClock),
             },
@@ -213,6 +218,7 @@ impl OrderSpec {
             now: self.created,
             not_before: self.not_before,
             retry_of: None,
+            position: None,
         })
     }
 

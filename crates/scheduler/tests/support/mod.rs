@@ -34,6 +34,7 @@ pub fn service(
             orders,
             agents: Arc::new(MemoryAgents::new()),
             components: Arc::new(cm_adapter_memory::MemoryComponents::new()),
+            requests: Arc::new(cm_adapter_memory::MemoryRequests::default()),
             notifier: Arc::new(LocalNotifier::new()),
             clock: Arc::clone(&clock) as _,
         },

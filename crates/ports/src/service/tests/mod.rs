@@ -14,14 +14,17 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use cm_domain::{
     Action, Agent, AgentId, Command, DeliveryPolicy, GroupName, NewOrder, Order, OrderId,
-    RequestId, Source, Target, TargetType, Timeout,
+    RequestId, RequestRecord, Source, Target, TargetType, Timeout,
 };
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::clock::MockClock;
 use crate::notify::MockNotifier;
-use crate::store::{MockAgentRegistry, MockOrderStore};
+use crate::store::{
+    MockAgentRegistry, MockOrderStore, Page, ReplaceError, RequestCursor, RequestFilter,
+    RequestPageRequest, RequestStore, StoreError,
+};
 use crate::{CommandManager, Ports, Reporter, Settings};
 
 /// One double per port. `new` gives a clock fixed at [`t0`] and nothing else: any call a test
@@ -29,8 +32,68 @@ use crate::{CommandManager, Ports, Reporter, Settings};
 struct Doubles {
     orders: MockOrderStore,
     agents: MockAgentRegistry,
+    requests: FakeRequests,
     notifier: MockNotifier,
     clock: MockClock,
+}
+
+/// The request records as a plain map: the use cases' own bookkeeping, which these tests do
+/// not constrain call by call (the conformance suite covers the records).
+#[derive(Debug, Default, Clone)]
+struct FakeRequests(Arc<Mutex<std::collections::HashMap<RequestId, RequestRecord>>>);
+
+impl FakeRequests {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<RequestId, RequestRecord>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestStore for FakeRequests {
+    async fn create(&self, record: &RequestRecord) -> Result<bool, StoreError> {
+        let mut m = self.lock();
+        if m.contains_key(record.request_id()) {
+            return Ok(false);
+        }
+        m.insert(*record.request_id(), record.clone());
+        Ok(true)
+    }
+
+    async fn get(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        Ok(self.lock().get(id).cloned())
+    }
+
+    async fn replace(&self, current: &RequestRecord, next: &RequestRecord) -> Result<(), ReplaceError> {
+        let mut m = self.lock();
+        match m.get(current.request_id()) {
+            None => Err(ReplaceError::NotFound),
+            Some(s) if s.revision() != current.revision() => Err(ReplaceError::Conflict),
+            Some(_) => {
+                m.insert(*next.request_id(), next.clone());
+                Ok(())
+            }
+        }
+    }
+
+    async fn list(
+        &self,
+        _: &RequestFilter,
+        _: &RequestPageRequest,
+    ) -> Result<Page<RequestRecord, RequestCursor>, StoreError> {
+        Ok(Page { items: Vec::new(), next: None })
+    }
+
+    async fn unsettled(
+        &self,
+        _: Option<RequestCursor>,
+        _: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn purge_settled(&self, _: DateTime<Utc>, _: usize) -> Result<u64, StoreError> {
+        Ok(0)
+    }
 }
 
 impl Doubles {
@@ -40,6 +103,7 @@ impl Doubles {
         Self {
             orders: MockOrderStore::new(),
             agents: MockAgentRegistry::new(),
+            requests: FakeRequests::default(),
             notifier: MockNotifier::new(),
             clock,
         }
@@ -51,6 +115,7 @@ impl Doubles {
                 orders: Arc::new(self.orders),
                 agents: Arc::new(self.agents),
                 components: Arc::new(crate::store::MockComponentRegistry::new()),
+                requests: Arc::new(self.requests),
                 notifier: Arc::new(self.notifier),
                 clock: Arc::new(self.clock),
             },
@@ -133,6 +198,7 @@ fn pending(agent: &str) -> Order {
         now: t0(),
         not_before: None,
         retry_of: None,
+        position: None,
     })
 }
 

@@ -187,6 +187,7 @@ async fn the_progress_of_a_request_is_its_counts_per_status() {
         in_progress: 0,
         success: 3,
         failure: 4,
+        errors: 4,
     };
     d.orders
         .expect_progress()

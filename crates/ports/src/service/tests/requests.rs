@@ -1,6 +1,6 @@
 //! `cancel_request`, `retry_request` and `request_orders` (docs/rollout.md).
 
-use cm_domain::{Order, ReportStatus, RequestId, Status};
+use cm_domain::{Order, PendingEnd, ReportStatus, RequestId, Status};
 use mockall::Sequence;
 use uuid::Uuid;
 
@@ -8,7 +8,7 @@ use super::{Calls, Doubles, at, delivered, pending};
 use crate::store::{
     Batch, OrderCursor, OrderFilter, OrderPageRequest, Page, StatusCounts, StoreError,
 };
-use crate::{RetryError, Settings};
+use crate::{RequestError, RetryError, Settings};
 
 fn request_id() -> RequestId {
     RequestId::from_uuid(Uuid::from_u128(0x42))
@@ -44,11 +44,13 @@ async fn cancelling_a_request_drains_its_pending_orders_in_batches_then_answers_
     let mut seq = Sequence::new();
     for changed in [10, 10, 3] {
         d.orders
-            .expect_cancel_pending()
+            .expect_end_pending()
             .times(1)
             .in_sequence(&mut seq)
-            .withf(|r, now, limit| *r == request_id() && *now == at(0) && *limit == 10)
-            .returning(move |_, _, _| {
+            .withf(|r, end, now, limit| {
+                *r == request_id() && *end == PendingEnd::Cancelled && *now == at(0) && *limit == 10
+            })
+            .returning(move |_, _, _, _| {
                 Ok(Batch {
                     examined: changed,
                     changed,
@@ -74,10 +76,10 @@ async fn a_full_batch_that_lost_every_order_to_deliveries_looks_again() {
     let mut seq = Sequence::new();
     for (examined, changed) in [(10, 0), (10, 4), (0, 0)] {
         d.orders
-            .expect_cancel_pending()
+            .expect_end_pending()
             .times(1)
             .in_sequence(&mut seq)
-            .returning(move |_, _, _| Ok(Batch { examined, changed }));
+            .returning(move |_, _, _, _| Ok(Batch { examined, changed }));
     }
     d.orders
         .expect_progress()
@@ -94,9 +96,9 @@ async fn a_full_batch_that_lost_every_order_to_deliveries_looks_again() {
 async fn a_store_that_never_changes_a_full_batch_ends_the_cancel_as_contention() {
     let mut d = Doubles::new();
     d.orders
-        .expect_cancel_pending()
+        .expect_end_pending()
         .times(5)
-        .returning(|_, _, _| {
+        .returning(|_, _, _, _| {
             Ok(Batch {
                 examined: 10,
                 changed: 0,
@@ -108,16 +110,19 @@ async fn a_store_that_never_changes_a_full_batch_ends_the_cancel_as_contention()
         .cancel_request(&request_id())
         .await
         .unwrap_err();
-    assert!(matches!(err, StoreError::Contention(_)), "{err:?}");
+    assert!(
+        matches!(err, RequestError::Unavailable(StoreError::Contention(_))),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
 async fn cancelling_an_unknown_request_is_none() {
     let mut d = Doubles::new();
     d.orders
-        .expect_cancel_pending()
+        .expect_end_pending()
         .times(1)
-        .returning(|_, _, _| Ok(Batch::default()));
+        .returning(|_, _, _, _| Ok(Batch::default()));
     d.orders
         .expect_progress()
         .returning(|_| Ok(StatusCounts::default()));
@@ -134,27 +139,27 @@ async fn a_storage_failure_during_a_request_cancel_is_unavailable() {
     let mut d = Doubles::new();
     let mut seq = Sequence::new();
     d.orders
-        .expect_cancel_pending()
+        .expect_end_pending()
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|_, _, _| {
+        .returning(|_, _, _, _| {
             Ok(Batch {
                 examined: 10,
                 changed: 10,
             })
         });
     d.orders
-        .expect_cancel_pending()
+        .expect_end_pending()
         .times(1)
         .in_sequence(&mut seq)
-        .returning(|_, _, _| Err(unavailable()));
+        .returning(|_, _, _, _| Err(unavailable()));
     d.orders.expect_progress().never();
     let err = d
         .manager(batches_of(10))
         .cancel_request(&request_id())
         .await
         .unwrap_err();
-    assert_eq!(err, unavailable());
+    assert_eq!(err, RequestError::Unavailable(unavailable()));
 }
 
 // ---- retry -----------------------------------------------------------------------------------
