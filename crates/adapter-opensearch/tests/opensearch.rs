@@ -37,6 +37,7 @@ fn ports(b: &OpenSearchBackend) -> Backend {
         orders: Arc::new(b.clone()),
         agents: Arc::new(b.clone()),
         components: Arc::new(b.clone()),
+        requests: Arc::new(b.clone()),
         notifier: Arc::new(b.notifier()) as Arc<dyn Notifier>,
         guard: None,
     }
@@ -804,7 +805,8 @@ async fn migrate_creates_the_template_and_indices_once() {
         OpenSearchBackend::migrate(&settings)
             .await
             .expect("migrate"),
-        5
+        7,
+        "two templates (orders, requests) and five indices"
     );
     assert_eq!(
         OpenSearchBackend::migrate(&settings).await.expect("again"),
@@ -883,4 +885,6 @@ async fn an_orders_index_made_by_the_wazuh_plugin_stays_usable() {
         json!({"type": "date"}),
         "our fields were added to the plugin's mapping"
     );
+    assert_eq!(command["properties"]["held"], json!({"type": "boolean"}));
+    assert_eq!(command["properties"]["position"], json!({"type": "long"}));
 }
