@@ -764,9 +764,9 @@ impl OrderStore for PostgresBackend {
     async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
         let rows = sqlx::query(PROGRESS)
             .bind(request.as_uuid())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(convert_sqlx_err)?;
+            .fetch_all(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
         let mut counts = StatusCounts::default();
         for row in &rows {
             let status: String = row.try_get("status").map_err(convert_sqlx_err)?;
