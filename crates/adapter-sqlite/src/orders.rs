@@ -815,6 +815,19 @@ mod tests {
             "{p}"
         );
         assert!(!p.contains("TEMP B-TREE"), "{p}");
+        // The request gate is one primary-key lookup per candidate, in claims and next_due.
+        for sql in [CLAIM_CANDIDATES, NEXT_DUE] {
+            let p = plan(&store, sql).await;
+            assert_eq!(
+                p.matches("SEARCH r USING INDEX sqlite_autoindex_requests_1 (request_id=?)")
+                    .count(),
+                4,
+                "{p}"
+            );
+        }
+        let p = plan(&store, RESULT_GROUPS).await;
+        assert!(p.contains("orders_request (request_id=?)"), "{p}");
+        assert!(!p.contains("SCAN orders"), "{p}");
         for (sql, index) in [
             (END_CANDIDATES, "orders_request_pending (request_id=?)"),
             (HELD_CANDIDATES, "orders_held (request_id=? AND position<?)"),
