@@ -83,6 +83,12 @@ pub(crate) struct LimitsConfig {
     pub(crate) expansion_page: usize,
     /// Orders changed per storage call by the scheduler's jobs.
     pub(crate) maintenance_batch: usize,
+    /// A request held (paused, or waiting for a concurrency slot) longer than this many seconds
+    /// is stopped (`held too long`); default 7 days.
+    pub(crate) max_hold_secs: u64,
+    /// A submit still writing this many seconds after its record last changed is taken for
+    /// dead: its orders are removed and its request ends `aborted`; default 600.
+    pub(crate) writing_grace_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -97,6 +103,8 @@ impl Default for LimitsConfig {
             write_batch: s.write_batch,
             expansion_page: s.expansion_page,
             maintenance_batch: s.maintenance_batch,
+            max_hold_secs: s.max_hold.as_secs(),
+            writing_grace_secs: s.writing_grace.as_secs(),
         }
     }
 }
@@ -235,6 +243,8 @@ impl Config {
             ("limits.write_batch", l.write_batch as u64),
             ("limits.expansion_page", l.expansion_page as u64),
             ("limits.maintenance_batch", l.maintenance_batch as u64),
+            ("limits.max_hold_secs", l.max_hold_secs),
+            ("limits.writing_grace_secs", l.writing_grace_secs),
             ("scheduler.interval_secs", self.scheduler.interval_secs),
             ("http.max_open_polls", self.http.max_open_polls as u64),
             (
@@ -304,6 +314,8 @@ impl Config {
             } else {
                 RetentionMode::Delete
             },
+            max_hold: Duration::from_secs(l.max_hold_secs),
+            writing_grace: Duration::from_secs(l.writing_grace_secs),
         }
     }
 }

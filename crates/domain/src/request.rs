@@ -120,8 +120,9 @@ pub enum Limit {
 }
 
 impl Limit {
-    /// The text form of a percentage: 1 to 3 digits and `%`.
-    pub const PERCENT_PATTERN: &'static str = "^[0-9]{1,3}%$";
+    /// The text form of a percentage, exactly what [`Self::parse`] accepts as one: 0 to 100
+    /// without a leading zero, then `%`.
+    pub const PERCENT_PATTERN: &'static str = "^(100|[1-9]?[0-9])%$";
 
     /// A limit from its JSON form: a non-negative integer, or a string `"P%"` with P from 0 to 100.
     ///
@@ -145,7 +146,11 @@ impl Limit {
     #[must_use]
     pub fn parse(raw: &str) -> Option<Self> {
         if let Some(p) = raw.strip_suffix('%') {
-            if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            if p.is_empty()
+                || p.len() > 3
+                || !p.bytes().all(|b| b.is_ascii_digit())
+                || (p.len() > 1 && p.starts_with('0'))
+            {
                 return None;
             }
             let p: u8 = p.parse().ok()?;
@@ -866,7 +871,7 @@ mod tests {
     fn limits_parse_counts_and_percentages_and_round_up() {
         assert_eq!(Limit::parse("3"), Some(Limit::Count(3)));
         assert_eq!(Limit::parse("10%"), Some(Limit::Percent(10)));
-        for bad in ["", "%", "101%", "-1", "1.5", "x%", "1000%"] {
+        for bad in ["", "%", "101%", "-1", "1.5", "x%", "1000%", "05%"] {
             assert_eq!(Limit::parse(bad), None, "{bad}");
         }
         assert_eq!(Limit::Percent(10).of(15), 2);
