@@ -10,8 +10,10 @@ const CSS: &str = include_str!("../assets/console.css");
 const JS: &str = include_str!("../assets/console.js");
 
 /// The path of the stylesheet, with a version so that a new binary's is fetched afresh.
-pub(crate) const CSS_PATH: &str = concat!("/console/assets/console.css?v=", env!("CARGO_PKG_VERSION"));
-pub(crate) const JS_PATH: &str = concat!("/console/assets/console.js?v=", env!("CARGO_PKG_VERSION"));
+pub(crate) const CSS_PATH: &str =
+    concat!("/console/assets/console.css?v=", env!("CARGO_PKG_VERSION"));
+pub(crate) const JS_PATH: &str =
+    concat!("/console/assets/console.js?v=", env!("CARGO_PKG_VERSION"));
 
 pub(crate) async fn serve(Path(file): Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
@@ -22,7 +24,10 @@ pub(crate) async fn serve(Path(file): Path<String>) -> Response {
     (
         [
             (CONTENT_TYPE, HeaderValue::from_static(kind)),
-            (CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600")),
+            (
+                CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ),
         ],
         body,
     )

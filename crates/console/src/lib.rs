@@ -160,10 +160,7 @@ pub fn router(console: Console) -> Router {
             "/requests/{request_id}/confirm",
             get(pages::requests::confirm),
         )
-        .route(
-            "/requests/{request_id}/{step}",
-            post(pages::requests::act),
-        )
+        .route("/requests/{request_id}/{step}", post(pages::requests::act))
         .route("/new", get(pages::new::form).post(pages::new::submit))
         .route("/agents", get(pages::fleet::agents))
         .route("/servers", get(pages::fleet::servers))

@@ -174,11 +174,18 @@ fn is_script_endpoint(path: &str) -> bool {
 
 /// In front of every route: refuses cross-origin POSTs, finds the session (or, without
 /// authentication, starts one), and sends a browser without one to `/login`.
-pub(crate) async fn guard(State(console): State<Console>, mut req: Request, next: Next) -> Response {
+pub(crate) async fn guard(
+    State(console): State<Console>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let path = req.uri().path().to_owned();
     if req.method() == Method::POST && !same_origin(&console, req.headers()) {
-        return view::error_page(StatusCode::FORBIDDEN, "This form was sent from another site.")
-            .into_response();
+        return view::error_page(
+            StatusCode::FORBIDDEN,
+            "This form was sent from another site.",
+        )
+        .into_response();
     }
     let auth = console.access().auth_enabled;
     let found = session_id(&console, req.headers())
@@ -208,8 +215,11 @@ pub(crate) async fn guard(State(console): State<Console>, mut req: Request, next
         .into_response();
     }
     let Some((id, csrf)) = console.sessions().start() else {
-        return view::error_page(StatusCode::SERVICE_UNAVAILABLE, "No randomness for a session.")
-            .into_response();
+        return view::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No randomness for a session.",
+        )
+        .into_response();
     };
     req.extensions_mut().insert(Session {
         csrf,
@@ -239,10 +249,7 @@ pub(crate) struct LoginForm {
     token: String,
 }
 
-pub(crate) async fn login(
-    State(console): State<Console>,
-    Form(form): Form<LoginForm>,
-) -> Response {
+pub(crate) async fn login(State(console): State<Console>, Form(form): Form<LoginForm>) -> Response {
     if !console.access().auth_enabled {
         return Redirect::to("/").into_response();
     }
@@ -256,8 +263,11 @@ pub(crate) async fn login(
             .into_response();
     }
     let Some((id, _)) = console.sessions().start() else {
-        return view::error_page(StatusCode::SERVICE_UNAVAILABLE, "No randomness for a session.")
-            .into_response();
+        return view::error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "No randomness for a session.",
+        )
+        .into_response();
     };
     tracing::info!("console login");
     let mut response = Redirect::to("/").into_response();

@@ -71,7 +71,15 @@ pub(crate) fn error_page(status: StatusCode, message: &str) -> (StatusCode, Html
     };
     (
         status,
-        Html(page(status.canonical_reason().unwrap_or("Error"), Nav::None, None, &body).into_string()),
+        Html(
+            page(
+                status.canonical_reason().unwrap_or("Error"),
+                Nav::None,
+                None,
+                &body,
+            )
+            .into_string(),
+        ),
     )
 }
 
@@ -175,7 +183,10 @@ pub(crate) fn enc(raw: &str) -> String {
 pub(crate) fn link(path: &str, pairs: &[(&str, Option<&str>)]) -> String {
     let query: Vec<String> = pairs
         .iter()
-        .filter_map(|(k, v)| v.filter(|v| !v.is_empty()).map(|v| format!("{k}={}", enc(v))))
+        .filter_map(|(k, v)| {
+            v.filter(|v| !v.is_empty())
+                .map(|v| format!("{k}={}", enc(v)))
+        })
         .collect();
     if query.is_empty() {
         path.to_owned()

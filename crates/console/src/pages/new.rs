@@ -9,8 +9,8 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::{Extension, Json};
 use cm_domain::{
-    Action, AgentId, Command, FieldError, Limit, RateControl, Schedule, Source, Target,
-    TargetType, Timeout,
+    Action, AgentId, Command, FieldError, Limit, RateControl, Schedule, Source, Target, TargetType,
+    Timeout,
 };
 use cm_ports::{DryRunPlan, SubmitError, SubmitRequest};
 use maud::{Markup, html};
@@ -74,9 +74,12 @@ fn limit(raw: &str, field: &str) -> Result<Option<Limit>, FieldError> {
     if raw.is_empty() {
         return Ok(None);
     }
-    Limit::parse(raw)
-        .map(Some)
-        .ok_or_else(|| FieldError::new(field, "must be a number of orders, or a percentage such as 10%"))
+    Limit::parse(raw).map(Some).ok_or_else(|| {
+        FieldError::new(
+            field,
+            "must be a number of orders, or a percentage such as 10%",
+        )
+    })
 }
 
 impl NewForm {
@@ -84,7 +87,11 @@ impl NewForm {
     fn command(&self) -> Result<Command, FieldError> {
         let kind = TargetType::parse(self.target_type.trim())?;
         let target = Target::new(kind, self.target_id.trim())?;
-        let args_text = if self.args.trim().is_empty() { "{}" } else { self.args.as_str() };
+        let args_text = if self.args.trim().is_empty() {
+            "{}"
+        } else {
+            self.args.as_str()
+        };
         let args: serde_json::Value = serde_json::from_str(args_text)
             .map_err(|e| FieldError::new("action.args", format!("is not valid JSON: {e}")))?;
         let action = Action::new(self.action.trim(), args, self.version.trim())?;
@@ -92,7 +99,9 @@ impl NewForm {
             int(&self.timeout, "timeout")?
                 .ok_or_else(|| FieldError::new("timeout", "is required"))?,
         )?;
-        let user = Some(self.user.trim()).filter(|u| !u.is_empty()).map(str::to_owned);
+        let user = Some(self.user.trim())
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned);
         let start = Some(self.start_at.trim()).filter(|s| !s.is_empty());
         let schedule = Schedule::parse(start, int(&self.rollout_secs, "schedule.rollout_secs")?)?;
         let rate = RateControl {
@@ -109,9 +118,21 @@ impl NewForm {
 }
 
 fn form_page(session: &Session, f: &NewForm, outcome: Option<Markup>) -> Markup {
-    let kind = if f.target_type.is_empty() { "group" } else { f.target_type.as_str() };
-    let timeout = if f.timeout.is_empty() { DEFAULT_TIMEOUT } else { f.timeout.as_str() };
-    let args = if f.args.is_empty() { "{}" } else { f.args.as_str() };
+    let kind = if f.target_type.is_empty() {
+        "group"
+    } else {
+        f.target_type.as_str()
+    };
+    let timeout = if f.timeout.is_empty() {
+        DEFAULT_TIMEOUT
+    } else {
+        f.timeout.as_str()
+    };
+    let args = if f.args.is_empty() {
+        "{}"
+    } else {
+        f.args.as_str()
+    };
     let body = html! {
         @if let Some(o) = outcome { (o) }
         form.command #new-command method="post" action="/new" {
@@ -321,7 +342,11 @@ pub(crate) async fn suggest(
                 .flat_map(|a| a.groups().iter().map(|g| g.as_str()))
                 .filter(|g| g.starts_with(prefix))
                 .collect();
-            groups.into_iter().take(SUGGESTIONS).map(str::to_owned).collect()
+            groups
+                .into_iter()
+                .take(SUGGESTIONS)
+                .map(str::to_owned)
+                .collect()
         }
         _ => Vec::new(),
     };

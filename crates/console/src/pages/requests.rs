@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::extract::{Form, Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use axum::Extension;
 use cm_domain::{Order, RequestId, RequestState, Status, TargetType};
 use cm_ports::store::{OrderCursor, RequestCursor, RequestFilter};
 use cm_ports::{RequestError, RequestView, RetryError};
@@ -218,7 +218,11 @@ fn steps(r: &RequestView) -> Vec<(&'static str, String, String)> {
     let c = &r.counts;
     let Some(rec) = &r.record else {
         return if c.pending > 0 {
-            vec![("cancel", "Cancel".to_owned(), format!("ends its {} pending orders", c.pending))]
+            vec![(
+                "cancel",
+                "Cancel".to_owned(),
+                format!("ends its {} pending orders", c.pending),
+            )]
         } else {
             Vec::new()
         };
@@ -258,7 +262,10 @@ fn steps(r: &RequestView) -> Vec<(&'static str, String, String)> {
         out.push((
             "retry",
             "Retry failed".to_owned(),
-            format!("starts a new request re-running its {} failed orders", c.failure),
+            format!(
+                "starts a new request re-running its {} failed orders",
+                c.failure
+            ),
         ));
     }
     out
