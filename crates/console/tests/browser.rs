@@ -201,12 +201,14 @@ async fn pause_resume_cancel_and_retry_from_the_page_change_the_request() {
         .await;
     c.goto(&s.url(&detail)).await.expect("detail");
     click(&c, "button.step-cancel").await;
+    path_is(&c, &format!("{detail}/confirm")).await;
     assert!(text(&c).await.contains("ends its 2 pending orders"));
     click(&c, "button.step-cancel").await;
     path_is(&c, &detail).await;
     assert_eq!(state_of(&s, &id).await, RequestState::Cancelled);
 
     click(&c, "button.step-retry").await;
+    path_is(&c, &format!("{detail}/confirm")).await;
     assert!(text(&c).await.contains("re-running its 3 failed orders"));
     click(&c, "button.step-retry").await;
     wait_for(

@@ -268,11 +268,14 @@ pub async fn wait_for(client: &Client, script: &str) {
 
 /// The page's visible text.
 pub async fn text(client: &Client) -> String {
-    client
-        .find(fantoccini::Locator::Css("body"))
+    match client
+        .execute(
+            "return document.body ? document.body.innerText : '';",
+            vec![],
+        )
         .await
-        .expect("body")
-        .text()
-        .await
-        .expect("text")
+    {
+        Ok(Value::String(s)) => s,
+        other => panic!("page text: {other:?}"),
+    }
 }
