@@ -77,6 +77,7 @@ pub(crate) const ROLES: &[(&str, Role)] = &[
     ("cm-adapter-opensearch", Role::Adapter),
     ("cm-api-http", Role::Driver),
     ("cm-scheduler", Role::Driver),
+    ("cm-console", Role::Driver),
     ("cm-bench", Role::Outside),
     ("command-manager", Role::Assembly),
     ("xtask", Role::Assembly),
