@@ -23,20 +23,36 @@ async fn main() {
     for i in 1..=3 {
         s.agent(&format!("db-{i:02}"), &["db", "linux"]).await;
     }
-    let db = s.submit("db", "vacuum", "carol", json!({"full": true})).await;
-    s.report_all("db-01", ReportStatus::Failure, 28, "disk full").await;
-    s.report_all("db-02", ReportStatus::Failure, 28, "disk full").await;
-    s.report_all("db-03", ReportStatus::Success, 0, "done").await;
+    let db = s
+        .submit("db", "vacuum", "carol", json!({"full": true}))
+        .await;
+    s.report_all("db-01", ReportStatus::Failure, 28, "disk full")
+        .await;
+    s.report_all("db-02", ReportStatus::Failure, 28, "disk full")
+        .await;
+    s.report_all("db-03", ReportStatus::Success, 0, "done")
+        .await;
     let web = s
         .submit("web", "restart-nginx", "alice", json!({"graceful": true}))
         .await;
     for i in 1..=3 {
-        s.report_all(&format!("web-{i:02}"), ReportStatus::Success, 0, "restarted")
-            .await;
-    }
-    s.report_all("web-04", ReportStatus::Failure, 1, "nginx: configuration test failed")
+        s.report_all(
+            &format!("web-{i:02}"),
+            ReportStatus::Success,
+            0,
+            "restarted",
+        )
         .await;
-    s.submit("linux", "collect-inventory", "bob", json!({})).await;
+    }
+    s.report_all(
+        "web-04",
+        ReportStatus::Failure,
+        1,
+        "nginx: configuration test failed",
+    )
+    .await;
+    s.submit("linux", "collect-inventory", "bob", json!({}))
+        .await;
     let pages = [
         ("requests", "/".to_owned()),
         ("request", format!("/requests/{db}")),
