@@ -253,7 +253,9 @@ impl RequestStore for MemoryRequests {
             .values()
             .filter(|r| !r.is_settled())
             .filter(|r| {
-                after.is_none_or(|c| (r.created_at(), *r.request_id()) > (c.created_at, c.request_id))
+                after.is_none_or(|c| {
+                    (r.created_at(), *r.request_id()) > (c.created_at, c.request_id)
+                })
             })
             .cloned()
             .collect();
@@ -423,7 +425,11 @@ impl OrderStore for MemoryOrders {
             .into_iter()
             .filter_map(|(_, id)| s.by_id.get(&id))
             .filter(|o| o.is_held())
-            .filter_map(|o| o.position().filter(|p| *p < below).map(|p| (p, *o.order_id())))
+            .filter_map(|o| {
+                o.position()
+                    .filter(|p| *p < below)
+                    .map(|p| (p, *o.order_id()))
+            })
             .collect();
         held.sort_unstable();
         let mut released = Vec::new();

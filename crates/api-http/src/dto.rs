@@ -8,8 +8,8 @@
 use std::fmt::Write as _;
 
 use cm_domain::{
-    Action, Agent, AgentId, Command, ComponentName, FieldError, GroupName, OrderId, Report,
-    ReportStatus, Schedule, Source, Target, TargetType, Timeout,
+    Action, Agent, AgentId, Command, ComponentName, FieldError, GroupName, Limit, OrderId,
+    RateControl, Report, ReportStatus, Schedule, Source, Target, TargetType, Timeout,
 };
 use cm_ports::{Consumers, ResultItem};
 use serde_json::{Map, Value};
@@ -17,8 +17,17 @@ use serde_json::{Map, Value};
 /// The fields of a submit body.
 pub(crate) const SUBMIT_FIELDS: &[&str] = &["commands"];
 /// The fields of one command.
-pub(crate) const COMMAND_FIELDS: &[&str] =
-    &["source", "user", "target", "action", "timeout", "schedule"];
+pub(crate) const COMMAND_FIELDS: &[&str] = &[
+    "source",
+    "user",
+    "target",
+    "action",
+    "timeout",
+    "schedule",
+    "rate_control",
+];
+/// The fields of a command's `rate_control` (docs/rollout.md).
+pub(crate) const RATE_CONTROL_FIELDS: &[&str] = &["max_concurrency", "max_errors"];
 /// The fields of a command's `schedule` (docs/rollout.md).
 pub(crate) const SCHEDULE_FIELDS: &[&str] = &["start_at", "rollout_secs"];
 /// The fields of a command's `target`.
@@ -111,6 +120,27 @@ impl<'a> Obj<'a> {
             .ok_or_else(|| FieldError::new(self.at(name), "must be an integer"))
     }
 
+    /// A rate-control limit: a non-negative integer, or a percentage `"P%"` (0 to 100, no
+    /// leading zero).
+    fn opt_limit(&self, name: &str) -> Result<Option<Limit>, FieldError> {
+        let bad = || {
+            FieldError::new(
+                self.at(name),
+                "must be a non-negative integer or a percentage such as \"10%\" (0% to 100%)",
+            )
+        };
+        self.opt(name)
+            .map(|v| match v {
+                Value::String(s) if s.ends_with('%') => Limit::parse(s).ok_or_else(bad),
+                Value::Number(_) => {
+                    let n = self.integer(name, v).map_err(|_| bad())?;
+                    u64::try_from(n).map(Limit::Count).map_err(|_| bad())
+                }
+                _ => Err(bad()),
+            })
+            .transpose()
+    }
+
     fn array(&self, name: &str) -> Result<&'a [Value], FieldError> {
         self.req(name)?
             .as_array()
@@ -178,7 +208,17 @@ fn command(value: &Value) -> Result<Command, FieldError> {
         }
         None => Schedule::default(),
     };
-    Ok(Command::new(source, user, target, action, timeout)?.with_schedule(schedule))
+    let command = Command::new(source, user, target, action, timeout)?.with_schedule(schedule);
+    Ok(match o.opt("rate_control") {
+        Some(_) => {
+            let r = o.object("rate_control", RATE_CONTROL_FIELDS)?;
+            command.with_rate_control(RateControl {
+                max_concurrency: r.opt_limit("max_concurrency")?,
+                max_errors: r.opt_limit("max_errors")?,
+            })
+        }
+        None => command,
+    })
 }
 
 /// A result report, `{"status", "code", "message"?, "data"?}`.

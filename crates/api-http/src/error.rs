@@ -5,7 +5,7 @@ use axum::http::header::WWW_AUTHENTICATE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use cm_domain::{ExpansionError, FieldError};
-use cm_ports::{CancelError, ReportError, RetryError, StoreError, SubmitError};
+use cm_ports::{CancelError, ReportError, RequestError, RetryError, StoreError, SubmitError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -238,6 +238,16 @@ impl From<RetryError> for ApiError {
                 format!("no order of the request ended in {status}: nothing to retry"),
             )),
             RetryError::Unavailable(e) => e.into(),
+        }
+    }
+}
+
+impl From<RequestError> for ApiError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::NotFound => Self::NotFound("no such request".to_owned()),
+            RequestError::State(e) => Self::Conflict(e.to_string()),
+            RequestError::Unavailable(e) => e.into(),
         }
     }
 }

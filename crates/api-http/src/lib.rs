@@ -298,7 +298,20 @@ pub fn router(state: AppState) -> Router {
         .route(RESULT_ROUTE, post(handlers::delivery::report))
         .route(
             "/api/v1/requests/{request_id}",
-            get(handlers::requests::progress),
+            get(handlers::requests::one),
+        )
+        .route("/api/v1/requests", get(handlers::requests::list))
+        .route(
+            "/api/v1/requests/{request_id}/pause",
+            post(handlers::requests::pause),
+        )
+        .route(
+            "/api/v1/requests/{request_id}/resume",
+            post(handlers::requests::resume),
+        )
+        .route(
+            "/api/v1/requests/{request_id}/results",
+            get(handlers::requests::results),
         )
         .route(REQUEST_ORDERS_ROUTE, get(handlers::requests::orders))
         .route(REQUEST_CANCEL_ROUTE, post(handlers::requests::cancel))

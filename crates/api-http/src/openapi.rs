@@ -23,8 +23,12 @@ use crate::handlers::delivery::PollBounds;
         handlers::orders::list,
         handlers::orders::one,
         handlers::orders::cancel,
-        handlers::requests::progress,
+        handlers::requests::list,
+        handlers::requests::one,
+        handlers::requests::results,
         handlers::requests::orders,
+        handlers::requests::pause,
+        handlers::requests::resume,
         handlers::requests::cancel,
         handlers::requests::retry,
         handlers::agents::put,
@@ -50,7 +54,7 @@ use crate::handlers::delivery::PollBounds;
     tags(
         (name = "commands", description = "Submitting command requests"),
         (name = "orders", description = "Reading and cancelling orders"),
-        (name = "requests", description = "Following and steering whole requests: progress, their orders, cancel, retry"),
+        (name = "requests", description = "Requests as records: list them, follow and steer one: its counts, its orders, what went wrong, pause, resume, cancel, retry"),
         (name = "agents", description = "The agents registry"),
         (name = "servers", description = "The registry of server components that consume orders"),
         (name = "delivery", description = "Agents, server components and relays receiving orders and reporting results"),
@@ -258,8 +262,8 @@ fn without_credentials(doc: &mut Value) {
 /// parameter's schema is never nullable (a query string has no `null`).
 pub(crate) mod rules {
     use cm_domain::{
-        KEYWORD_PATTERN, MAX_KEYWORD_LEN, MAX_NAME_LEN, NAME_PATTERN, REQUIRED_KEYWORD_PATTERN,
-        Source, TargetType,
+        KEYWORD_PATTERN, Limit, MAX_KEYWORD_LEN, MAX_NAME_LEN, NAME_PATTERN,
+        REQUIRED_KEYWORD_PATTERN, Source, TargetType,
     };
     use cm_ports::OrderCursor;
     use serde_json::{Map, Value, json};
@@ -294,6 +298,13 @@ pub(crate) mod rules {
             }),
             // `Action::new`'s `args`.
             "json-container" => json!({"type": ["object", "array"]}),
+            // A rate-control limit (`dto`'s `opt_limit`): a count, or a percentage.
+            "rate-limit" => json!({
+                "oneOf": [
+                    {"type": "integer", "minimum": 0},
+                    {"type": "string", "pattern": Limit::PERCENT_PATTERN, "example": "10%"},
+                ],
+            }),
             _ => return None,
         })
     }
@@ -478,6 +489,60 @@ pub(crate) mod schema {
         timeout: u16,
         /// When the orders may first be handed out; without it, at once.
         schedule: Option<ScheduleBody>,
+        /// How many orders may be out at once, and how many failures stop the request
+        /// (docs/rollout.md); without it, no cap and no budget.
+        rate_control: Option<RateControlBody>,
+    }
+
+    /// Rate control of a command (docs/rollout.md). Each limit is a number of orders or a
+    /// percentage (`"10%"`) of the command's order count, rounded up.
+    #[derive(Serialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct RateControlBody {
+        /// At most this many orders handed out and unfinished at once (at least 1); the rest
+        /// are held and released as orders finish.
+        #[schema(value_type = Option<String>, format = "rate-limit")]
+        max_concurrency: Option<Value>,
+        /// When more orders than this failed (by a report or `no result`), the request stops:
+        /// every order not handed out yet ends `failure`, `stopped`.
+        #[schema(value_type = Option<String>, format = "rate-limit")]
+        max_errors: Option<Value>,
+    }
+
+    /// A request's action as recorded.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct RequestAction {
+        name: String,
+        version: String,
+    }
+
+    /// The states of a request (docs/requests.md).
+    #[derive(Serialize, ToSchema)]
+    #[serde(rename_all = "snake_case")]
+    pub(crate) enum RequestStateName {
+        Writing,
+        Scheduled,
+        Running,
+        Paused,
+        Completed,
+        Cancelled,
+        Stopped,
+        Aborted,
+    }
+
+    /// The answer of a dry run: one plan per command, in request order.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct DryRunBody {
+        plans: Vec<DryRunPlanBody>,
+    }
+
+    /// What one command would expand to.
+    #[derive(Serialize, ToSchema)]
+    pub(crate) struct DryRunPlanBody {
+        /// How many orders it would write.
+        targets: u64,
+        /// Up to 10 of their target ids (a group's first members by id).
+        sample: Vec<String>,
     }
 
     /// A command's start time and rollout window (docs/rollout.md): order `i` of `n` is not handed
@@ -786,6 +851,7 @@ mod tests {
             "CommandBody",
             "ActionBody",
             "ScheduleBody",
+            "RateControlBody",
             "ReportBody",
             "AgentBody",
         ] {
@@ -801,6 +867,10 @@ mod tests {
             sorted(dto::SCHEDULE_FIELDS)
         );
         assert_eq!(properties(&doc, "ReportBody"), sorted(dto::REPORT_FIELDS));
+        assert_eq!(
+            properties(&doc, "RateControlBody"),
+            sorted(dto::RATE_CONTROL_FIELDS)
+        );
         assert_eq!(properties(&doc, "AgentBody"), sorted(dto::AGENT_FIELDS));
     }
 
@@ -927,6 +997,14 @@ mod tests {
         assert_eq!(
             doc["components"]["schemas"]["RetryStatus"]["enum"],
             json!(ended)
+        );
+        let states: Vec<&str> = cm_domain::RequestState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(
+            doc["components"]["schemas"]["RequestStateName"]["enum"],
+            json!(states)
         );
         for s in doc["components"]["schemas"]["ReportStatus"]["enum"]
             .as_array()

@@ -747,11 +747,26 @@ async fn request_progress_counts_orders_per_status_and_an_unknown_request_is_404
     let progress = get(&app, &format!("/api/v1/requests/{request_id}"))
         .await
         .json();
-    assert_eq!(
-        progress,
-        json!({"request_id": request_id, "total": 3, "pending": 1, "sent": 1,
-               "in_progress": 0, "success": 1, "failure": 0})
-    );
+    // Every field the progress answer always had, and the record beside them.
+    for (field, value) in [
+        ("request_id", json!(request_id)),
+        ("total", json!(3)),
+        ("pending", json!(1)),
+        ("sent", json!(1)),
+        ("in_progress", json!(0)),
+        ("success", json!(1)),
+        ("failure", json!(0)),
+        ("errors", json!(0)),
+        ("state", json!("running")),
+        ("target", json!({"type": "group", "id": "g"})),
+        ("action", json!({"name": "restart", "version": "v5"})),
+        ("user", json!("admin")),
+        ("source", json!("Users/Services")),
+        ("timeout", json!(100)),
+    ] {
+        assert_eq!(progress[field], value, "{field}: {progress}");
+    }
+    assert!(progress["created_at"].is_string(), "{progress}");
     get(
         &app,
         &format!("/api/v1/requests/{}", RequestId::from_uuid(uuid_from(5))),
@@ -1105,7 +1120,7 @@ async fn routes_without_query_parameters_refuse_any_by_name_but_the_wazuh_route_
         );
     }
     for (method, uri, param) in [
-        (Method::POST, "/api/v1/commands?dry_run=true", "dry_run"),
+        (Method::POST, "/api/v1/commands?dryrun=true", "dryrun"),
         (Method::PUT, "/api/v1/agents/a2?groups=g", "groups"),
     ] {
         let body = if method == Method::PUT {
@@ -1660,13 +1675,31 @@ impl OrderStore for SlowPing {
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.0.next_due(agent, now).await
     }
-    async fn cancel_pending(
+    async fn end_pending(
         &self,
         request: &RequestId,
+        end: cm_domain::PendingEnd,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
-        self.0.cancel_pending(request, now, limit).await
+        self.0.end_pending(request, end, now, limit).await
+    }
+
+    async fn release_held(
+        &self,
+        request: &RequestId,
+        below: u64,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        self.0.release_held(request, below, now, limit).await
+    }
+
+    async fn result_groups(
+        &self,
+        request: &RequestId,
+    ) -> Result<Vec<cm_ports::ResultGroup>, StoreError> {
+        self.0.result_groups(request).await
     }
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         self.0.expire_due(now, limit).await
@@ -1750,8 +1783,12 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
         ("/api/v1/orders/{order_id}", &["get"]),
         ("/api/v1/orders/{order_id}/cancel", &["post"]),
         ("/api/v1/orders/{order_id}/result", &["post"]),
+        ("/api/v1/requests", &["get"]),
         ("/api/v1/requests/{request_id}", &["get"]),
         ("/api/v1/requests/{request_id}/orders", &["get"]),
+        ("/api/v1/requests/{request_id}/results", &["get"]),
+        ("/api/v1/requests/{request_id}/pause", &["post"]),
+        ("/api/v1/requests/{request_id}/resume", &["post"]),
         ("/api/v1/requests/{request_id}/cancel", &["post"]),
         ("/api/v1/requests/{request_id}/retry", &["post"]),
         ("/api/v1/agents", &["get"]),
@@ -1776,7 +1813,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
             );
         }
     }
-    assert_eq!(paths.len(), 24);
+    assert_eq!(paths.len(), 28);
     let mut operation_ids: Vec<&str> = paths
         .values()
         .flat_map(|item| item.as_object().unwrap().values())
@@ -1786,7 +1823,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
     operation_ids.sort_unstable();
     operation_ids.dedup();
     assert_eq!(operation_ids.len(), count, "operation ids are unique");
-    assert_eq!(count, 27);
+    assert_eq!(count, 31);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "ErrorBody",

@@ -6,8 +6,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::FieldError;
-use crate::request::RateControl;
 use crate::ids::{AgentId, ComponentName, GroupName};
+use crate::request::RateControl;
 use crate::schedule::Schedule;
 
 /// Longest value of a free-text keyword field (the Wazuh mapping's `ignore_above`).

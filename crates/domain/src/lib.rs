@@ -33,9 +33,9 @@ pub use order::{
     AgentRef, CANCELLED, CommandResult, EXPIRED, MAX_RESULT_DATA, NO_RESULT, NewOrder, Order,
     PendingEnd, Report, ReportOutcome, ReportStatus, SERVICE_RESULT_CODE, STOPPED, Status,
 };
+pub use policy::DeliveryPolicy;
 pub use request::{
     ERROR_BUDGET_EXHAUSTED, HELD_TOO_LONG, Limit, RateControl, RecordedSchedule, RequestAction,
     RequestRecord, RequestState, RequestStateError, SUBMIT_NEVER_COMPLETED, StatusCounts, Step,
 };
-pub use policy::DeliveryPolicy;
 pub use schedule::{Rollout, Schedule};

@@ -651,7 +651,11 @@ impl Order {
     ///
     /// # Errors
     /// A [`TransitionError`] unless the order is `pending`.
-    pub fn end_pending(&self, now: DateTime<Utc>, end: PendingEnd) -> Result<Self, TransitionError> {
+    pub fn end_pending(
+        &self,
+        now: DateTime<Utc>,
+        end: PendingEnd,
+    ) -> Result<Self, TransitionError> {
         if self.status() != Status::Pending {
             return Err(self.refuse("ended"));
         }

@@ -120,8 +120,9 @@ pub enum Limit {
 }
 
 impl Limit {
-    /// The text form of a percentage: 1 to 3 digits and `%`.
-    pub const PERCENT_PATTERN: &'static str = "^[0-9]{1,3}%$";
+    /// The text form of a percentage, exactly what [`Self::parse`] accepts as one: 0 to 100
+    /// without a leading zero, then `%`.
+    pub const PERCENT_PATTERN: &'static str = "^(100|[1-9]?[0-9])%$";
 
     /// A limit from its JSON form: a non-negative integer, or a string `"P%"` with P from 0 to 100.
     ///
@@ -145,7 +146,11 @@ impl Limit {
     #[must_use]
     pub fn parse(raw: &str) -> Option<Self> {
         if let Some(p) = raw.strip_suffix('%') {
-            if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            if p.is_empty()
+                || p.len() > 3
+                || !p.bytes().all(|b| b.is_ascii_digit())
+                || (p.len() > 1 && p.starts_with('0'))
+            {
                 return None;
             }
             let p: u8 = p.parse().ok()?;
@@ -383,10 +388,12 @@ impl RequestRecord {
         now: DateTime<Utc>,
     ) -> Self {
         let schedule = command.schedule();
-        let schedule = (schedule.start_at().is_some() || schedule.rollout_secs().is_some())
-            .then(|| RecordedSchedule {
-                start_at: schedule.start_at(),
-                rollout_secs: schedule.rollout_secs(),
+        let schedule =
+            (schedule.start_at().is_some() || schedule.rollout_secs().is_some()).then(|| {
+                RecordedSchedule {
+                    start_at: schedule.start_at(),
+                    rollout_secs: schedule.rollout_secs(),
+                }
             });
         let rate_control = command.rate_control().filter(|r| !r.is_empty());
         Self {
@@ -560,12 +567,7 @@ impl RequestRecord {
         }
     }
 
-    fn finish(
-        mut self,
-        state: RequestState,
-        reason: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Self {
+    fn finish(mut self, state: RequestState, reason: Option<&str>, now: DateTime<Utc>) -> Self {
         self.state = state;
         self.state_reason = reason.map(str::to_owned);
         self.finished_at = Some(now);
@@ -578,7 +580,11 @@ impl RequestRecord {
     ///
     /// # Errors
     /// A [`RequestStateError`] when the request was aborted meanwhile.
-    pub fn commit(&self, total: u64, now: DateTime<Utc>) -> Result<Option<Self>, RequestStateError> {
+    pub fn commit(
+        &self,
+        total: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Self>, RequestStateError> {
         match self.state {
             RequestState::Writing => {
                 let mut next = self.next(now);
@@ -670,9 +676,9 @@ impl RequestRecord {
     pub fn cancel(&self, now: DateTime<Utc>) -> Result<Option<Self>, RequestStateError> {
         match self.state {
             RequestState::Cancelled => Ok(None),
-            RequestState::Scheduled | RequestState::Running | RequestState::Paused => {
-                Ok(Some(self.next(now).finish(RequestState::Cancelled, None, now)))
-            }
+            RequestState::Scheduled | RequestState::Running | RequestState::Paused => Ok(Some(
+                self.next(now).finish(RequestState::Cancelled, None, now),
+            )),
             _ => Err(self.refuse("cancelled")),
         }
     }
@@ -730,7 +736,10 @@ impl RequestRecord {
                         ..none
                     };
                 }
-                if self.errors_allowed().is_some_and(|allowed| counts.errors > allowed) {
+                if self
+                    .errors_allowed()
+                    .is_some_and(|allowed| counts.errors > allowed)
+                {
                     let stopped = self.next(now).finish(
                         RequestState::Stopped,
                         Some(ERROR_BUDGET_EXHAUSTED),
@@ -742,9 +751,7 @@ impl RequestRecord {
                         ..none
                     };
                 }
-                let held_too_long = self
-                    .held_since
-                    .is_some_and(|since| since + max_hold <= now)
+                let held_too_long = self.held_since.is_some_and(|since| since + max_hold <= now)
                     && (self.state == RequestState::Paused || counts.pending > 0);
                 if held_too_long {
                     let stopped =
@@ -757,7 +764,9 @@ impl RequestRecord {
                     };
                 }
                 let mut record = None;
-                if self.state == RequestState::Scheduled && self.started(now) == RequestState::Running {
+                if self.state == RequestState::Scheduled
+                    && self.started(now) == RequestState::Running
+                {
                     let mut next = self.next(now);
                     next.state = RequestState::Running;
                     record = Some(next);
@@ -862,7 +871,7 @@ mod tests {
     fn limits_parse_counts_and_percentages_and_round_up() {
         assert_eq!(Limit::parse("3"), Some(Limit::Count(3)));
         assert_eq!(Limit::parse("10%"), Some(Limit::Percent(10)));
-        for bad in ["", "%", "101%", "-1", "1.5", "x%", "1000%"] {
+        for bad in ["", "%", "101%", "-1", "1.5", "x%", "1000%", "05%"] {
             assert_eq!(Limit::parse(bad), None, "{bad}");
         }
         assert_eq!(Limit::Percent(10).of(15), 2);
@@ -878,7 +887,10 @@ mod tests {
                 .field(),
             "rate_control.max_errors"
         );
-        assert_eq!(serde_json::to_value(Limit::Percent(5)).unwrap(), json!("5%"));
+        assert_eq!(
+            serde_json::to_value(Limit::Percent(5)).unwrap(),
+            json!("5%")
+        );
         assert_eq!(serde_json::to_value(Limit::Count(5)).unwrap(), json!(5));
     }
 
@@ -896,7 +908,10 @@ mod tests {
         let running = r.commit(20, t0()).unwrap().unwrap();
         assert_eq!(running.state(), RequestState::Running);
         assert_eq!(running.revision(), 1);
-        assert!(running.commit(20, t0()).unwrap().is_none(), "a retry keeps it");
+        assert!(
+            running.commit(20, t0()).unwrap().is_none(),
+            "a retry keeps it"
+        );
         let later = RequestRecord::new(
             RequestId::from_uuid(Uuid::from_u128(1)),
             &command(None, Some(60)),
@@ -924,7 +939,10 @@ mod tests {
         let aborted = r.abort(t0()).unwrap();
         assert_eq!(aborted.state(), RequestState::Aborted);
         assert!(aborted.commit(20, t0()).is_err());
-        assert_eq!(aborted.rewrite(t0()).unwrap().state(), RequestState::Writing);
+        assert_eq!(
+            aborted.rewrite(t0()).unwrap().state(),
+            RequestState::Writing
+        );
         assert!(record(None, 1).abort(t0()).is_err());
     }
 
@@ -961,7 +979,10 @@ mod tests {
 
     #[test]
     fn percent_caps_resolve_against_the_order_count() {
-        let r = record(Some(rate(Some(Limit::Percent(10)), Some(Limit::Percent(5)))), 15);
+        let r = record(
+            Some(rate(Some(Limit::Percent(10)), Some(Limit::Percent(5)))),
+            15,
+        );
         assert_eq!(r.concurrency(), Some(2));
         assert_eq!(r.errors_allowed(), Some(1));
     }
@@ -1008,7 +1029,9 @@ mod tests {
         let resumed = paused.resume(t0()).unwrap().unwrap();
         assert_eq!(resumed.state(), RequestState::Running);
         assert_eq!(
-            resumed.step(&counts(17, 0, 3, 0, 0), t0(), HOLD).release_below,
+            resumed
+                .step(&counts(17, 0, 3, 0, 0), t0(), HOLD)
+                .release_below,
             Some(6)
         );
         let done = resumed.cancel(t0()).unwrap().unwrap();
@@ -1020,7 +1043,13 @@ mod tests {
     fn a_request_held_too_long_stops_and_its_held_orders_expire() {
         let paused = record(None, 20).pause(t0()).unwrap().unwrap();
         assert_eq!(
-            paused.step(&counts(20, 0, 0, 0, 0), t0() + HOLD - Duration::seconds(1), HOLD).record,
+            paused
+                .step(
+                    &counts(20, 0, 0, 0, 0),
+                    t0() + HOLD - Duration::seconds(1),
+                    HOLD
+                )
+                .record,
             None
         );
         let s = paused.step(&counts(20, 0, 0, 0, 0), t0() + HOLD, HOLD);
@@ -1046,14 +1075,23 @@ mod tests {
 
     #[test]
     fn the_record_round_trips_through_serde() {
-        let r = record(Some(rate(Some(Limit::Percent(10)), Some(Limit::Count(2)))), 20);
+        let r = record(
+            Some(rate(Some(Limit::Percent(10)), Some(Limit::Count(2)))),
+            20,
+        );
         let doc = serde_json::to_value(&r).unwrap();
-        assert_eq!(doc["rate_control"], json!({"max_concurrency": "10%", "max_errors": 2}));
+        assert_eq!(
+            doc["rate_control"],
+            json!({"max_concurrency": "10%", "max_errors": 2})
+        );
         assert_eq!(doc["target"], json!({"type": "group", "id": "Test"}));
         assert_eq!(doc["state"], json!("running"));
         let back: RequestRecord = serde_json::from_value(doc).unwrap();
         assert_eq!(back, r);
-        assert_eq!(RequestState::parse("paused", "state").unwrap(), RequestState::Paused);
+        assert_eq!(
+            RequestState::parse("paused", "state").unwrap(),
+            RequestState::Paused
+        );
         assert!(RequestState::parse("Paused", "state").is_err());
     }
 }

@@ -619,8 +619,11 @@ pub trait RequestStore: Send + Sync + 'static {
     /// # Errors
     /// [`ReplaceError::Conflict`] when the stored record changed, [`ReplaceError::NotFound`]
     /// when it does not exist, [`ReplaceError::Store`] otherwise.
-    async fn replace(&self, current: &RequestRecord, next: &RequestRecord)
-    -> Result<(), ReplaceError>;
+    async fn replace(
+        &self,
+        current: &RequestRecord,
+        next: &RequestRecord,
+    ) -> Result<(), ReplaceError>;
 
     /// Records matching `filter`, newest first (`created_at`, then `request_id`, both
     /// descending), after `page.after`. `next` is set whenever the page is full, and paging with

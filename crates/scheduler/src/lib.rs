@@ -23,12 +23,12 @@ pub mod metric {
     /// Counter with labels `job` and `outcome` (`ok` / `error`).
     pub const RUNS: Metric = Metric::counter(
         "cm_scheduler_runs_total",
-        "Maintenance job runs, by job (expiry, no_result, retention) and outcome (ok or error).",
+        "Maintenance job runs, by job (expiry, no_result, requests, retention) and outcome (ok or error).",
     );
     /// Counter with label `job`.
     pub const ORDERS_CHANGED: Metric = Metric::counter(
         "cm_scheduler_orders_changed_total",
-        "Orders changed by the maintenance jobs (expired, given up on, purged), by job.",
+        "What the maintenance jobs changed, by job: orders expired, given up on or purged; for the requests job, requests whose state changed.",
     );
     /// Histogram with label `job`.
     pub const RUN_DURATION: Metric = Metric::histogram(
@@ -94,13 +94,22 @@ pub enum Job {
     Expiry,
     /// Delivered orders past their result deadline become `failure` (`no result`).
     NoResult,
+    /// Requests are moved along (docs/requests.md): scheduled ones start, capped ones release
+    /// held orders, those over their error budget or held too long stop, finished ones are
+    /// settled, and submits left `writing` past the grace period are aborted.
+    Requests,
     /// Finished orders older than the retention age are deleted or archived.
     Retention,
 }
 
 impl Job {
     /// Every job, in the order a run does them.
-    pub const ALL: [Self; 3] = [Self::Expiry, Self::NoResult, Self::Retention];
+    pub const ALL: [Self; 4] = [
+        Self::Expiry,
+        Self::NoResult,
+        Self::Requests,
+        Self::Retention,
+    ];
 
     /// The job's name in logs and metric labels.
     #[must_use]
@@ -108,6 +117,7 @@ impl Job {
         match self {
             Self::Expiry => "expiry",
             Self::NoResult => "no_result",
+            Self::Requests => "requests",
             Self::Retention => "retention",
         }
     }
@@ -120,6 +130,8 @@ pub struct RunReport {
     pub expired: Result<u64, StoreError>,
     /// Delivered orders given up on for lack of a result.
     pub gave_up: Result<u64, StoreError>,
+    /// Requests whose state changed.
+    pub requests: Result<u64, StoreError>,
     /// Finished orders deleted or archived.
     pub purged: Result<u64, StoreError>,
 }
@@ -130,6 +142,7 @@ impl RunReport {
         match job {
             Job::Expiry => &self.expired,
             Job::NoResult => &self.gave_up,
+            Job::Requests => &self.requests,
             Job::Retention => &self.purged,
         }
     }
@@ -203,12 +216,16 @@ impl Scheduler {
         let gave_up = self
             .job(Job::NoResult, self.manager.give_up_unreported())
             .await;
+        let requests = self
+            .job(Job::Requests, self.manager.advance_requests())
+            .await;
         let purged = self
             .job(Job::Retention, self.manager.apply_retention())
             .await;
         RunReport {
             expired,
             gave_up,
+            requests,
             purged,
         }
     }

@@ -285,6 +285,7 @@ async fn a_failing_job_is_logged_and_the_other_jobs_still_run() {
         RunReport {
             expired: Err(StoreError::Unavailable("connection refused".to_owned())),
             gave_up: Ok(0),
+            requests: Ok(0),
             purged: Ok(0),
         }
     );

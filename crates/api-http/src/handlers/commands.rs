@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use cm_domain::{FieldError, IdempotencyKey, OrderId, RequestId};
 use cm_ports::{Idempotency, SubmitRequest, SubmittedRequest};
 use serde::Serialize;
@@ -12,7 +13,7 @@ use utoipa::ToSchema;
 use crate::AppState;
 use crate::dto;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{JsonBody, NoQuery};
+use crate::extract::{JsonBody, QueryParams};
 use crate::openapi::schema;
 
 /// The header that makes a submit safe to retry.
@@ -54,17 +55,24 @@ pub(crate) struct WazuhSubmitResponse {
     result: &'static str,
 }
 
-/// Submits command requests; each command expands into one order per concrete target.
+/// Submits command requests; each command expands into one order per concrete target. With
+/// `dry_run=true` the request is validated and planned exactly as a submit would, and nothing
+/// is written: the answer says how many orders each command would expand to, with a sample of
+/// their targets.
 #[utoipa::path(
     post,
     path = "/api/v1/commands",
     operation_id = "submit_commands",
     tag = "commands",
-    params(("Idempotency-Key" = Option<String>, Header, format = "name",
-        description = "Makes the submit safe to retry: the same key and body never create a second set of orders")),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, format = "name",
+            description = "Makes the submit safe to retry: the same key and body never create a second set of orders"),
+        ("dry_run" = Option<bool>, Query, description = "Plan the request and write nothing (default false)"),
+    ),
     request_body(content = schema::SubmitBody, content_type = "application/json"),
     responses(
         (status = 201, description = "Every order was written", body = SubmitResponse),
+        (status = 200, description = "A dry run: what each command would expand to; nothing was written", body = schema::DryRunBody),
         (status = 400, description = "Malformed JSON, a field or header out of its rule, or a query parameter", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Body is not JSON", body = ErrorBody),
@@ -74,10 +82,34 @@ pub(crate) struct WazuhSubmitResponse {
 )]
 pub(crate) async fn submit(
     State(state): State<AppState>,
-    _: NoQuery,
+    query: QueryParams,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<SubmitResponse>), ApiError> {
+) -> Result<Response, ApiError> {
+    let q = query.only(&["dry_run"])?;
+    let dry_run = q
+        .parse("dry_run", |r| match r {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(FieldError::new("dry_run", "must be true or false")),
+        })?
+        .unwrap_or(false);
+    if dry_run {
+        let commands = dto::commands(&body, state.manager().settings().max_commands)?;
+        let idempotency = idempotency(&headers, &body)?;
+        let plans = state
+            .manager()
+            .dry_run(&SubmitRequest {
+                commands,
+                idempotency,
+            })
+            .await?;
+        let plans: Vec<Value> = plans
+            .into_iter()
+            .map(|p| serde_json::json!({"targets": p.targets, "sample": p.sample}))
+            .collect();
+        return Ok(Json(serde_json::json!({ "plans": plans })).into_response());
+    }
     let submitted = run(&state, &headers, &body).await?;
     let requests = submitted
         .into_iter()
@@ -86,7 +118,7 @@ pub(crate) async fn submit(
             order_ids: r.order_ids,
         })
         .collect();
-    Ok((StatusCode::CREATED, Json(SubmitResponse { requests })))
+    Ok((StatusCode::CREATED, Json(SubmitResponse { requests })).into_response())
 }
 
 /// The Wazuh Command Manager plugin's route: same body, the plugin's answer.

@@ -46,7 +46,7 @@ const LIST_PARAMS: &[&str] = &[
     "after",
 ];
 
-fn time(raw: &str, field: &str) -> Result<DateTime<Utc>, FieldError> {
+pub(crate) fn time(raw: &str, field: &str) -> Result<DateTime<Utc>, FieldError> {
     DateTime::parse_from_rfc3339(raw)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|_| {
@@ -57,7 +57,7 @@ fn time(raw: &str, field: &str) -> Result<DateTime<Utc>, FieldError> {
         })
 }
 
-fn text(raw: &str, field: &str) -> Result<String, FieldError> {
+pub(crate) fn text(raw: &str, field: &str) -> Result<String, FieldError> {
     check_text(raw, field, true)?;
     Ok(raw.to_owned())
 }

@@ -171,9 +171,7 @@ impl CommandManager {
     /// [`RequestError`]: `NotFound` also for a request without a record (submitted before
     /// records existed), `State` for a finished one.
     pub async fn pause_request(&self, id: &RequestId) -> Result<RequestView, RequestError> {
-        let record = self
-            .change_record(id, |r, now| r.pause(now))
-            .await?;
+        let record = self.change_record(id, |r, now| r.pause(now)).await?;
         let (record, counts) = self.advance_record(record).await?;
         Ok(RequestView {
             request_id: *id,
@@ -187,9 +185,7 @@ impl CommandManager {
     /// # Errors
     /// [`RequestError`], as [`Self::pause_request`].
     pub async fn resume_request(&self, id: &RequestId) -> Result<RequestView, RequestError> {
-        let record = self
-            .change_record(id, |r, now| r.resume(now))
-            .await?;
+        let record = self.change_record(id, |r, now| r.resume(now)).await?;
         let (record, counts) = self.advance_record(record).await?;
         self.wake_pending(id).await?;
         Ok(RequestView {
@@ -343,7 +339,12 @@ impl CommandManager {
         };
         let drained = loop {
             let now = self.ports.clock.now();
-            let batch = match self.ports.orders.end_pending(request, end, now, limit).await {
+            let batch = match self
+                .ports
+                .orders
+                .end_pending(request, end, now, limit)
+                .await
+            {
                 Ok(batch) => batch,
                 Err(e) => break Err(e),
             };
@@ -436,8 +437,8 @@ impl CommandManager {
     /// [`StoreError`]; requests done before the failure stay done.
     pub async fn advance_requests(&self) -> Result<u64, StoreError> {
         let limit = self.settings.maintenance_batch.max(1);
-        let grace =
-            chrono::Duration::from_std(self.settings.writing_grace).unwrap_or(chrono::Duration::MAX);
+        let grace = chrono::Duration::from_std(self.settings.writing_grace)
+            .unwrap_or(chrono::Duration::MAX);
         let mut after = None;
         let mut changed = 0u64;
         loop {
@@ -497,8 +498,8 @@ impl CommandManager {
         }
         if current.state() == RequestState::Aborted && !current.is_settled() {
             self.ports.orders.delete_request(&id).await?;
-            let counts = self.ports.orders.progress(&id).await?;
-            let settled = current.settle(counts, self.ports.clock.now());
+            // Nothing of it is left to count.
+            let settled = current.settle(StatusCounts::default(), self.ports.clock.now());
             match self.ports.requests.replace(&current, &settled).await {
                 Ok(()) | Err(ReplaceError::Conflict | ReplaceError::NotFound) => {}
                 Err(ReplaceError::Store(e)) => return Err(e),

@@ -124,10 +124,12 @@ impl CommandManager {
         // dangerous as the first run.
         let original = self.ports.requests.get(request).await?;
         let mut command = command_of(first)?;
+        let mut planned = 0;
         if let Some(rate) = original.as_ref().and_then(RequestRecord::rate_control) {
             command = command.with_rate_control(*rate);
+            // Percentages resolve against the re-run's size.
+            planned = self.ports.orders.progress(request).await?.get(status);
         }
-        let planned = self.ports.orders.progress(request).await?.get(status);
         let record = RequestRecord::new(retry_id, &command, Some(*request), planned, now);
         let record = self.open_record(record).await?;
         let hold_from = record.rate_control().map(|_| record.released());
@@ -138,10 +140,11 @@ impl CommandManager {
         let mut slot = 0u64;
         loop {
             for old in &found.items {
-                let order = match retry_order(old, retry_id, *request, now, slot, hold_from, &mut ids) {
-                    Ok(order) => order,
-                    Err(e) => return Err(writer.abandon(e, false).await.into()),
-                };
+                let order =
+                    match retry_order(old, retry_id, *request, now, slot, hold_from, &mut ids) {
+                        Ok(order) => order,
+                        Err(e) => return Err(writer.abandon(e, false).await.into()),
+                    };
                 slot += 1;
                 if let Err(e) = writer.push(order, &mut order_ids).await {
                     return Err(writer.abandon(e, false).await.into());

@@ -8,8 +8,7 @@ use chrono::{DateTime, Utc};
 use cm_domain::{
     Action, CANCELLED, Command, ComponentName, Consumer, DeliveryPolicy, EXPIRED, KeyHash,
     NO_RESULT, Order, OrderId, PendingEnd, Report, ReportOutcome, ReportStatus, RequestId, Source,
-    Status,
-    Target, TargetType, Timeout,
+    Status, Target, TargetType, Timeout,
 };
 use serde_json::json;
 use uuid::Uuid;
@@ -20,6 +19,9 @@ use crate::store::{
     RetentionMode, Upserted,
 };
 use crate::{Clock, Idempotency, Reporter, Settings, SubmitRequest};
+
+mod records;
+pub use records::*;
 
 fn policy() -> DeliveryPolicy {
     DeliveryPolicy {

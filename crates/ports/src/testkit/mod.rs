@@ -135,6 +135,8 @@ pub struct OrderSpec {
     pub not_before: Option<DateTime<Utc>>,
     pub request: RequestId,
     pub server: String,
+    /// Rate control: the order's position and whether it starts held.
+    pub position: Option<(u64, bool)>,
 }
 
 impl OrderSpec {
@@ -152,6 +154,7 @@ impl OrderSpec {
             not_before: None,
             request: RequestId::from_uuid(Uuid::now_v7()),
             server: String::new(),
+            position: None,
         }
     }
 
@@ -180,6 +183,13 @@ impl OrderSpec {
     #[must_use]
     pub fn not_before(mut self, t: DateTime<Utc>) -> Self {
         self.not_before = Some(t);
+        self
+    }
+
+    /// Rate control: the order sits at `position` of its request, held back when `held`.
+    #[must_use]
+    pub fn position(mut self, position: u64, held: bool) -> Self {
+        self.position = Some((position, held));
         self
     }
 
@@ -218,7 +228,7 @@ impl OrderSpec {
             now: self.created,
             not_before: self.not_before,
             retry_of: None,
-            position: None,
+            position: self.position,
         })
     }
 
@@ -329,6 +339,20 @@ macro_rules! conformance_suite {
             notify_wakes_a_subscription_for_many_consumers,
             a_component_registers_once_and_keeps_its_key_until_rotated,
             a_server_command_is_consumed_by_its_component_and_a_relay_reports_for_a_group,
+            a_record_is_created_once_read_back_and_replaced_by_revision,
+            records_are_listed_newest_first_filtered_and_paged_without_loss_or_repetition,
+            unsettled_records_page_oldest_first_and_retention_purges_only_settled_ones,
+            orders_of_a_request_go_out_only_while_its_record_delivers,
+            held_orders_neither_go_out_nor_expire_until_released_lowest_position_first,
+            progress_counts_errors_of_the_action_apart_from_service_ends,
+            results_group_finished_orders_by_status_code_and_message_largest_first,
+            a_submit_writes_its_record_with_the_orders_and_counts_match,
+            a_capped_request_never_has_more_than_its_cap_out_and_completes,
+            more_failures_than_the_budget_stop_the_request_and_end_the_rest,
+            pause_holds_the_rest_and_resume_delivers_it,
+            a_dry_run_plans_every_command_and_writes_nothing,
+            a_submit_left_writing_is_never_delivered_and_is_aborted_after_the_grace,
+            a_keyed_retry_completes_a_submit_that_died_midway_to_exactly_the_full_count,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -130,13 +130,31 @@ impl OrderStore for Instrumented {
         self.inner.next_due(agent, now).await
     }
 
-    async fn cancel_pending(
+    async fn end_pending(
         &self,
         request: &RequestId,
+        end: cm_domain::PendingEnd,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
-        self.inner.cancel_pending(request, now, limit).await
+        self.inner.end_pending(request, end, now, limit).await
+    }
+
+    async fn release_held(
+        &self,
+        request: &RequestId,
+        below: u64,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        self.inner.release_held(request, below, now, limit).await
+    }
+
+    async fn result_groups(
+        &self,
+        request: &RequestId,
+    ) -> Result<Vec<cm_ports::ResultGroup>, StoreError> {
+        self.inner.result_groups(request).await
     }
 
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {

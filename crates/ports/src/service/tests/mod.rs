@@ -43,7 +43,9 @@ struct Doubles {
 struct FakeRequests(Arc<Mutex<std::collections::HashMap<RequestId, RequestRecord>>>);
 
 impl FakeRequests {
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<RequestId, RequestRecord>> {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<RequestId, RequestRecord>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -63,7 +65,11 @@ impl RequestStore for FakeRequests {
         Ok(self.lock().get(id).cloned())
     }
 
-    async fn replace(&self, current: &RequestRecord, next: &RequestRecord) -> Result<(), ReplaceError> {
+    async fn replace(
+        &self,
+        current: &RequestRecord,
+        next: &RequestRecord,
+    ) -> Result<(), ReplaceError> {
         let mut m = self.lock();
         match m.get(current.request_id()) {
             None => Err(ReplaceError::NotFound),
@@ -80,7 +86,10 @@ impl RequestStore for FakeRequests {
         _: &RequestFilter,
         _: &RequestPageRequest,
     ) -> Result<Page<RequestRecord, RequestCursor>, StoreError> {
-        Ok(Page { items: Vec::new(), next: None })
+        Ok(Page {
+            items: Vec::new(),
+            next: None,
+        })
     }
 
     async fn unsettled(
