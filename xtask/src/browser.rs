@@ -55,14 +55,24 @@ pub(crate) fn export(cmd: &mut Command, (driver, chromium): &(PathBuf, PathBuf))
 /// `screenshots` example of `cm-console`).
 pub(crate) fn screenshots(args: &[String]) -> Result<(), String> {
     if let Some(other) = args.first() {
-        return Err(format!("unknown argument {other:?}\nusage: cargo xtask screenshots"));
+        return Err(format!(
+            "unknown argument {other:?}\nusage: cargo xtask screenshots"
+        ));
     }
     let found = find().map_err(|e| format!("missing: {e}"))?;
     let out = crate::project_root().join("docs/screenshots");
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let mut cmd = process::cargo();
-    cmd.args(["run", "--quiet", "-p", "cm-console", "--example", "screenshots", "--"])
-        .arg(&out);
+    cmd.args([
+        "run",
+        "--quiet",
+        "-p",
+        "cm-console",
+        "--example",
+        "screenshots",
+        "--",
+    ])
+    .arg(&out);
     export(&mut cmd, &found);
     process::run_status(&mut cmd, "taking the screenshots")?;
     println!("xtask: screenshots in {}", out.display());
