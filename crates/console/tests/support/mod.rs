@@ -9,6 +9,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -161,7 +162,16 @@ pub struct Driver {
 }
 
 impl Drop for Driver {
+    /// Ends chromedriver and every Chromium it started (they share its process group), also
+    /// when a test failed before closing its session.
     fn drop(&mut self) {
+        let group = self.child.id();
+        if group > 1 {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{group}")])
+                .stderr(Stdio::null())
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -198,6 +208,8 @@ impl Driver {
         let port = free_port();
         let child = Command::new(&path)
             .arg(format!("--port={port}"))
+            // A group of its own, which its Chromium processes join: see `Drop`.
+            .process_group(0)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
