@@ -20,6 +20,8 @@ pub(crate) struct Config {
     pub(crate) http: HttpSettings,
     /// `[auth]`: manager tokens; `CM_AUTH__MANAGER_TOKENS=token1,token2`.
     pub(crate) auth: AuthSettings,
+    /// `[console]`: the operator console (docs/console.md), on by default.
+    pub(crate) console: cm_console::ConsoleSettings,
     pub(crate) storage: StorageConfig,
     pub(crate) scheduler: SchedulerSettings,
     pub(crate) limits: LimitsConfig,

@@ -173,8 +173,23 @@ async fn serve(cfg: Config) -> Result<(), String> {
 
     let scheduler =
         tokio::spawn(Scheduler::new(manager.clone(), cfg.scheduler.clone()).run(stopped()));
+    // The operator console on the API's listener (docs/console.md).
+    let console = if cfg.console.enabled {
+        let access = cm_console::Access {
+            auth_enabled: cfg.auth.enabled,
+            manager_tokens: cfg.auth.manager_tokens.clone(),
+            tls: cfg.http.tls.is_some(),
+        };
+        cm_console::router(cm_console::Console::new(
+            manager.clone(),
+            cfg.console.clone(),
+            access,
+        ))
+    } else {
+        axum::Router::new()
+    };
     let state = AppState::new(manager, cfg.http.clone(), cfg.auth.clone(), metrics);
-    let served = cm_api_http::serve(listener, state, stopped()).await;
+    let served = cm_api_http::serve_with(listener, state, console, stopped()).await;
     if let Err(e) = scheduler.await {
         tracing::error!(error = %e, "scheduler task failed");
     }

@@ -462,7 +462,7 @@ async fn many_instances(label: &str, env: &[(&str, String)]) {
 }
 
 /// A new, empty database on the run's PostgreSQL server.
-async fn fresh_database() -> String {
+pub(crate) async fn fresh_database() -> String {
     use sqlx::{Connection, Executor};
     let base = ["CM_TEST_POSTGRES_URL", "DATABASE_URL"]
         .iter()
@@ -482,13 +482,13 @@ async fn fresh_database() -> String {
 
 /// Indices of their own on the run's OpenSearch node, deleted (with their template) when
 /// dropped.
-struct Indices {
-    node: String,
-    prefix: String,
+pub(crate) struct Indices {
+    pub(crate) node: String,
+    pub(crate) prefix: String,
 }
 
 impl Indices {
-    fn fresh() -> Self {
+    pub(crate) fn fresh() -> Self {
         let node = std::env::var("OPENSEARCH_URL")
             .ok()
             .filter(|u| !u.is_empty())
@@ -499,11 +499,22 @@ impl Indices {
         }
     }
 
-    fn name(&self, index: &str) -> String {
+    pub(crate) fn name(&self, index: &str) -> String {
         format!("{}-{index}", self.prefix)
     }
 
-    fn env(&self) -> Vec<(&'static str, String)> {
+    /// The adapter's settings for these indices (to prepare data without the service).
+    pub(crate) fn settings(&self) -> cm_adapter_opensearch::OpenSearchSettings {
+        cm_adapter_opensearch::OpenSearchSettings {
+            url: self.node.clone(),
+            orders_index: self.name("wazuh-commands"),
+            agents_index: self.name("wazuh-agents"),
+            archive_index: self.name("wazuh-commands-archive"),
+            ..cm_adapter_opensearch::OpenSearchSettings::default()
+        }
+    }
+
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("CM_STORAGE__BACKEND", "opensearch".to_owned()),
             ("CM_STORAGE__OPENSEARCH__URL", self.node.clone()),

@@ -11,9 +11,11 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod crash;
 mod http;
 mod instances;
 mod outage;
+mod rate_control;
 mod servers;
 mod slow_clients;
 

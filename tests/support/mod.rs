@@ -37,7 +37,9 @@ impl Service {
         Self::start_owned(env)
     }
 
-    fn start_owned(env: Vec<(String, String)>) -> Self {
+    /// Starts the binary with `env` as [`Self::start`] does, from owned pairs (what
+    /// [`Self::stop`] and [`Self::kill`] hand back, with changes).
+    pub fn start_owned(env: Vec<(String, String)>) -> Self {
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
             .env("CM_HTTP__LISTEN", "127.0.0.1:0")
@@ -108,6 +110,14 @@ impl Service {
         terminate(&self.child);
         let status = self.child.wait().expect("wait");
         assert!(status.success(), "service exited with {status}");
+        std::mem::take(&mut self.env)
+    }
+
+    /// Kills the process with SIGKILL (no clean shutdown: what a machine dying does) and
+    /// returns its settings.
+    pub fn kill(mut self) -> Vec<(String, String)> {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
         std::mem::take(&mut self.env)
     }
 

@@ -3,6 +3,7 @@
 //! Kept small and quick to compile: the standard library, and serde_json to read `cargo metadata`.
 
 mod bench;
+mod browser;
 mod fuzz;
 mod lint;
 mod opensearch;
@@ -30,6 +31,8 @@ commands:
               (needs nightly and cargo-fuzz; not part of CI)
   bench       benchmarks of every backend, side by side, into BENCHMARKS.md
               [--backend memory|sqlite|postgres|opensearch|all] [--quick]
+  screenshots every console page at 1280x800 and 390x844 into docs/screenshots/ (needs
+              chromium and chromium-driver)
   help        this text
 ";
 
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
         "lint" => lint::run(rest),
         "test" => test::run(rest),
         "fuzz" => fuzz::run(rest),
+        "screenshots" => browser::screenshots(rest),
         "opensearch" => opensearch::run(rest),
         other => Err(format!("unknown command {other:?}\n\n{HELP}")),
     };

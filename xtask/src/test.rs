@@ -4,7 +4,9 @@
 //! isolates itself in its own database / index prefix), exports their URLs, runs
 //! `cargo test --workspace`, and stops both. `CM_TEST_POSTGRES_URL` (or `DATABASE_URL`) and
 //! `OPENSEARCH_URL` point the tests at servers you already run instead. The API-description
-//! test gets schemathesis's `st` in `CM_SCHEMATHESIS` ([`schemathesis::find`]). Nothing is
+//! test gets schemathesis's `st` in `CM_SCHEMATHESIS` ([`schemathesis::find`]), the console's
+//! browser tests chromedriver and Chromium in `CM_CHROMEDRIVER` / `CM_CHROMIUM`
+//! ([`browser::find`]). Nothing is
 //! installed: what is missing is named, with the command that installs it.
 //!
 //! `--heavy` also builds and runs the heavy tests (`tests/heavy/`: backend outages, many
@@ -15,7 +17,7 @@
 
 use std::time::Instant;
 
-use crate::{opensearch, postgres, process, schemathesis};
+use crate::{browser, opensearch, postgres, process, schemathesis};
 
 const USAGE: &str = "cargo xtask test [--heavy] [-- <arguments for cargo test>]";
 
@@ -58,6 +60,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     let st = match schemathesis::find() {
         Ok(st) => Some(st),
+        Err(e) => {
+            missing.push(e);
+            None
+        }
+    };
+    let chrome = match browser::find() {
+        Ok(found) => Some(found),
         Err(e) => {
             missing.push(e);
             None
@@ -120,6 +129,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .env(OPENSEARCH_VAR, os.url());
     if let Some(st) = &st {
         test.env(schemathesis::VAR, st);
+    }
+    if let Some(found) = &chrome {
+        browser::export(&mut test, found);
     }
     if let Ok(me) = std::env::current_exe() {
         test.env("CM_XTASK_BIN", me);

@@ -1,4 +1,5 @@
-//! The PostgreSQL backend: the orders stream ([`cm_ports::OrderStore`]), the agents registry
+//! The PostgreSQL backend: the orders stream ([`cm_ports::OrderStore`]), the request records
+//! ([`cm_ports::RequestStore`]), the agents registry
 //! ([`cm_ports::AgentRegistry`]) and a [`cm_ports::Notifier`] that wakes long-polls on every
 //! service instance sharing the database.
 //!
@@ -20,6 +21,7 @@ mod components;
 mod error;
 mod notify;
 mod orders;
+mod requests;
 mod rows;
 mod settings;
 

@@ -10,10 +10,12 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cm_domain::{AgentId, ComponentName, DeliveryPolicy, Order, OrderId, RequestId, Status};
+use cm_domain::{
+    AgentId, ComponentName, DeliveryPolicy, Order, OrderId, PendingEnd, RequestId, Status,
+};
 use cm_ports::{
     Batch, Consumers, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
-    RetentionMode, StatusCounts, StoreError,
+    ResultGroup, RetentionMode, StatusCounts, StoreError,
 };
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
@@ -35,10 +37,11 @@ macro_rules! insert_unnest {
         concat!(
             "INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, action,
                     status, created_at, deadline, available_at, redeliver_at, result_deadline,
-                    finished_at, doc)
+                    finished_at, doc, held, position)
 SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                      $7::text[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
-                     $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], $14::jsonb[])",
+                     $11::timestamptz[], $12::timestamptz[], $13::timestamptz[], $14::jsonb[],
+                     $15::bool[], $16::int8[])",
             $tail
         )
     };
@@ -50,40 +53,75 @@ const INSERT: &str = insert_unnest!("");
 /// [`INSERT`], leaving out the orders that exist already (by id).
 const INSERT_SKIPPING_EXISTING: &str = insert_unnest!(" ON CONFLICT (order_id) DO NOTHING");
 
+/// The request gate of claims and next_due (`RequestState::delivers`): an order whose request
+/// has a record goes out only while that record is `scheduled` or `running`; an order without a
+/// record (written before records existed) always does.
+///
+/// Read in the claim's own statement, under READ COMMITTED: the statement's snapshot is safe
+/// because a record is always committed before any of its orders is inserted (a submit creates
+/// the record, then writes the orders in later transactions), so any order the statement sees
+/// has its record visible to it too, never mistaken for an order without one. A state change
+/// committed after the snapshot was taken is ordered after this claim, as if it came later.
+macro_rules! request_gate {
+    () => {
+        "
+  AND NOT EXISTS (SELECT 1 FROM requests r
+                  WHERE r.request_id = orders.request_id
+                    AND r.state NOT IN ('scheduled', 'running'))"
+    };
+}
+
 /// The orders of the consumers (`$1` the agents' ids, `$4` the components' names) that
-/// `Order::is_deliverable` accepts at `$2`: pending from `not_before` until (excluding) the
-/// deadline, or sent with a redelivery due; an agent's by `agent_id`, a component's by the
-/// `server` target naming it (`Consumers::takes`). One statement, so that `SKIP LOCKED` skips
-/// the rows other claims hold before `LIMIT` counts; each side of the `OR` reads its partial
-/// index (`orders_open_by_agent`, `orders_open_by_server`).
-const SELECT_CLAIMABLE: &str = "
+/// `Order::is_deliverable` accepts at `$2`: not held, and pending from `not_before` until
+/// (excluding) the deadline, or sent with a redelivery due; an agent's by `agent_id`, a
+/// component's by the `server` target naming it (`Consumers::takes`); and only while the
+/// request gate is open. One statement, so that `SKIP LOCKED` skips the rows other claims hold
+/// before `LIMIT` counts; each side of the `OR` reads its partial index (`orders_open_by_agent`,
+/// `orders_open_by_server`, which leave held orders out).
+const SELECT_CLAIMABLE: &str = concat!(
+    "
 SELECT doc FROM orders
 WHERE (agent_id = ANY($1::text[])
        OR (target_type = 'server' AND target_id = ANY($4::text[])))
-  AND status IN ('pending', 'sent')
+  AND status IN ('pending', 'sent') AND NOT held
   AND ((status = 'pending' AND available_at <= $2 AND deadline > $2)
-       OR (status = 'sent' AND redeliver_at <= $2))
+       OR (status = 'sent' AND redeliver_at <= $2))",
+    request_gate!(),
+    "
 ORDER BY created_at, order_id
 LIMIT $3
-FOR UPDATE SKIP LOCKED";
+FOR UPDATE OF orders SKIP LOCKED"
+);
 
 /// The earliest instant after `$2` at which one of the orders of the consumers (`$1`, `$3` as in
 /// [`SELECT_CLAIMABLE`]) becomes deliverable by itself (`Order::becomes_deliverable_after`): a
-/// pending order's `not_before` or a sent order's redelivery. Each `min` reads its partial index
-/// (`orders_pending_by_agent_available`, `orders_sent_by_agent_redeliver` and their `server`
-/// twins); `LEAST` ignores the ones that are `NULL`.
-const NEXT_DUE: &str = "
+/// pending (not held) order's `not_before` or a sent order's redelivery, of a request whose gate
+/// is open. Each `min` reads its partial index (`orders_pending_by_agent_available`,
+/// `orders_sent_by_agent_redeliver` and their `server` twins); `LEAST` ignores the ones that
+/// are `NULL`.
+const NEXT_DUE: &str = concat!(
+    "
 SELECT LEAST(
     (SELECT min(available_at) FROM orders
-     WHERE agent_id = ANY($1::text[]) AND status = 'pending' AND available_at > $2),
+     WHERE agent_id = ANY($1::text[]) AND status = 'pending' AND NOT held
+       AND available_at > $2",
+    request_gate!(),
+    "),
     (SELECT min(redeliver_at) FROM orders
-     WHERE agent_id = ANY($1::text[]) AND status = 'sent' AND redeliver_at > $2),
+     WHERE agent_id = ANY($1::text[]) AND status = 'sent' AND redeliver_at > $2",
+    request_gate!(),
+    "),
     (SELECT min(available_at) FROM orders
      WHERE target_id = ANY($3::text[]) AND target_type = 'server'
-       AND status = 'pending' AND available_at > $2),
+       AND status = 'pending' AND NOT held AND available_at > $2",
+    request_gate!(),
+    "),
     (SELECT min(redeliver_at) FROM orders
      WHERE target_id = ANY($3::text[]) AND target_type = 'server'
-       AND status = 'sent' AND redeliver_at > $2))";
+       AND status = 'sent' AND redeliver_at > $2",
+    request_gate!(),
+    "))"
+);
 
 /// A consumer set as the two text arrays the claim and next-due queries bind.
 fn consumer_arrays(consumers: &Consumers) -> (Vec<&str>, Vec<&str>) {
@@ -97,19 +135,29 @@ fn consumer_arrays(consumers: &Consumers) -> (Vec<&str>, Vec<&str>) {
     )
 }
 
-/// The pending orders of request `$1` (`Order::cancel` accepts exactly these), oldest first,
-/// from `orders_pending_by_request`.
-const SELECT_CANCELLABLE: &str = "
+/// The pending orders of request `$1`, held or not (`Order::end_pending` accepts exactly
+/// these), oldest first, from `orders_pending_by_request`.
+const SELECT_PENDING_OF_REQUEST: &str = "
 SELECT doc FROM orders
 WHERE request_id = $1 AND status = 'pending'
 ORDER BY created_at, order_id
 LIMIT $2
 FOR UPDATE SKIP LOCKED";
 
-/// `Order::is_expired` at `$1`.
+/// The held orders of request `$1` in positions below `$2` (`Order::release` accepts exactly
+/// these), lowest position first, from `orders_held_by_position`.
+const SELECT_HELD: &str = "
+SELECT doc FROM orders
+WHERE request_id = $1 AND status = 'pending' AND held AND position < $2
+ORDER BY position, order_id
+LIMIT $3
+FOR UPDATE SKIP LOCKED";
+
+/// `Order::is_expired` at `$1` (never a held order: the index leaves them out, so a batch is
+/// never spent on them).
 const SELECT_EXPIRED: &str = "
 SELECT doc FROM orders
-WHERE status = 'pending' AND deadline <= $1
+WHERE status = 'pending' AND NOT held AND deadline <= $1
 ORDER BY deadline
 LIMIT $2
 FOR UPDATE SKIP LOCKED";
@@ -130,20 +178,24 @@ ORDER BY finished_at
 LIMIT $2
 FOR UPDATE SKIP LOCKED";
 
-/// Writes transitions back, each only if the row still has the status it started from. A
-/// transition never changes what an order is for (ids, target, action, creation, deadline), so
-/// only the columns that follow the state are rewritten.
+/// Writes transitions back, each only if the row still has the status (and held flag) it
+/// started from. A transition never changes what an order is for (ids, target, action,
+/// creation, position), so only the columns that follow the state are rewritten (the deadline
+/// too: a release restarts it).
 const WRITE_BACK: &str = "
 UPDATE orders AS o
 SET status = u.status,
     redeliver_at = u.redeliver_at,
     result_deadline = u.result_deadline,
     finished_at = u.finished_at,
-    doc = u.doc
+    doc = u.doc,
+    deadline = u.deadline,
+    held = u.held
 FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
-            $6::jsonb[], $7::text[])
-     AS u(order_id, status, redeliver_at, result_deadline, finished_at, doc, from_status)
-WHERE o.order_id = u.order_id AND o.status = u.from_status
+            $6::jsonb[], $7::text[], $8::timestamptz[], $9::bool[], $10::bool[])
+     AS u(order_id, status, redeliver_at, result_deadline, finished_at, doc, from_status,
+          deadline, held, from_held)
+WHERE o.order_id = u.order_id AND o.status = u.from_status AND o.held = u.from_held
 RETURNING o.order_id";
 
 /// Compare-and-set of one order against the document it was read as (`$16`, jsonb), in one
@@ -153,7 +205,7 @@ WITH replaced AS (
     UPDATE orders
     SET request_id = $2, agent_id = $3, target_type = $4, target_id = $5, action = $6,
         status = $7, created_at = $8, deadline = $9, available_at = $10, redeliver_at = $11,
-        result_deadline = $12, finished_at = $13, doc = $14
+        result_deadline = $12, finished_at = $13, doc = $14, held = $17, position = $18
     WHERE order_id = $1 AND status = $15 AND doc = $16
     RETURNING 1
 )
@@ -166,8 +218,45 @@ const REPLACE_IF_SAME_TEXT: &str = "
 UPDATE orders
 SET request_id = $2, agent_id = $3, target_type = $4, target_id = $5, action = $6,
     status = $7, created_at = $8, deadline = $9, available_at = $10, redeliver_at = $11,
-    result_deadline = $12, finished_at = $13, doc = $14
+    result_deadline = $12, finished_at = $13, doc = $14, held = $17, position = $18
 WHERE order_id = $1 AND status = $15 AND doc::text = $16";
+
+/// How many orders of request `$1` are in each status, and how many of them are failures of the
+/// action (`Order::is_action_failure`: every failure except those the service ended as expired,
+/// cancelled or stopped, result code -1). Documents are read only for failures.
+const PROGRESS: &str = "
+SELECT status, count(*) AS n,
+       count(*) FILTER (WHERE status = 'failure' AND NOT coalesce(
+           doc #>> '{command,result,code}' = '-1'
+           AND doc #>> '{command,result,message}' IN ('expired', 'cancelled', 'stopped'),
+           false)) AS errors
+FROM orders WHERE request_id = $1 GROUP BY status";
+
+/// The finished orders of request `$1` grouped by (status, result code, result message), the
+/// `$2` largest groups in `ResultGroup::sort` order (`success` before `failure`, then code, then
+/// message byte-wise), each with its `$3` smallest distinct target ids (byte-wise): one row per
+/// sampled target, in group order then target order.
+const RESULT_GROUPS: &str = r#"
+WITH finished AS (
+    SELECT status,
+           coalesce((doc #>> '{command,result,code}')::int, 0) AS code,
+           coalesce(doc #>> '{command,result,message}', '') COLLATE "C" AS message,
+           target_id COLLATE "C" AS target_id
+    FROM orders WHERE request_id = $1 AND status IN ('success', 'failure')),
+groups AS (
+    SELECT status, code, message, count(*) AS n,
+           CASE status WHEN 'success' THEN 0 ELSE 1 END AS rank
+    FROM finished GROUP BY status, code, message
+    ORDER BY n DESC, rank, code, message
+    LIMIT $2),
+sampled AS (
+    SELECT status, code, message, target_id,
+           row_number() OVER (PARTITION BY status, code, message ORDER BY target_id) AS k
+    FROM (SELECT DISTINCT status, code, message, target_id FROM finished) AS d)
+SELECT g.status, g.code, g.message, g.n, s.target_id
+FROM groups g JOIN sampled s USING (status, code, message)
+WHERE s.k <= $3
+ORDER BY g.n DESC, g.rank, g.code, g.message, s.target_id"#;
 
 const ARCHIVE: &str = "
 WITH moved AS (
@@ -190,17 +279,34 @@ fn sql_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+/// What a transition started from: the row is written only if it still is so.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    status: Status,
+    held: bool,
+}
+
+impl Start {
+    fn of(o: &Order) -> Self {
+        Self {
+            status: o.status(),
+            held: o.is_held(),
+        }
+    }
+}
+
 /// Writes `(from, to)` transitions of rows this transaction has locked; returns the ids that
 /// were written (a row whose status moved meanwhile is left alone).
 async fn write_back(
     conn: &mut PgConnection,
-    transitions: &[(Status, Order)],
+    transitions: &[(Start, Order)],
 ) -> Result<Vec<Uuid>, StoreError> {
     if transitions.is_empty() {
         return Ok(Vec::new());
     }
     let c = Columns::of(transitions.iter().map(|(_, next)| next));
-    let from: Vec<&str> = transitions.iter().map(|(s, _)| s.as_str()).collect();
+    let from: Vec<&str> = transitions.iter().map(|(f, _)| f.status.as_str()).collect();
+    let from_held: Vec<bool> = transitions.iter().map(|(f, _)| f.held).collect();
     let rows = sqlx::query(WRITE_BACK)
         .bind(&c.order_id)
         .bind(&c.status)
@@ -209,6 +315,9 @@ async fn write_back(
         .bind(&c.finished_at)
         .bind(&c.doc)
         .bind(&from)
+        .bind(&c.deadline)
+        .bind(&c.held)
+        .bind(&from_held)
         .fetch_all(conn)
         .await
         .map_err(convert_sqlx_err)?;
@@ -242,6 +351,8 @@ impl PostgresBackend {
                 .bind(&c.result_deadline)
                 .bind(&c.finished_at)
                 .bind(&c.doc)
+                .bind(&c.held)
+                .bind(&c.position)
                 .execute(&mut *tx)
                 .await?;
             created += done.rows_affected();
@@ -276,9 +387,9 @@ impl PostgresBackend {
         let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
         let rows = select.fetch_all(&mut *tx).await.map_err(convert_sqlx_err)?;
         let candidates = orders_of(&rows)?;
-        let transitions: Vec<(Status, Order)> = candidates
+        let transitions: Vec<(Start, Order)> = candidates
             .iter()
-            .filter_map(|o| step(o).map(|next| (o.status(), next)))
+            .filter_map(|o| step(o).map(|next| (Start::of(o), next)))
             .collect();
         let written = write_back(&mut tx, &transitions).await?;
         tx.commit().await.map_err(convert_sqlx_err)?;
@@ -398,9 +509,9 @@ impl OrderStore for PostgresBackend {
             .fetch_all(&mut *tx)
             .await
             .map_err(convert_sqlx_err)?;
-        let transitions: Vec<(Status, Order)> = orders_of(&rows)?
+        let transitions: Vec<(Start, Order)> = orders_of(&rows)?
             .iter()
-            .filter_map(|o| o.deliver(now, policy).ok().map(|next| (o.status(), next)))
+            .filter_map(|o| o.deliver(now, policy).ok().map(|next| (Start::of(o), next)))
             .collect();
         let written: HashSet<Uuid> = write_back(&mut tx, &transitions)
             .await?
@@ -437,6 +548,8 @@ impl OrderStore for PostgresBackend {
         // Fast path: the stored document is the one `current` serialises to.
         let row = bind_next(REPLACE_IF_SAME_DOC)
             .bind(Json(current))
+            .bind(c.held[0])
+            .bind(c.position[0])
             .fetch_one(&self.pool)
             .await
             .map_err(convert_sqlx_err)?;
@@ -466,6 +579,8 @@ impl OrderStore for PostgresBackend {
         let raw: String = row.try_get("raw").map_err(convert_sqlx_err)?;
         let done = bind_next(REPLACE_IF_SAME_TEXT)
             .bind(raw)
+            .bind(c.held[0])
+            .bind(c.position[0])
             .execute(&self.pool)
             .await
             .map_err(convert_sqlx_err)?;
@@ -494,19 +609,89 @@ impl OrderStore for PostgresBackend {
             .map_err(convert_sqlx_err)
     }
 
-    async fn cancel_pending(
+    async fn end_pending(
         &self,
         request: &RequestId,
+        end: PendingEnd,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
         if limit == 0 {
             return Ok(Batch::default());
         }
-        let select = sqlx::query(SELECT_CANCELLABLE)
+        let select = sqlx::query(SELECT_PENDING_OF_REQUEST)
             .bind(request.as_uuid())
             .bind(sql_limit(limit));
-        self.transition_locked(select, |o| o.cancel(now).ok()).await
+        self.transition_locked(select, |o| o.end_pending(now, end).ok())
+            .await
+    }
+
+    async fn release_held(
+        &self,
+        request: &RequestId,
+        below: u64,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        if limit == 0 || below == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
+        let rows = sqlx::query(SELECT_HELD)
+            .bind(request.as_uuid())
+            .bind(i64::try_from(below).unwrap_or(i64::MAX))
+            .bind(sql_limit(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let transitions: Vec<(Start, Order)> = orders_of(&rows)?
+            .iter()
+            .filter_map(|o| o.release(now).ok().map(|next| (Start::of(o), next)))
+            .collect();
+        let written: HashSet<Uuid> = write_back(&mut tx, &transitions)
+            .await?
+            .into_iter()
+            .collect();
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(transitions
+            .into_iter()
+            .map(|(_, next)| next)
+            .filter(|o| written.contains(o.order_id().as_uuid()))
+            .collect())
+    }
+
+    async fn result_groups(&self, request: &RequestId) -> Result<Vec<ResultGroup>, StoreError> {
+        let rows = sqlx::query(RESULT_GROUPS)
+            .bind(request.as_uuid())
+            .bind(sql_limit(ResultGroup::MAX_GROUPS))
+            .bind(sql_limit(ResultGroup::SAMPLE))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let mut groups: Vec<ResultGroup> = Vec::new();
+        for row in &rows {
+            let status: String = row.try_get("status").map_err(convert_sqlx_err)?;
+            let status = Status::parse(&status, "status").map_err(corrupt)?;
+            let code: i32 = row.try_get("code").map_err(convert_sqlx_err)?;
+            let code = i16::try_from(code)
+                .map_err(|_| corrupt(format!("result code out of range: {code}")))?;
+            let message: String = row.try_get("message").map_err(convert_sqlx_err)?;
+            let n: i64 = row.try_get("n").map_err(convert_sqlx_err)?;
+            let target_id: String = row.try_get("target_id").map_err(convert_sqlx_err)?;
+            match groups.last_mut() {
+                Some(g) if g.status == status && g.code == code && g.message == message => {
+                    g.sample.push(target_id);
+                }
+                _ => groups.push(ResultGroup {
+                    status,
+                    code,
+                    message,
+                    count: u64::try_from(n).unwrap_or_default(),
+                    sample: vec![target_id],
+                }),
+            }
+        }
+        Ok(groups)
     }
 
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
@@ -577,19 +762,19 @@ impl OrderStore for PostgresBackend {
     }
 
     async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
-        let rows = sqlx::query(
-            "SELECT status, count(*) AS n FROM orders WHERE request_id = $1 GROUP BY status",
-        )
-        .bind(request.as_uuid())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(convert_sqlx_err)?;
+        let rows = sqlx::query(PROGRESS)
+            .bind(request.as_uuid())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
         let mut counts = StatusCounts::default();
         for row in &rows {
             let status: String = row.try_get("status").map_err(convert_sqlx_err)?;
             let n: i64 = row.try_get("n").map_err(convert_sqlx_err)?;
+            let errors: i64 = row.try_get("errors").map_err(convert_sqlx_err)?;
             let status = Status::parse(&status, "status").map_err(corrupt)?;
             counts.add(status, u64::try_from(n).unwrap_or_default());
+            counts.errors += u64::try_from(errors).unwrap_or_default();
         }
         Ok(counts)
     }

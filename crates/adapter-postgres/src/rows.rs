@@ -34,6 +34,8 @@ pub(crate) struct Columns<'a> {
     pub(crate) redeliver_at: Vec<Option<DateTime<Utc>>>,
     pub(crate) result_deadline: Vec<Option<DateTime<Utc>>>,
     pub(crate) finished_at: Vec<Option<DateTime<Utc>>>,
+    pub(crate) held: Vec<bool>,
+    pub(crate) position: Vec<Option<i64>>,
     pub(crate) doc: Vec<Json<&'a Order>>,
 }
 
@@ -60,6 +62,9 @@ impl<'a> Columns<'a> {
         self.redeliver_at.push(o.redeliver_at().map(ms));
         self.result_deadline.push(o.result_deadline().map(ms));
         self.finished_at.push(o.finished_at().map(ms));
+        self.held.push(o.is_held());
+        self.position
+            .push(o.position().map(|p| i64::try_from(p).unwrap_or(i64::MAX)));
         self.doc.push(Json(o));
     }
 

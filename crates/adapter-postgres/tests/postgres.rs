@@ -46,6 +46,7 @@ impl Instance {
         Backend {
             orders: Arc::new(self.backend.clone()),
             agents: Arc::new(self.backend.clone()),
+            requests: Arc::new(self.backend.clone()),
             components: Arc::new(self.backend.clone()),
             notifier: Arc::clone(&self.notifier) as Arc<dyn Notifier>,
             guard: None,

@@ -1,5 +1,6 @@
-//! The SQLite storage adapter, the embedded default backend: [`SqliteBackend`] implements both
-//! [`cm_ports::OrderStore`] and [`cm_ports::AgentRegistry`] over one database file.
+//! The SQLite storage adapter, the embedded default backend: [`SqliteBackend`] implements
+//! [`cm_ports::OrderStore`], [`cm_ports::RequestStore`], [`cm_ports::AgentRegistry`] and
+//! [`cm_ports::ComponentRegistry`] over one database file.
 //!
 //! * The file is in WAL mode, so readers never block the writer. Commits are synced to disk
 //!   before they are acknowledged (`synchronous = FULL`) unless [`SqliteSynchronous::Normal`] is
@@ -24,6 +25,7 @@ mod components;
 mod error;
 mod keys;
 mod orders;
+mod requests;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

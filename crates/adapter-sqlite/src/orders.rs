@@ -4,10 +4,12 @@ use std::collections::HashSet;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cm_domain::{AgentId, ComponentName, DeliveryPolicy, Order, OrderId, RequestId, Status};
+use cm_domain::{
+    AgentId, ComponentName, DeliveryPolicy, Order, OrderId, PendingEnd, RequestId, Status,
+};
 use cm_ports::{
     Batch, Consumers, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
-    RetentionMode, StatusCounts, StoreError,
+    ResultGroup, RetentionMode, StatusCounts, StoreError,
 };
 use sqlx::query_builder::Separated;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
@@ -17,70 +19,97 @@ use crate::error::{convert_sqlx_err, corrupt_document};
 
 /// SQLite's default limit on bound parameters in one statement (`SQLITE_MAX_VARIABLE_NUMBER`).
 const MAX_BOUND_PARAMETERS: usize = 32_766;
-/// Rows per multi-row statement; a row binds at most 15 values.
+/// Rows per multi-row statement; a row binds at most 17 values.
 const CHUNK: usize = 1000;
-const _: () = assert!(CHUNK * 15 <= MAX_BOUND_PARAMETERS);
+const _: () = assert!(CHUNK * 17 <= MAX_BOUND_PARAMETERS);
+
+/// The request gate of claims and next_due (`RequestState::delivers`): an order whose request
+/// has a record goes out only while that record is `scheduled` or `running`; an order without
+/// a record (written before records existed) always does. Read in the claim's own statement,
+/// inside its write transaction: every record write goes through the same single writer, so no
+/// state change can slip between the gate and the claim.
+macro_rules! request_gate {
+    () => {
+        " AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.request_id = orders.request_id \
+           AND r.state NOT IN ('scheduled', 'running'))"
+    };
+}
 
 /// The deliverable orders of a set of consumers, oldest first: `?1` is the JSON array of the
 /// agents' ids, `?2` that of the components' names, `?3` now, `?4` the limit. Agrees with
-/// `Consumers::takes` and `Order::is_deliverable`: pending from `not_before` until (excluding)
-/// the deadline; sent once redelivery is due; an agent's orders by `agent_id`, a component's by
-/// the `server` target naming it. Each kind is read from its own partial index, each consumer
-/// by one seek (the `IN` list), so a claim walks neither history nor the orders already held.
+/// `Consumers::takes` and `Order::is_deliverable`: pending and not held from `not_before` until
+/// (excluding) the deadline; sent once redelivery is due; an agent's orders by `agent_id`, a
+/// component's by the `server` target naming it; and only while the request gate is open. Each
+/// kind is read from its own partial index (which leaves held orders out), each consumer by one
+/// seek (the `IN` list), so a claim walks neither history nor the orders already held.
 ///
 /// `INDEXED BY`: without statistics the planner rates `orders_agent` (every order of the agent)
 /// as good as these; a poll must not degrade into a scan of the agent's history, and a schema
 /// without the indexes must fail loudly rather than slow down.
-const CLAIM_CANDIDATES: &str = "SELECT revision, document FROM ( \
+const CLAIM_CANDIDATES: &str = concat!(
+    "SELECT revision, document FROM ( \
       SELECT * FROM ( \
         SELECT created_ms, order_id, revision, document FROM orders INDEXED BY orders_claim \
         WHERE agent_id IN (SELECT value FROM json_each(?1)) AND status = 'pending' \
-          AND available_ms <= ?3 AND deadline_ms > ?3 \
-        ORDER BY created_ms, order_id LIMIT ?4) \
+          AND held = 0 AND available_ms <= ?3 AND deadline_ms > ?3",
+    request_gate!(),
+    " ORDER BY created_ms, order_id LIMIT ?4) \
       UNION ALL \
       SELECT * FROM ( \
         SELECT created_ms, order_id, revision, document FROM orders INDEXED BY orders_redeliver \
         WHERE agent_id IN (SELECT value FROM json_each(?1)) AND status = 'sent' \
-          AND redeliver_ms <= ?3 \
-        ORDER BY created_ms, order_id LIMIT ?4) \
+          AND redeliver_ms <= ?3",
+    request_gate!(),
+    " ORDER BY created_ms, order_id LIMIT ?4) \
       UNION ALL \
       SELECT * FROM ( \
         SELECT created_ms, order_id, revision, document FROM orders \
         INDEXED BY orders_claim_server \
         WHERE target_id IN (SELECT value FROM json_each(?2)) AND status = 'pending' \
-          AND target_type = 'server' \
-          AND available_ms <= ?3 AND deadline_ms > ?3 \
-        ORDER BY created_ms, order_id LIMIT ?4) \
+          AND held = 0 AND target_type = 'server' \
+          AND available_ms <= ?3 AND deadline_ms > ?3",
+    request_gate!(),
+    " ORDER BY created_ms, order_id LIMIT ?4) \
       UNION ALL \
       SELECT * FROM ( \
         SELECT created_ms, order_id, revision, document FROM orders \
         INDEXED BY orders_redeliver_server \
         WHERE target_id IN (SELECT value FROM json_each(?2)) AND status = 'sent' \
-          AND target_type = 'server' AND redeliver_ms <= ?3 \
-        ORDER BY created_ms, order_id LIMIT ?4)) \
-    ORDER BY created_ms, order_id LIMIT ?4";
+          AND target_type = 'server' AND redeliver_ms <= ?3",
+    request_gate!(),
+    " ORDER BY created_ms, order_id LIMIT ?4)) \
+    ORDER BY created_ms, order_id LIMIT ?4"
+);
 
 /// The earliest instant after `?3` at which one of the orders of the consumers (`?1`, `?2` as
 /// in [`CLAIM_CANDIDATES`]) becomes deliverable by itself (`Order::becomes_deliverable_after`):
-/// a pending order's `not_before` or a sent order's redelivery. Each quarter is one range seek
-/// per consumer into its partial index (`INDEXED BY` as in [`CLAIM_CANDIDATES`]: a long-poll
-/// asks this on every wait, and must never scan history). `MIN` of no row is `NULL`.
-const NEXT_DUE: &str = "SELECT MIN(t) FROM ( \
+/// a pending (not held) order's `not_before` or a sent order's redelivery, of a request whose
+/// gate is open. Each quarter is one range seek per consumer into its partial index, which
+/// carries `request_id` for the gate (`INDEXED BY` as in [`CLAIM_CANDIDATES`]: a long-poll asks
+/// this on every wait, and must never scan history). `MIN` of no row is `NULL`.
+const NEXT_DUE: &str = concat!(
+    "SELECT MIN(t) FROM ( \
       SELECT MIN(available_ms) AS t FROM orders INDEXED BY orders_available \
       WHERE agent_id IN (SELECT value FROM json_each(?1)) AND status = 'pending' \
-        AND available_ms > ?3 \
-      UNION ALL \
+        AND held = 0 AND available_ms > ?3",
+    request_gate!(),
+    " UNION ALL \
       SELECT MIN(redeliver_ms) AS t FROM orders INDEXED BY orders_redeliver \
       WHERE agent_id IN (SELECT value FROM json_each(?1)) AND status = 'sent' \
-        AND redeliver_ms > ?3 \
-      UNION ALL \
+        AND redeliver_ms > ?3",
+    request_gate!(),
+    " UNION ALL \
       SELECT MIN(available_ms) AS t FROM orders INDEXED BY orders_available_server \
       WHERE target_id IN (SELECT value FROM json_each(?2)) AND status = 'pending' \
-        AND target_type = 'server' AND available_ms > ?3 \
-      UNION ALL \
+        AND held = 0 AND target_type = 'server' AND available_ms > ?3",
+    request_gate!(),
+    " UNION ALL \
       SELECT MIN(redeliver_ms) AS t FROM orders INDEXED BY orders_redeliver_server \
       WHERE target_id IN (SELECT value FROM json_each(?2)) AND status = 'sent' \
-        AND target_type = 'server' AND redeliver_ms > ?3)";
+        AND target_type = 'server' AND redeliver_ms > ?3",
+    request_gate!(),
+    ")"
+);
 
 /// The JSON arrays of a consumer set's agent ids and component names (`?1`, `?2` of
 /// [`CLAIM_CANDIDATES`] and [`NEXT_DUE`]): one bound value each, however many consumers.
@@ -101,17 +130,24 @@ fn consumer_lists(consumers: &Consumers) -> Result<(String, String), StoreError>
     ))
 }
 
-/// A request's pending orders, oldest first (`Order::cancel` accepts exactly these). The partial
-/// index skips the request's orders that already moved on, so cancelling a large request batch
-/// by batch never re-reads what earlier batches cancelled.
-const CANCEL_CANDIDATES: &str = "SELECT revision, document FROM orders \
+/// A request's pending orders, held or not, oldest first (`Order::end_pending` accepts exactly
+/// these). The partial index skips the request's orders that already moved on, so ending a
+/// large request batch by batch never re-reads what earlier batches ended.
+const END_CANDIDATES: &str = "SELECT revision, document FROM orders \
     INDEXED BY orders_request_pending \
     WHERE request_id = ?1 AND status = 'pending' \
     ORDER BY created_ms, order_id LIMIT ?2";
 
-/// Pending orders whose delivery deadline passed (`Order::is_expired`), earliest first.
+/// A request's held orders in positions below `?2`, lowest first (`Order::release` accepts
+/// exactly these), from their own partial index.
+const HELD_CANDIDATES: &str = "SELECT revision, document FROM orders INDEXED BY orders_held \
+    WHERE request_id = ?1 AND status = 'pending' AND held = 1 AND position < ?2 \
+    ORDER BY position, order_id LIMIT ?3";
+
+/// Pending orders whose delivery deadline passed (`Order::is_expired`: never a held one),
+/// earliest first. The index leaves held orders out, so a batch is never spent on them.
 const EXPIRY_CANDIDATES: &str = "SELECT revision, document FROM orders \
-    WHERE status = 'pending' AND deadline_ms <= ?1 \
+    WHERE status = 'pending' AND held = 0 AND deadline_ms <= ?1 \
     ORDER BY deadline_ms, order_id LIMIT ?2";
 
 /// Delivered orders whose result deadline passed (`Order::is_unreported`), earliest first.
@@ -124,8 +160,49 @@ const PURGE_CANDIDATES: &str = "SELECT order_id, revision, document FROM orders 
     WHERE finished_ms IS NOT NULL AND finished_ms <= ?1 \
     ORDER BY finished_ms, order_id LIMIT ?2";
 
-/// How many orders of one request are in each status.
-const PROGRESS: &str = "SELECT status, COUNT(*) FROM orders WHERE request_id = ?1 GROUP BY status";
+/// Whether an order row (`status`, `document`) is a failure of the action
+/// (`Order::is_action_failure`): every failure except those the service ended as expired,
+/// cancelled or stopped (result code -1). The document is read only for failures.
+macro_rules! action_failure {
+    () => {
+        "(status = 'failure' AND NOT coalesce( \
+            json_extract(document, '$.command.result.code') = -1 \
+            AND json_extract(document, '$.command.result.message') \
+                IN ('expired', 'cancelled', 'stopped'), 0))"
+    };
+}
+
+/// How many orders of one request are in each status, and how many of them are failures of
+/// the action.
+const PROGRESS: &str = concat!(
+    "SELECT status, COUNT(*), SUM(",
+    action_failure!(),
+    ") FROM orders WHERE request_id = ?1 GROUP BY status"
+);
+
+/// The finished orders of request `?1` grouped by (status, result code, result message), the
+/// `?2` largest groups in `ResultGroup::sort` order (`success` before `failure`, then code and
+/// message, bytewise), each with its `?3` smallest distinct target ids, one row per sampled
+/// target: `(status, code, message, count, target_id)`, in group order then target order.
+const RESULT_GROUPS: &str = "WITH finished AS ( \
+      SELECT status, \
+             coalesce(json_extract(document, '$.command.result.code'), 0) AS code, \
+             coalesce(json_extract(document, '$.command.result.message'), '') AS message, \
+             target_id \
+      FROM orders WHERE request_id = ?1 AND status IN ('success', 'failure')), \
+    groups AS ( \
+      SELECT status, code, message, COUNT(*) AS n, \
+             CASE status WHEN 'success' THEN 0 ELSE 1 END AS rank \
+      FROM finished GROUP BY status, code, message \
+      ORDER BY n DESC, rank, code, message LIMIT ?2), \
+    sampled AS ( \
+      SELECT status, code, message, target_id, ROW_NUMBER() OVER ( \
+               PARTITION BY status, code, message ORDER BY target_id) AS k \
+      FROM (SELECT DISTINCT status, code, message, target_id FROM finished)) \
+    SELECT g.status, g.code, g.message, g.n, s.target_id \
+    FROM groups g JOIN sampled s \
+      ON s.status = g.status AND s.code = g.code AND s.message = g.message AND s.k <= ?3 \
+    ORDER BY g.n DESC, g.rank, g.code, g.message, s.target_id";
 
 /// The stored document and the revision a conditional write compares against.
 type Versioned = (i64, String);
@@ -145,6 +222,8 @@ struct Row {
     redeliver_ms: Option<i64>,
     result_deadline_ms: Option<i64>,
     finished_ms: Option<i64>,
+    held: bool,
+    position: Option<i64>,
     document: String,
 }
 
@@ -167,6 +246,8 @@ impl Row {
             redeliver_ms: o.redeliver_at().map(|t| t.timestamp_millis()),
             result_deadline_ms: o.result_deadline().map(|t| t.timestamp_millis()),
             finished_ms: o.finished_at().map(|t| t.timestamp_millis()),
+            held: o.is_held(),
+            position: o.position().map(|p| i64::try_from(p).unwrap_or(i64::MAX)),
             document,
         })
     }
@@ -174,7 +255,7 @@ impl Row {
 
 impl Row {
     /// Binds the row's values in the order the `INSERT` and `UPDATE` statements list the
-    /// columns: `order_id` … `finished_ms`, `document`.
+    /// columns: `order_id` … `finished_ms`, `held`, `position`, `document`.
     fn bind(self, b: &mut Separated<'_, Sqlite, &'static str>) {
         b.push_bind(self.order_id)
             .push_bind(self.request_id)
@@ -189,8 +270,15 @@ impl Row {
             .push_bind(self.redeliver_ms)
             .push_bind(self.result_deadline_ms)
             .push_bind(self.finished_ms)
+            .push_bind(self.held)
+            .push_bind(self.position)
             .push_bind(self.document);
     }
+}
+
+fn parse_status(status: &str) -> Result<Status, StoreError> {
+    Status::parse(status, "status")
+        .map_err(|_| StoreError::Corrupt(format!("unknown order status {status:?}")))
 }
 
 fn decode(document: &str) -> Result<Order, StoreError> {
@@ -223,7 +311,8 @@ async fn update_all(
              target_type = v.column4, target_id = v.column5, action = v.column6, \
              status = v.column7, created_ms = v.column8, deadline_ms = v.column9, \
              available_ms = v.column10, redeliver_ms = v.column11, \
-             result_deadline_ms = v.column12, finished_ms = v.column13, document = v.column14, \
+             result_deadline_ms = v.column12, finished_ms = v.column13, held = v.column14, \
+             position = v.column15, document = v.column16, \
              revision = orders.revision + 1 FROM (",
         );
         qb.push_values(rows, |mut b, (r, revision)| {
@@ -231,7 +320,7 @@ async fn update_all(
             b.push_bind(revision);
         });
         qb.push(
-            ") AS v WHERE orders.order_id = v.column1 AND orders.revision = v.column15 \
+            ") AS v WHERE orders.order_id = v.column1 AND orders.revision = v.column17 \
              RETURNING orders.order_id",
         );
         let ids: Vec<String> = qb
@@ -358,7 +447,7 @@ impl OrderStore for SqliteBackend {
             let mut qb = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, \
                  action, status, created_ms, deadline_ms, available_ms, redeliver_ms, \
-                 result_deadline_ms, finished_ms, document) ",
+                 result_deadline_ms, finished_ms, held, position, document) ",
             );
             qb.push_values(chunk, |mut b, r| r.bind(&mut b));
             qb.push(" ON CONFLICT (order_id) DO NOTHING");
@@ -490,16 +579,79 @@ impl OrderStore for SqliteBackend {
         .transpose()
     }
 
-    async fn cancel_pending(
+    async fn end_pending(
         &self,
         request: &RequestId,
+        end: PendingEnd,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
-        self.transition_batch(CANCEL_CANDIDATES, request.to_string(), limit, |o| {
-            o.cancel(now).ok()
+        self.transition_batch(END_CANDIDATES, request.to_string(), limit, |o| {
+            o.end_pending(now, end).ok()
         })
         .await
+    }
+
+    async fn release_held(
+        &self,
+        request: &RequestId,
+        below: u64,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        if limit == 0 || below == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.write().await?;
+        let candidates: Vec<Versioned> = sqlx::query_as(HELD_CANDIDATES)
+            .bind(request.to_string())
+            .bind(i64::try_from(below).unwrap_or(i64::MAX))
+            .bind(sql_int(limit))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let mut changes = Vec::with_capacity(candidates.len());
+        for (revision, document) in candidates {
+            if let Ok(next) = decode(&document)?.release(now) {
+                changes.push((next, revision));
+            }
+        }
+        let written = update_all(&mut tx, &changes).await?;
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(changes
+            .into_iter()
+            .map(|(next, _)| next)
+            .filter(|o| written.contains(&o.order_id().to_string()))
+            .collect())
+    }
+
+    async fn result_groups(&self, request: &RequestId) -> Result<Vec<ResultGroup>, StoreError> {
+        let rows: Vec<(String, i64, String, i64, String)> = sqlx::query_as(RESULT_GROUPS)
+            .bind(request.to_string())
+            .bind(sql_int(ResultGroup::MAX_GROUPS))
+            .bind(sql_int(ResultGroup::SAMPLE))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let mut groups: Vec<ResultGroup> = Vec::new();
+        for (status, code, message, n, target_id) in rows {
+            let status = parse_status(&status)?;
+            let code = i16::try_from(code)
+                .map_err(|_| StoreError::Corrupt(format!("result code out of range: {code}")))?;
+            match groups.last_mut() {
+                Some(g) if g.status == status && g.code == code && g.message == message => {
+                    g.sample.push(target_id);
+                }
+                _ => groups.push(ResultGroup {
+                    status,
+                    code,
+                    message,
+                    count: u64::try_from(n).unwrap_or(0),
+                    sample: vec![target_id],
+                }),
+            }
+        }
+        Ok(groups)
     }
 
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
@@ -587,16 +739,15 @@ impl OrderStore for SqliteBackend {
     }
 
     async fn progress(&self, request: &RequestId) -> Result<StatusCounts, StoreError> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(PROGRESS)
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(PROGRESS)
             .bind(request.to_string())
             .fetch_all(&self.reader)
             .await
             .map_err(convert_sqlx_err)?;
         let mut counts = StatusCounts::default();
-        for (status, n) in rows {
-            let status = Status::parse(&status, "status")
-                .map_err(|_| StoreError::Corrupt(format!("unknown order status {status:?}")))?;
-            counts.add(status, u64::try_from(n).unwrap_or(0));
+        for (status, n, errors) in rows {
+            counts.add(parse_status(&status)?, u64::try_from(n).unwrap_or(0));
+            counts.errors += u64::try_from(errors).unwrap_or(0);
         }
         Ok(counts)
     }
@@ -664,8 +815,22 @@ mod tests {
             "{p}"
         );
         assert!(!p.contains("TEMP B-TREE"), "{p}");
+        // The request gate is one primary-key lookup per candidate, in claims and next_due.
+        for sql in [CLAIM_CANDIDATES, NEXT_DUE] {
+            let p = plan(&store, sql).await;
+            assert_eq!(
+                p.matches("SEARCH r USING INDEX sqlite_autoindex_requests_1 (request_id=?)")
+                    .count(),
+                4,
+                "{p}"
+            );
+        }
+        let p = plan(&store, RESULT_GROUPS).await;
+        assert!(p.contains("orders_request (request_id=?)"), "{p}");
+        assert!(!p.contains("SCAN orders"), "{p}");
         for (sql, index) in [
-            (CANCEL_CANDIDATES, "orders_request_pending (request_id=?)"),
+            (END_CANDIDATES, "orders_request_pending (request_id=?)"),
+            (HELD_CANDIDATES, "orders_held (request_id=? AND position<?)"),
             (EXPIRY_CANDIDATES, "orders_expiry"),
             (GIVE_UP_CANDIDATES, "orders_result_deadline"),
             (PURGE_CANDIDATES, "orders_finished"),

@@ -384,6 +384,21 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, Router::new(), shutdown).await
+}
+
+/// [`serve`], with `extra` routes (the operator console) served beside the API's on the same
+/// listener. `extra` must have no fallback and no path of the API's; the API's middleware
+/// (authentication, timeouts, metrics) stays on the API's routes.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    extra: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let tls = match &state.settings().tls {
         Some(tls) => Some(tokio_rustls::TlsAcceptor::from(
             tls::server_config(tls)
@@ -426,7 +441,8 @@ pub async fn serve(
         }
     };
     // One route table shared by every connection (cloning a `Router` clones an `Arc`).
-    let served = conn::accept_loop(listener, tls, router(state.clone()), limits, signal).await;
+    let routes = router(state.clone()).merge(extra);
+    let served = conn::accept_loop(listener, tls, routes, limits, signal).await;
     state.begin_shutdown();
     served
 }

@@ -85,6 +85,17 @@ impl Api {
             .with_context(|| format!("{what}: not JSON: {}", truncate(&text)))
     }
 
+    /// `GET path`: the answer's JSON.
+    pub(crate) async fn get_json(&self, path: &str) -> Result<Value> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        Self::expect_json(resp, path).await
+    }
+
     /// `PUT /api/v1/agents/{id}`.
     pub(crate) async fn put_agent(&self, id: &str, groups: &[&str]) -> Result<()> {
         let resp = self

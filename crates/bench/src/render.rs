@@ -83,6 +83,7 @@ fn page(args: &RenderArgs, runs: &[BackendRun], criterion: &[Estimate]) -> Strin
     open_polls_section(&mut p, runs);
     expiry_section(&mut p, runs);
     relay_section(&mut p, runs);
+    requests_section(&mut p, runs);
     criterion_section(&mut p, criterion);
     p.push_str(notes::METHOD);
     settings_section(&mut p, runs);
@@ -914,4 +915,71 @@ mod tests {
         assert!(t.contains("**missed** (60.0 ms)"), "{t}");
         assert!(t.contains("**sqlite relay wake-up**: p99 60.0 ms"), "{t}");
     }
+}
+
+fn requests_section(p: &mut String, runs: &[BackendRun]) {
+    let cols = columns(runs);
+    let _ = writeln!(
+        p,
+        "## 7. Requests as records: the listing and a results breakdown\n"
+    );
+    let _ = writeln!(
+        p,
+        "The page an operator opens first, `GET /api/v1/requests?size=50` (50 records, newest \
+         first, each with the counts of its orders: live for a request still running, frozen \
+         on the record once it is settled), read 50 times while the stream holds the orders \
+         of every scenario before it, topped up with group fan-outs. Then the results \
+         breakdown of the expiry drain's request (`GET /api/v1/requests/{{id}}/results`: its \
+         finished orders grouped by status, code and message, with samples), 50 times. The \
+         record a submit writes is inside the fan-out's figures of section 1.\n"
+    );
+    header(p, "", &cols);
+    let q = |r: &BackendRun| r.requests.clone();
+    row(p, "orders in the stream", &cols, "requests", |r| {
+        q(r).map(|x| count(x.stream_orders as f64))
+    });
+    row(p, "requests in the stream", &cols, "requests", |r| {
+        q(r).map(|x| count(x.requests as f64))
+    });
+    row(
+        p,
+        "listing of 50: p50 / p99 / max (ms)",
+        &cols,
+        "requests",
+        |r| {
+            q(r).map(|x| {
+                format!(
+                    "{} / {} / {}",
+                    ms(x.list.p50_ms),
+                    ms(x.list.p99_ms),
+                    ms(x.list.max_ms)
+                )
+            })
+        },
+    );
+    row(
+        p,
+        "orders in the broken-down request",
+        &cols,
+        "requests",
+        |r| q(r).map(|x| count(x.breakdown_orders as f64)),
+    );
+    row(
+        p,
+        "results breakdown: p50 / p99 / max (ms)",
+        &cols,
+        "requests",
+        |r| {
+            q(r).map(|x| {
+                format!(
+                    "{} / {} / {}",
+                    ms(x.breakdown.p50_ms),
+                    ms(x.breakdown.p99_ms),
+                    ms(x.breakdown.max_ms)
+                )
+            })
+        },
+    );
+    failures(p, &cols, "requests");
+    p.push('\n');
 }

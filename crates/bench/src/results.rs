@@ -32,6 +32,7 @@ pub(crate) struct BackendRun {
     pub(crate) open_polls: Option<OpenPolls>,
     pub(crate) expiry: Option<Expiry>,
     pub(crate) relay: Option<Relay>,
+    pub(crate) requests: Option<Requests>,
     /// Scenario name → why it has no numbers.
     pub(crate) errors: BTreeMap<String, String>,
 }
@@ -110,6 +111,9 @@ pub(crate) struct OpenPolls {
 /// Overdue pending orders expired by one scheduler run, beside the raw bulk update.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Expiry {
+    /// The request whose orders expired (the requests scenario reads its results breakdown).
+    #[serde(default)]
+    pub(crate) request_id: String,
     pub(crate) orders: u64,
     /// The expiry job's own duration (`elapsed_ms` of its log line).
     pub(crate) ours_secs: f64,
@@ -140,4 +144,20 @@ pub(crate) struct Relay {
     pub(crate) wake: Latency,
     /// Orders that did not come on the claim waiting when the submit was made.
     pub(crate) late: u64,
+}
+
+/// Requests as records: the listing an operator opens first, and the breakdown of one large
+/// request's results.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Requests {
+    /// Orders in the stream while the listing was read (the sum of every request's `total`).
+    pub(crate) stream_orders: u64,
+    /// Requests in the stream.
+    pub(crate) requests: u64,
+    /// `GET /api/v1/requests?size=50`: 50 records, each with its counts.
+    pub(crate) list: Latency,
+    /// Orders of the request whose results were grouped.
+    pub(crate) breakdown_orders: u64,
+    /// `GET /api/v1/requests/{id}/results` of that request.
+    pub(crate) breakdown: Latency,
 }

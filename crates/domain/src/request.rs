@@ -710,7 +710,13 @@ impl RequestRecord {
                 ..none
             },
             RequestState::Cancelled | RequestState::Stopped => {
-                if counts.pending > 0 {
+                if counts.open() == 0 {
+                    // Nothing left to end or to report: the counts are final.
+                    Step {
+                        record: Some(self.settle(*counts, now)),
+                        ..none
+                    }
+                } else if counts.pending > 0 {
                     // Orders not handed out yet end as the finish decided; settle after.
                     let end = match (self.state, self.state_reason()) {
                         (RequestState::Cancelled, _) => PendingEnd::Cancelled,
@@ -722,10 +728,9 @@ impl RequestRecord {
                         ..none
                     }
                 } else {
-                    Step {
-                        record: Some(self.settle(*counts, now)),
-                        ..none
-                    }
+                    // Orders already out finish normally (a report, or `no result`); the
+                    // counts are frozen once they have.
+                    none
                 }
             }
             RequestState::Scheduled | RequestState::Running | RequestState::Paused => {
@@ -1011,6 +1016,9 @@ mod tests {
         let s = stopped.step(&counts(1, 2, 0, 17, 2), t0(), HOLD);
         assert_eq!(s.end_pending, Some(PendingEnd::Stopped));
         assert_eq!(s.record, None);
+        // Orders already out finish normally before the counts are frozen.
+        let s = stopped.step(&counts(0, 2, 0, 18, 2), t0(), HOLD);
+        assert_eq!((s.record, s.end_pending), (None, None));
         let s = stopped.step(&counts(0, 0, 0, 20, 4), t0(), HOLD);
         assert!(s.record.unwrap().is_settled());
     }
@@ -1070,6 +1078,8 @@ mod tests {
         let s = cancelled.step(&counts(3, 2, 0, 0, 0), t0(), HOLD);
         assert_eq!(s.end_pending, Some(PendingEnd::Cancelled));
         let s = cancelled.step(&counts(0, 2, 0, 3, 0), t0(), HOLD);
+        assert_eq!(s.record, None, "not settled while orders are out");
+        let s = cancelled.step(&counts(0, 0, 2, 3, 0), t0(), HOLD);
         assert!(s.record.unwrap().is_settled());
     }
 

@@ -119,6 +119,7 @@ pub(crate) async fn backend() -> Backend {
     Backend {
         orders: Arc::new(b.clone()),
         agents: Arc::new(b.clone()),
+        requests: Arc::new(b.clone()),
         components: Arc::new(b),
         notifier: Arc::new(notifier),
         guard: None,

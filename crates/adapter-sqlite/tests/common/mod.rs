@@ -30,6 +30,7 @@ pub async fn backend() -> Backend {
     Backend {
         orders: Arc::clone(&store) as Arc<dyn OrderStore>,
         agents: Arc::clone(&store) as Arc<dyn cm_ports::AgentRegistry>,
+        requests: Arc::clone(&store) as Arc<dyn cm_ports::RequestStore>,
         components: store,
         notifier: Arc::new(LocalNotifier::new()),
         guard: Some(Arc::new(dir)),

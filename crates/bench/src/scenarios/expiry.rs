@@ -105,6 +105,7 @@ pub(crate) async fn run(bench: &Bench, a: &Service, api: &Api) -> Result<Expiry>
         bail!("the raw update changed {} rows instead of {n}", raw.rows);
     }
     Ok(Expiry {
+        request_id,
         orders: n,
         ours_secs: elapsed_ms as f64 / 1e3,
         raw_secs: raw.elapsed.as_secs_f64(),

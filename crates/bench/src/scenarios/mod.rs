@@ -12,6 +12,7 @@ mod expiry;
 mod fanout;
 mod open_polls;
 mod relay;
+mod requests;
 mod throughput;
 
 use std::path::PathBuf;
@@ -40,6 +41,7 @@ pub(crate) enum Scenario {
     Throughput,
     Delivery,
     Expiry,
+    Requests,
 }
 
 /// The backends the service can run on.
@@ -227,6 +229,15 @@ pub(crate) async fn run_all(
             "expiry drain",
             expiry::run(bench, a, &api).await,
             |out, r| out.expiry = Some(r),
+        );
+    }
+    if runs(Scenario::Requests) {
+        let expiry_request = out.expiry.as_ref().map(|e| e.request_id.clone());
+        record(
+            out,
+            "requests",
+            requests::run(bench, &api, expiry_request.as_deref()).await,
+            |out, r| out.requests = Some(r),
         );
     }
     Ok(())

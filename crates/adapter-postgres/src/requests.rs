@@ -1,0 +1,242 @@
+//! [`RequestStore`] over the `requests` table: each record as its document (`jsonb`) plus the
+//! columns the listing, the scheduler's work list and retention filter and sort on.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cm_domain::time::truncate_to_millis;
+use cm_domain::{RequestId, RequestRecord};
+use cm_ports::{
+    Page, ReplaceError, RequestCursor, RequestFilter, RequestPageRequest, RequestStore, StoreError,
+};
+use sqlx::postgres::PgRow;
+use sqlx::types::Json;
+use sqlx::{Postgres, QueryBuilder, Row};
+
+use crate::PostgresBackend;
+use crate::error::convert_sqlx_err;
+
+/// A new record, unless one with its id exists.
+const CREATE: &str = "
+INSERT INTO requests (request_id, created_at, state, action, user_name, source, target_type,
+                      target_id, settled, finished_at, revision, doc)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (request_id) DO NOTHING";
+
+/// Compare-and-set of record `$1` against its revision `$2`, in one statement; also says whether
+/// the record exists at all. The id stays the stored record's.
+const REPLACE: &str = "
+WITH replaced AS (
+    UPDATE requests
+    SET created_at = $3, state = $4, action = $5, user_name = $6, source = $7,
+        target_type = $8, target_id = $9, settled = $10, finished_at = $11, revision = $12,
+        doc = $13
+    WHERE request_id = $1 AND revision = $2
+    RETURNING 1
+)
+SELECT EXISTS (SELECT 1 FROM replaced) AS replaced,
+       EXISTS (SELECT 1 FROM requests WHERE request_id = $1) AS present";
+
+/// Retention's batch: settled records that finished at or before `$1`, earliest first, at most
+/// `$2`, from `requests_settled_by_finish`.
+const PURGE_SETTLED: &str = "
+DELETE FROM requests WHERE request_id IN (
+    SELECT request_id FROM requests
+    WHERE settled AND finished_at <= $1
+    ORDER BY finished_at, request_id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)";
+
+fn sql_limit(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn revision_of(r: &RequestRecord) -> i64 {
+    i64::try_from(r.revision()).unwrap_or(i64::MAX)
+}
+
+fn record_of(row: &PgRow) -> Result<RequestRecord, StoreError> {
+    row.try_get::<Json<RequestRecord>, _>("doc")
+        .map(|Json(r)| r)
+        .map_err(convert_sqlx_err)
+}
+
+fn records_of(rows: &[PgRow]) -> Result<Vec<RequestRecord>, StoreError> {
+    rows.iter().map(record_of).collect()
+}
+
+/// Binds a record's columns, `created_at` … `doc`, in the order [`CREATE`] and [`REPLACE`] list
+/// them after their key parameters.
+fn bind_columns<'q>(
+    q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    r: &'q RequestRecord,
+) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+    q.bind(truncate_to_millis(r.created_at()))
+        .bind(r.state().as_str())
+        .bind(r.action().name.as_str())
+        .bind(r.user())
+        .bind(r.source().as_str())
+        .bind(r.target().kind().as_str())
+        .bind(r.target().id())
+        .bind(r.is_settled())
+        .bind(r.finished_at().map(truncate_to_millis))
+        .bind(revision_of(r))
+        .bind(Json(r))
+}
+
+/// The listing's query: every set filter field, strictly older than the cursor, newest first
+/// (`requests_newest_first`, or `requests_by_state` when the state is filtered).
+fn list_sql(filter: &RequestFilter, page: &RequestPageRequest) -> QueryBuilder<Postgres> {
+    // Exhaustive, so a new filter field does not compile until it is translated here.
+    let RequestFilter {
+        state,
+        action,
+        user,
+        source,
+        target_type,
+        target_id,
+        since,
+        until,
+    } = filter;
+    let mut q = QueryBuilder::<Postgres>::new("SELECT doc FROM requests WHERE TRUE");
+    if let Some(s) = state {
+        q.push(" AND state = ").push_bind(s.as_str());
+    }
+    if let Some(a) = action {
+        q.push(" AND action = ").push_bind(a.clone());
+    }
+    if let Some(u) = user {
+        q.push(" AND user_name = ").push_bind(u.clone());
+    }
+    if let Some(s) = source {
+        q.push(" AND source = ").push_bind(s.as_str());
+    }
+    if let Some(t) = target_type {
+        q.push(" AND target_type = ").push_bind(t.as_str());
+    }
+    if let Some(t) = target_id {
+        q.push(" AND target_id = ").push_bind(t.clone());
+    }
+    if let Some(t) = since {
+        q.push(" AND created_at >= ").push_bind(*t);
+    }
+    if let Some(t) = until {
+        q.push(" AND created_at < ").push_bind(*t);
+    }
+    if let Some(c) = &page.after {
+        q.push(" AND (created_at, request_id) < (")
+            .push_bind(c.created_at)
+            .push(", ")
+            .push_bind(*c.request_id.as_uuid())
+            .push(")");
+    }
+    q.push(" ORDER BY created_at DESC, request_id DESC LIMIT ")
+        .push_bind(sql_limit(page.size));
+    q
+}
+
+/// The scheduler's work list: unsettled records strictly after the cursor, oldest first, from
+/// `requests_unsettled`.
+fn unsettled_sql(after: Option<RequestCursor>, limit: usize) -> QueryBuilder<Postgres> {
+    let mut q = QueryBuilder::<Postgres>::new("SELECT doc FROM requests WHERE NOT settled");
+    if let Some(c) = after {
+        q.push(" AND (created_at, request_id) > (")
+            .push_bind(c.created_at)
+            .push(", ")
+            .push_bind(*c.request_id.as_uuid())
+            .push(")");
+    }
+    q.push(" ORDER BY created_at, request_id LIMIT ")
+        .push_bind(sql_limit(limit));
+    q
+}
+
+#[async_trait]
+impl RequestStore for PostgresBackend {
+    async fn create(&self, record: &RequestRecord) -> Result<bool, StoreError> {
+        let q = sqlx::query(CREATE).bind(record.request_id().as_uuid());
+        let done = bind_columns(q, record)
+            .execute(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn get(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        let row = sqlx::query("SELECT doc FROM requests WHERE request_id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        row.as_ref().map(record_of).transpose()
+    }
+
+    async fn replace(
+        &self,
+        current: &RequestRecord,
+        next: &RequestRecord,
+    ) -> Result<(), ReplaceError> {
+        let q = sqlx::query(REPLACE)
+            .bind(current.request_id().as_uuid())
+            .bind(revision_of(current));
+        let row = bind_columns(q, next)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let replaced: bool = row.try_get("replaced").map_err(convert_sqlx_err)?;
+        let present: bool = row.try_get("present").map_err(convert_sqlx_err)?;
+        match (replaced, present) {
+            (true, _) => Ok(()),
+            (false, true) => Err(ReplaceError::Conflict),
+            (false, false) => Err(ReplaceError::NotFound),
+        }
+    }
+
+    async fn list(
+        &self,
+        filter: &RequestFilter,
+        page: &RequestPageRequest,
+    ) -> Result<Page<RequestRecord, RequestCursor>, StoreError> {
+        if page.size == 0 {
+            return Ok(Page::read(Vec::new(), 0, RequestCursor::after));
+        }
+        let rows = list_sql(filter, page)
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        Ok(Page::read(
+            records_of(&rows)?,
+            page.size,
+            RequestCursor::after,
+        ))
+    }
+
+    async fn unsettled(
+        &self,
+        after: Option<RequestCursor>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = unsettled_sql(after, limit)
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        records_of(&rows)
+    }
+
+    async fn purge_settled(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let done = sqlx::query(PURGE_SETTLED)
+            .bind(cutoff)
+            .bind(sql_limit(limit))
+            .execute(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        Ok(done.rows_affected())
+    }
+}

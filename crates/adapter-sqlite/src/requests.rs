@@ -1,0 +1,332 @@
+//! [`RequestStore`] over the `requests` table: each record as its document plus the columns the
+//! listing, the scheduler's work list and retention filter and sort on.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use cm_domain::{RequestId, RequestRecord};
+use cm_ports::{
+    Page, ReplaceError, RequestCursor, RequestFilter, RequestPageRequest, RequestStore, StoreError,
+};
+use sqlx::{QueryBuilder, Sqlite};
+
+use crate::SqliteBackend;
+use crate::error::{convert_sqlx_err, corrupt_document};
+
+/// A record as a row, in the order the `INSERT` lists the columns.
+struct RecordRow {
+    request_id: String,
+    created_ms: i64,
+    state: &'static str,
+    action: String,
+    user_name: Option<String>,
+    source: &'static str,
+    target_type: &'static str,
+    target_id: String,
+    settled: bool,
+    finished_ms: Option<i64>,
+    revision: i64,
+    document: String,
+}
+
+impl RecordRow {
+    fn of(r: &RequestRecord) -> Result<Self, StoreError> {
+        let document = serde_json::to_string(r).map_err(|e| {
+            StoreError::Corrupt(format!("request {} cannot be encoded: {e}", r.request_id()))
+        })?;
+        Ok(Self {
+            request_id: r.request_id().to_string(),
+            created_ms: r.created_at().timestamp_millis(),
+            state: r.state().as_str(),
+            action: r.action().name.clone(),
+            user_name: r.user().map(str::to_owned),
+            source: r.source().as_str(),
+            target_type: r.target().kind().as_str(),
+            target_id: r.target().id().to_owned(),
+            settled: r.is_settled(),
+            finished_ms: r.finished_at().map(|t| t.timestamp_millis()),
+            revision: revision_of(r),
+            document,
+        })
+    }
+}
+
+fn revision_of(r: &RequestRecord) -> i64 {
+    i64::try_from(r.revision()).unwrap_or(i64::MAX)
+}
+
+fn decode(document: &str) -> Result<RequestRecord, StoreError> {
+    serde_json::from_str(document).map_err(|e| corrupt_document("request", &e))
+}
+
+fn decode_all(documents: &[String]) -> Result<Vec<RequestRecord>, StoreError> {
+    documents.iter().map(|d| decode(d)).collect()
+}
+
+fn sql_int(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The listing's query: every set filter field, strictly older than the cursor, newest first
+/// (`requests_created`, or `requests_state` when the state is filtered).
+fn list_sql(filter: &RequestFilter, page: &RequestPageRequest) -> QueryBuilder<Sqlite> {
+    // Exhaustive, so a new filter field does not compile until it is translated here.
+    let RequestFilter {
+        state,
+        action,
+        user,
+        source,
+        target_type,
+        target_id,
+        since,
+        until,
+    } = filter;
+    let mut qb = QueryBuilder::<Sqlite>::new("SELECT document FROM requests WHERE 1 = 1");
+    if let Some(s) = state {
+        qb.push(" AND state = ").push_bind(s.as_str());
+    }
+    if let Some(a) = action {
+        qb.push(" AND action = ").push_bind(a.clone());
+    }
+    if let Some(u) = user {
+        qb.push(" AND user_name = ").push_bind(u.clone());
+    }
+    if let Some(s) = source {
+        qb.push(" AND source = ").push_bind(s.as_str());
+    }
+    if let Some(t) = target_type {
+        qb.push(" AND target_type = ").push_bind(t.as_str());
+    }
+    if let Some(t) = target_id {
+        qb.push(" AND target_id = ").push_bind(t.clone());
+    }
+    if let Some(t) = since {
+        qb.push(" AND created_ms >= ")
+            .push_bind(t.timestamp_millis());
+    }
+    if let Some(t) = until {
+        qb.push(" AND created_ms < ")
+            .push_bind(t.timestamp_millis());
+    }
+    if let Some(c) = &page.after {
+        qb.push(" AND (created_ms, request_id) < (")
+            .push_bind(c.created_at.timestamp_millis())
+            .push(", ")
+            .push_bind(c.request_id.to_string())
+            .push(")");
+    }
+    qb.push(" ORDER BY created_ms DESC, request_id DESC LIMIT ")
+        .push_bind(sql_int(page.size));
+    qb
+}
+
+/// The scheduler's work list: unsettled records strictly after the cursor, oldest first, from
+/// the partial index `requests_unsettled`.
+fn unsettled_sql(after: Option<RequestCursor>, limit: usize) -> QueryBuilder<Sqlite> {
+    let mut qb = QueryBuilder::<Sqlite>::new("SELECT document FROM requests WHERE settled = 0");
+    if let Some(c) = after {
+        qb.push(" AND (created_ms, request_id) > (")
+            .push_bind(c.created_at.timestamp_millis())
+            .push(", ")
+            .push_bind(c.request_id.to_string())
+            .push(")");
+    }
+    qb.push(" ORDER BY created_ms, request_id LIMIT ")
+        .push_bind(sql_int(limit));
+    qb
+}
+
+/// Retention's batch: settled records that finished at or before `?1`, earliest first, at most
+/// `?2`, from the partial index `requests_settled`.
+const PURGE_SETTLED: &str = "DELETE FROM requests WHERE request_id IN ( \
+    SELECT request_id FROM requests \
+    WHERE settled = 1 AND finished_ms <= ?1 \
+    ORDER BY finished_ms, request_id LIMIT ?2)";
+
+#[async_trait]
+impl RequestStore for SqliteBackend {
+    async fn create(&self, record: &RequestRecord) -> Result<bool, StoreError> {
+        let r = RecordRow::of(record)?;
+        let mut tx = self.write().await?;
+        let created = sqlx::query(
+            "INSERT INTO requests (request_id, created_ms, state, action, user_name, source, \
+             target_type, target_id, settled, finished_ms, revision, document) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(r.request_id)
+        .bind(r.created_ms)
+        .bind(r.state)
+        .bind(r.action)
+        .bind(r.user_name)
+        .bind(r.source)
+        .bind(r.target_type)
+        .bind(r.target_id)
+        .bind(r.settled)
+        .bind(r.finished_ms)
+        .bind(r.revision)
+        .bind(r.document)
+        .execute(&mut *tx)
+        .await
+        .map_err(convert_sqlx_err)?
+        .rows_affected();
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(created == 1)
+    }
+
+    async fn get(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
+        let doc: Option<String> =
+            sqlx::query_scalar("SELECT document FROM requests WHERE request_id = ?1")
+                .bind(id.to_string())
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(convert_sqlx_err)?;
+        doc.as_deref().map(decode).transpose()
+    }
+
+    async fn replace(
+        &self,
+        current: &RequestRecord,
+        next: &RequestRecord,
+    ) -> Result<(), ReplaceError> {
+        let r = RecordRow::of(next)?;
+        let mut tx = self.write().await?;
+        // The id is the stored record's: a `next` of another id cannot clobber another row.
+        let replaced = sqlx::query(
+            "UPDATE requests SET created_ms = ?3, state = ?4, action = ?5, user_name = ?6, \
+             source = ?7, target_type = ?8, target_id = ?9, settled = ?10, finished_ms = ?11, \
+             revision = ?12, document = ?13 \
+             WHERE request_id = ?1 AND revision = ?2",
+        )
+        .bind(current.request_id().to_string())
+        .bind(revision_of(current))
+        .bind(r.created_ms)
+        .bind(r.state)
+        .bind(r.action)
+        .bind(r.user_name)
+        .bind(r.source)
+        .bind(r.target_type)
+        .bind(r.target_id)
+        .bind(r.settled)
+        .bind(r.finished_ms)
+        .bind(r.revision)
+        .bind(r.document)
+        .execute(&mut *tx)
+        .await
+        .map_err(convert_sqlx_err)?
+        .rows_affected();
+        if replaced == 1 {
+            tx.commit().await.map_err(convert_sqlx_err)?;
+            return Ok(());
+        }
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM requests WHERE request_id = ?1)")
+                .bind(current.request_id().to_string())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(convert_sqlx_err)?;
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Err(if exists {
+            ReplaceError::Conflict
+        } else {
+            ReplaceError::NotFound
+        })
+    }
+
+    async fn list(
+        &self,
+        filter: &RequestFilter,
+        page: &RequestPageRequest,
+    ) -> Result<Page<RequestRecord, RequestCursor>, StoreError> {
+        if page.size == 0 {
+            return Ok(Page::read(Vec::new(), 0, RequestCursor::after));
+        }
+        let docs: Vec<String> = list_sql(filter, page)
+            .build_query_scalar()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(convert_sqlx_err)?;
+        Ok(Page::read(
+            decode_all(&docs)?,
+            page.size,
+            RequestCursor::after,
+        ))
+    }
+
+    async fn unsettled(
+        &self,
+        after: Option<RequestCursor>,
+        limit: usize,
+    ) -> Result<Vec<RequestRecord>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let docs: Vec<String> = unsettled_sql(after, limit)
+            .build_query_scalar()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(convert_sqlx_err)?;
+        decode_all(&docs)
+    }
+
+    async fn purge_settled(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<u64, StoreError> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let mut tx = self.write().await?;
+        let removed = sqlx::query(PURGE_SETTLED)
+            .bind(cutoff.timestamp_millis())
+            .bind(sql_int(limit))
+            .execute(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?
+            .rows_affected();
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cm_ports::testkit::at;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::testing::{open, plan};
+
+    /// The listing, the work list and retention are answered from their indexes, in order,
+    /// without sorting.
+    #[tokio::test]
+    async fn record_queries_walk_their_indexes() {
+        let (store, _dir) = open().await;
+        let cursor = RequestCursor {
+            created_at: at(0),
+            request_id: RequestId::from_uuid(Uuid::nil()),
+        };
+        let page = RequestPageRequest {
+            size: 50,
+            after: Some(cursor),
+        };
+        for (filter, index) in [
+            (RequestFilter::default(), "requests_created"),
+            (
+                RequestFilter {
+                    state: Some(cm_domain::RequestState::Running),
+                    ..RequestFilter::default()
+                },
+                "requests_state",
+            ),
+        ] {
+            let sql = list_sql(&filter, &page).into_string();
+            let p = plan(&store, &sql).await;
+            assert!(p.contains(index), "{sql}: {p}");
+            assert!(!p.contains("TEMP B-TREE"), "{sql}: {p}");
+        }
+        let sql = unsettled_sql(Some(cursor), 10).into_string();
+        let p = plan(&store, &sql).await;
+        assert!(p.contains("requests_unsettled"), "{p}");
+        assert!(!p.contains("TEMP B-TREE"), "{p}");
+        let p = plan(&store, PURGE_SETTLED).await;
+        assert!(p.contains("requests_settled"), "{p}");
+        store.close().await;
+    }
+}
