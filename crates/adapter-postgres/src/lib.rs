@@ -81,7 +81,7 @@ fn connect_options(settings: &PostgresSettings) -> Result<PgConnectOptions, Stor
                 "storage.postgres.url {redacted} is not a PostgreSQL URL: {e}"
             ))
         })?;
-    tls::apply_libpq_rules(options, &settings.url, &redacted)
+    tls::apply_libpq_rules(options, &settings.url)
 }
 
 /// A failure to connect at start-up, saying to what and how: the server's address and the

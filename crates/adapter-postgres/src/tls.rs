@@ -33,7 +33,6 @@ pub(crate) fn mode_name(mode: PgSslMode) -> &'static str {
 pub(crate) fn apply_libpq_rules(
     options: PgConnectOptions,
     url: &str,
-    redacted_url: &str,
 ) -> Result<PgConnectOptions, StoreError> {
     let root_cert = root_cert(url);
     let mode = match options.get_ssl_mode() {
@@ -45,9 +44,7 @@ pub(crate) fn apply_libpq_rules(
         && let Some(root) = &root_cert
     {
         check_root_cert(root).map_err(|why| {
-            StoreError::Unavailable(format!(
-                "storage.postgres.url {redacted_url}: sslrootcert {why}"
-            ))
+            StoreError::Unavailable(format!("storage.postgres.url: sslrootcert {why}"))
         })?;
     }
     Ok(options.ssl_mode(mode))
@@ -102,19 +99,27 @@ fn check_root_cert(root: &str) -> Result<(), String> {
     let pem: Cow<'_, str> = if trimmed.starts_with("-----BEGIN") {
         Cow::Borrowed(trimmed)
     } else {
-        let bytes = std::fs::read(root).map_err(|e| format!("{root}: cannot be read: {e}"))?;
+        let bytes = std::fs::read(root).map_err(|e| format!("{root} cannot be read: {e}"))?;
         Cow::Owned(String::from_utf8_lossy(&bytes).into_owned())
     };
     if pem.contains("-----BEGIN CERTIFICATE-----") {
         Ok(())
     } else {
-        Err(format!("{root}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)"))
+        Err(format!(
+            "{root} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        ))
     }
 }
 
 /// What a TLS failure was, in words for an operator; `None` when `err` is not about TLS.
 pub(crate) fn describe(err: &sqlx::Error) -> Option<String> {
     match err {
+        // sqlx's words when the server answers the TLS request with "no".
+        sqlx::Error::Tls(e) if e.to_string() == "server does not support TLS" => Some(
+            "the server does not support TLS (turn `ssl` on at the server, or use sslmode=prefer \
+             to fall back to an unencrypted connection)"
+                .to_owned(),
+        ),
         sqlx::Error::Tls(e) => Some(format!("TLS with the PostgreSQL server failed: {e}")),
         sqlx::Error::Io(io) => {
             let tls = io.get_ref()?.downcast_ref::<rustls::Error>()?;
@@ -155,7 +160,7 @@ mod tests {
 
     fn rules(url: &str) -> Result<PgSslMode, StoreError> {
         let options = PgConnectOptions::from_str(url).expect("a valid URL");
-        apply_libpq_rules(options, url, url).map(|o| o.get_ssl_mode())
+        apply_libpq_rules(options, url).map(|o| o.get_ssl_mode())
     }
 
     #[test]
@@ -187,8 +192,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("cm-pg-tls-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let ca = dir.join("ca.pem");
-        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n")
-            .expect("write");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
         let url = format!(
             "postgres://h/db?sslmode=require&sslrootcert={}",
             ca.display()
@@ -208,7 +216,10 @@ mod tests {
         );
         let err = rules("postgres://h/db?sslmode=verify-ca&sslrootcert=/dev/null")
             .expect_err("no certificate");
-        assert!(err.to_string().contains("holds no PEM certificate"), "{err}");
+        assert!(
+            err.to_string().contains("holds no PEM certificate"),
+            "{err}"
+        );
         // Modes that do not verify do not read it (as libpq).
         assert!(rules("postgres://h/db?sslmode=prefer&sslrootcert=/nonexistent/ca.pem").is_ok());
     }
