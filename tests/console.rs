@@ -50,6 +50,7 @@ async fn console_enabled_false_serves_no_page() {
         ("CM_STORAGE__BACKEND", "memory"),
         ("CM_CONSOLE__ENABLED", "false"),
     ]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let page = reqwest::get(svc.url("/")).await.expect("answer");
     assert_eq!(page.status(), 404);
     svc.stop();
