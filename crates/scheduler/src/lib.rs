@@ -209,19 +209,23 @@ impl Scheduler {
         tracing::info!("scheduler stopped");
     }
 
-    /// Runs every job once, now, one after the other; a failing job does not keep the next
-    /// from running. Each outcome is logged and counted in the metrics.
+    /// Runs every job once, now: expiry, no-result and retention one after the other, the
+    /// requests job beside them; a failing job does not keep the next from running. Each outcome is logged and counted in the metrics.
     pub async fn run_once(&self) -> RunReport {
-        let expired = self.job(Job::Expiry, self.manager.expire_overdue()).await;
-        let gave_up = self
-            .job(Job::NoResult, self.manager.give_up_unreported())
-            .await;
-        let requests = self
-            .job(Job::Requests, self.manager.advance_requests())
-            .await;
-        let purged = self
-            .job(Job::Retention, self.manager.apply_retention())
-            .await;
+        // The requests job reads the counts of every request it looks at: it runs beside the
+        // order jobs, so a long pass over many requests never delays an expiry.
+        let orders = async {
+            let expired = self.job(Job::Expiry, self.manager.expire_overdue()).await;
+            let gave_up = self
+                .job(Job::NoResult, self.manager.give_up_unreported())
+                .await;
+            let purged = self
+                .job(Job::Retention, self.manager.apply_retention())
+                .await;
+            (expired, gave_up, purged)
+        };
+        let requests = self.job(Job::Requests, self.manager.advance_requests());
+        let ((expired, gave_up, purged), requests) = tokio::join!(orders, requests);
         RunReport {
             expired,
             gave_up,

@@ -110,6 +110,8 @@ pub struct CommandManager {
     ports: Ports,
     settings: Arc<Settings>,
     advancing: records::Advancing,
+    /// Where the scheduler's next pass over unsettled requests starts.
+    requests_cursor: Arc<std::sync::Mutex<Option<crate::store::RequestCursor>>>,
 }
 
 impl CommandManager {
@@ -119,6 +121,7 @@ impl CommandManager {
             ports,
             settings: Arc::new(settings),
             advancing: records::Advancing::default(),
+            requests_cursor: Arc::default(),
         }
     }
 

@@ -429,9 +429,12 @@ impl CommandManager {
         }
     }
 
-    /// The scheduler's pass over every unsettled request: submits left `writing` past the
-    /// grace period are aborted (their orders removed), the others moved along (start,
-    /// releases, stops, completion, settling). Answers how many records changed state.
+    /// The scheduler's pass over unsettled requests: submits left `writing` past the grace
+    /// period are aborted (their orders removed), the others moved along (start, releases,
+    /// stops, completion, settling). One pass looks at up to `maintenance_batch` requests,
+    /// oldest first, and the next pass carries on after the last one (then starts over), so a
+    /// pass stays short however many requests are active. Answers how many records changed
+    /// state.
     ///
     /// # Errors
     /// [`StoreError`]; requests done before the failure stay done.
@@ -439,30 +442,35 @@ impl CommandManager {
         let limit = self.settings.maintenance_batch.max(1);
         let grace = chrono::Duration::from_std(self.settings.writing_grace)
             .unwrap_or(chrono::Duration::MAX);
-        let mut after = None;
+        let after = *self
+            .requests_cursor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let records = self.ports.requests.unsettled(after, limit).await?;
+        *self
+            .requests_cursor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = match records.last() {
+            Some(last) if records.len() == limit => Some(RequestCursor::after(last)),
+            _ => None,
+        };
         let mut changed = 0u64;
-        loop {
-            let records = self.ports.requests.unsettled(after, limit).await?;
-            for record in &records {
-                let before = record.state();
-                let now = self.ports.clock.now();
-                let state = if before == RequestState::Writing {
-                    if record.updated_at() + grace > now {
-                        continue;
-                    }
-                    self.abort_record(record.clone()).await?
-                } else {
-                    self.advance_record(record.clone()).await?.0.state()
-                };
-                if state != before {
-                    changed += 1;
+        for record in &records {
+            let before = record.state();
+            let now = self.ports.clock.now();
+            let state = if before == RequestState::Writing {
+                if record.updated_at() + grace > now {
+                    continue;
                 }
-            }
-            match records.last() {
-                Some(last) if records.len() == limit => after = Some(RequestCursor::after(last)),
-                _ => return Ok(changed),
+                self.abort_record(record.clone()).await?
+            } else {
+                self.advance_record(record.clone()).await?.0.state()
+            };
+            if state != before {
+                changed += 1;
             }
         }
+        Ok(changed)
     }
 
     /// A submit that never completed: `writing -> aborted`, its orders removed, then settled.
