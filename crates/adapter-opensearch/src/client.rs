@@ -141,6 +141,8 @@ struct Node {
     dead_since: Mutex<Option<Instant>>,
     /// Whether a background check of it is running.
     checking: Mutex<bool>,
+    /// Requests sent to it (what `cm_opensearch_requests_total{node}` counts).
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -160,6 +162,7 @@ impl Node {
             label,
             dead_since: Mutex::new(None),
             checking: Mutex::new(false),
+            sent: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -493,6 +496,7 @@ impl Http {
                 .map_err(|e| OsError::Transport(format!("{path} is not a path: {e}")))?;
             url.set_query(template.url().query());
             *attempt.url_mut() = url;
+            node.sent.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(metric::REQUESTS.name, "node" => node.label.clone()).increment(1);
             let outcome = self.attempt(attempt).await;
             let failure = match outcome {
@@ -675,6 +679,257 @@ mod tests {
             insecure_tls,
             ..OpenSearchSettings::default()
         }
+    }
+
+    /// The node the crate's tests run against (`cargo xtask test` starts one).
+    fn real_node() -> String {
+        std::env::var("OPENSEARCH_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .expect("OPENSEARCH_URL: the pool's tests need a real node (`cargo xtask test`)")
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    /// A port nothing listens on (yet).
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    }
+
+    /// What a [`proxy`] does with each connection.
+    #[derive(Clone, Copy)]
+    enum Proxying {
+        /// Passes it on to the node: a node of the cluster as far as the client can tell.
+        Forward,
+        /// Reads the request's head and closes the connection: a node that died under a
+        /// request it received (its outcome unknown to the client).
+        DieUnderRequest,
+    }
+
+    /// A TCP proxy on `port` (a free one when 0) to the real node; counts its connections.
+    async fn proxy(port: u16, mode: Proxying) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let target = real_node();
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let target = target.clone();
+                tokio::spawn(async move {
+                    match mode {
+                        Proxying::Forward => {
+                            let Ok(mut node) = tokio::net::TcpStream::connect(&target).await else {
+                                return;
+                            };
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut node).await;
+                        }
+                        Proxying::DieUnderRequest => {
+                            let mut head = Vec::new();
+                            let mut buf = [0_u8; 1024];
+                            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                                match client.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                                }
+                            }
+                            drop(client);
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://127.0.0.1:{port}"), connections)
+    }
+
+    fn cluster(urls: Vec<String>) -> Http {
+        Http::new(&OpenSearchSettings {
+            urls,
+            ..OpenSearchSettings::default()
+        })
+        .expect("client")
+    }
+
+    #[tokio::test]
+    async fn a_node_that_refuses_connections_is_left_out_and_requests_reach_the_others() {
+        let down = format!("http://127.0.0.1:{}", closed_port());
+        let (up, reached) = proxy(0, Proxying::Forward).await;
+        let http = cluster(vec![down, up]);
+
+        // Even a write that must not be repeated once received: no node received it.
+        let (status, _) = http
+            .send_raw_with(
+                Method::Get,
+                "/",
+                &[],
+                None::<Vec<u8>>,
+                "application/json",
+                Retry::Unsent,
+            )
+            .await
+            .expect("the request reached the node that is up");
+        assert_eq!(status, 200);
+        assert_eq!(http.pool.alive(), 1, "the node that refused is left out");
+
+        let nodes = http.pool.nodes();
+        let sent = |i: usize| nodes[i].sent.load(Ordering::SeqCst);
+        let before = (sent(0), sent(1));
+        for _ in 0..4 {
+            http.ok(Method::Get, "/", &[], None)
+                .await
+                .expect("answered");
+        }
+        assert_eq!(sent(0), before.0, "nothing more goes to the node left out");
+        assert_eq!(sent(1), before.1 + 4, "requests go to the node alive");
+        assert!(reached.load(Ordering::SeqCst) >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_is_sent_to_another_node_when_one_dies_under_it() {
+        let (dying, received) = proxy(0, Proxying::DieUnderRequest).await;
+        let (up, _) = proxy(0, Proxying::Forward).await;
+        let http = cluster(vec![dying, up]);
+
+        let answer = http
+            .call(
+                Method::Post,
+                "/_search",
+                &[],
+                Some(serde_json::json!({"size": 0})),
+            )
+            .await
+            .expect("the search was answered by the other node");
+
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            received.load(Ordering::SeqCst),
+            1,
+            "the first node got it first"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_outcome_is_unknown_is_not_sent_to_another_node() {
+        let (dying, received) = proxy(0, Proxying::DieUnderRequest).await;
+        let (up, reached) = proxy(0, Proxying::Forward).await;
+        let http = cluster(vec![dying, up]);
+
+        // A conditional write: were it applied, a copy would answer 409 and be misread.
+        let refused = http
+            .call(
+                Method::Put,
+                "/cm-pool-never-written/_doc/x",
+                &[("if_seq_no", "0"), ("if_primary_term", "1")],
+                Some(serde_json::json!({})),
+            )
+            .await;
+
+        assert!(matches!(refused, Err(OsError::Transport(_))), "{refused:?}");
+        assert_eq!(received.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            reached.load(Ordering::SeqCst),
+            0,
+            "not sent to the other node"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_left_out_is_used_again_once_it_answers() {
+        let port = closed_port();
+        let (up, _) = proxy(0, Proxying::Forward).await;
+        let http = cluster(vec![format!("http://127.0.0.1:{port}"), up]);
+        http.ok(Method::Get, "/", &[], None)
+            .await
+            .expect("answered");
+        assert_eq!(http.pool.alive(), 1);
+
+        // The node comes up on its address; the background check finds it.
+        let (_, reached) = proxy(port, Proxying::Forward).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while http.pool.alive() < 2 {
+            assert!(Instant::now() < deadline, "the node was not used again");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let back = http.pool.nodes()[0].sent.load(Ordering::SeqCst);
+        for _ in 0..4 {
+            http.ok(Method::Get, "/", &[], None)
+                .await
+                .expect("answered");
+        }
+        assert_eq!(
+            http.pool.nodes()[0].sent.load(Ordering::SeqCst),
+            back + 2,
+            "round robin over both nodes again"
+        );
+        assert!(reached.load(Ordering::SeqCst) >= 1, "the check reached it");
+    }
+
+    #[test]
+    fn with_every_node_left_out_the_one_left_out_longest_is_tried_first() {
+        let http = cluster(vec![
+            "http://127.0.0.1:1".to_owned(),
+            "http://127.0.0.1:2".to_owned(),
+            "http://127.0.0.1:3".to_owned(),
+        ]);
+        let nodes = http.pool.nodes();
+        let now = Instant::now();
+        for (node, ago) in nodes.iter().zip([5, 9, 1]) {
+            *node.dead_since.lock().unwrap() = Some(now - Duration::from_secs(ago));
+        }
+        let order: Vec<usize> = {
+            let mut tried = Vec::new();
+            while let Some((i, _)) = http.pool.pick(&tried) {
+                tried.push(i);
+            }
+            tried
+        };
+        assert_eq!(order, vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn reads_and_creates_may_be_repeated_and_conditional_writes_may_not() {
+        for (method, path, retry) in [
+            (Method::Get, "/wazuh-commands/_doc/a", Retry::Always),
+            (Method::Head, "/wazuh-commands", Retry::Always),
+            (Method::Post, "/wazuh-commands/_search", Retry::Always),
+            (Method::Post, "/wazuh-commands/_mget", Retry::Always),
+            (Method::Post, "/wazuh-commands/_refresh", Retry::Always),
+            (
+                Method::Put,
+                "/wazuh-commands-requests/_create/r",
+                Retry::Always,
+            ),
+            (
+                Method::Put,
+                "/_index_template/wazuh-commands",
+                Retry::Always,
+            ),
+            (Method::Put, "/wazuh-commands/_doc/a", Retry::Unsent),
+            (Method::Post, "/_bulk", Retry::Unsent),
+            (Method::Delete, "/wazuh-agents/_doc/a", Retry::Unsent),
+            (
+                Method::Post,
+                "/wazuh-commands/_delete_by_query",
+                Retry::Unsent,
+            ),
+        ] {
+            assert_eq!(Retry::of(method, path), retry, "{method:?} {path}");
+        }
+    }
+
+    #[test]
+    fn a_proxy_without_a_node_fails_the_node_and_a_node_without_a_primary_does_not() {
+        assert!(node_failed(502, b"Bad Gateway"));
+        assert!(node_failed(504, b""));
+        assert!(node_failed(503, b"<html>no upstream</html>"));
+        assert!(!node_failed(
+            503,
+            br#"{"error":{"type":"unavailable_shards_exception"},"status":503}"#
+        ));
+        assert!(!node_failed(409, b"{}"));
     }
 
     #[tokio::test]
