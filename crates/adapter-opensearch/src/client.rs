@@ -867,6 +867,30 @@ mod tests {
         assert!(reached.load(Ordering::SeqCst) >= 1, "the check reached it");
     }
 
+    #[tokio::test]
+    async fn discovery_adds_the_nodes_the_cluster_lists() {
+        // Configured through a proxy: the node's own address is one more.
+        let (through, _) = proxy(0, Proxying::Forward).await;
+        let http = cluster(vec![through]);
+
+        let added = http.discover().await.expect("the cluster lists its nodes");
+
+        assert_eq!(added, 1);
+        let nodes = http.pool.nodes();
+        assert_eq!(nodes.len(), 2);
+        let own = Url::parse(&real_node()).expect("OPENSEARCH_URL is a URL");
+        assert_eq!(
+            nodes[1].base.port(),
+            own.port(),
+            "the node's publish address"
+        );
+        assert_eq!(
+            http.discover().await.expect("listed again"),
+            0,
+            "no node twice"
+        );
+    }
+
     #[test]
     fn with_every_node_left_out_the_one_left_out_longest_is_tried_first() {
         let http = cluster(vec![

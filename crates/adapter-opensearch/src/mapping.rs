@@ -640,4 +640,28 @@ mod tests {
             json!(["wazuh-commands*"])
         );
     }
+
+    #[test]
+    fn replicas_and_shards_reach_the_templates_and_wazuhs_are_the_default() {
+        let wazuh = OpenSearchSettings::default();
+        let index = &orders_template(&wazuh)["template"]["settings"]["index"];
+        assert_eq!(
+            (
+                index["number_of_shards"].as_u64(),
+                index["number_of_replicas"].as_u64()
+            ),
+            (Some(1), Some(0))
+        );
+
+        let cluster = OpenSearchSettings {
+            replicas: 1,
+            shards: 2,
+            ..OpenSearchSettings::default()
+        };
+        for template in [orders_template(&cluster), requests_template(&cluster)] {
+            let index = &template["template"]["settings"]["index"];
+            assert_eq!(index["number_of_replicas"], 1, "{template}");
+            assert_eq!(index["number_of_shards"], 2, "{template}");
+        }
+    }
 }
