@@ -483,8 +483,9 @@ impl Http {
             .map_err(|_| OsError::Transport("the client is closed".to_owned()))?;
         let mut tried = Vec::new();
         loop {
+            // Every attempt but the first is made only while a node is left untried.
             let Some((index, node)) = self.pool.pick(&tried) else {
-                unreachable!("the first attempt always has a node")
+                return Err(OsError::Transport("no opensearch node to try".to_owned()));
             };
             tried.push(index);
             let mut attempt = template.try_clone().ok_or_else(|| {

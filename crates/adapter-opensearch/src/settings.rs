@@ -114,6 +114,9 @@ impl OpenSearchSettings {
     pub fn validate(&self) -> Result<(), String> {
         let key = |k: &str| format!("storage.opensearch.{k}");
         let name = if self.urls.is_empty() { "url" } else { "urls" };
+        if self.node_urls().is_empty() {
+            return Err(format!("{}: names no node", key("urls")));
+        }
         for url in self.node_urls() {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(format!(
@@ -320,7 +323,8 @@ mod tests {
 
     #[test]
     fn bad_settings_name_their_key() {
-        let cases: [(&str, Change); 10] = [
+        let cases: [(&str, Change); 11] = [
+            ("storage.opensearch.urls", |s| s.urls = vec![" ".into()]),
             ("storage.opensearch.urls", |s| {
                 s.urls = vec!["http://a:9200".into(), "b:9200".into()];
             }),
