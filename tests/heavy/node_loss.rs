@@ -468,6 +468,10 @@ async fn a_cluster_that_loses_a_node_keeps_every_acknowledged_order_and_uses_the
         // A submit that failed half-way leaves orders that never deliver: its request is
         // aborted (and they removed) soon, so that the run settles.
         ("CM_LIMITS__WRITING_GRACE_SECS", "15".to_owned()),
+        // What is measured is the cluster, not the HTTP layer on a machine three JVMs load:
+        // a kept-alive connection is never closed under the test's client as it reuses it.
+        ("CM_HTTP__IDLE_TIMEOUT_SECS", "3600".to_owned()),
+        ("CM_HTTP__HEADER_READ_TIMEOUT_SECS", "60".to_owned()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let services: Vec<Service> = (0..INSTANCES).map(|_| Service::start(&env)).collect();
