@@ -226,6 +226,7 @@ impl Config {
                 .list_separator(",")
                 .with_list_parse_key("auth.manager_tokens")
                 .with_list_parse_key("auth.relay_tokens")
+                .with_list_parse_key("storage.opensearch.urls")
                 .source(Some(settings)),
         );
         let raw = builder.build().map_err(|e| ConfigError(e.to_string()))?;

@@ -129,16 +129,14 @@ async fn migrate(cfg: Config) -> Result<(), String> {
 }
 
 async fn serve(cfg: Config) -> Result<(), String> {
-    let backend = cfg.storage.backend.name();
-    let storage = wiring::open(&cfg.storage)
-        .await
-        .map_err(|e| format!("cannot open the {backend} storage: {e}"))?;
-    let manager = CommandManager::new(storage.ports.clone(), cfg.service_settings());
+    // Installed before the storage opens, so that what the storage reports while opening
+    // (the OpenSearch nodes alive) is recorded.
     let metrics = match cm_api_http::install_metrics_recorder() {
         Ok(handle) => {
             // The recorder has the HELP texts of the use cases and the HTTP driver; the
-            // scheduler's are ours to add.
+            // scheduler's and the OpenSearch client's are ours to add.
             cm_scheduler::metric::describe();
+            cm_adapter_opensearch::metric::describe();
             Some(handle)
         }
         Err(e) => {
@@ -146,6 +144,11 @@ async fn serve(cfg: Config) -> Result<(), String> {
             None
         }
     };
+    let backend = cfg.storage.backend.name();
+    let storage = wiring::open(&cfg.storage)
+        .await
+        .map_err(|e| format!("cannot open the {backend} storage: {e}"))?;
+    let manager = CommandManager::new(storage.ports.clone(), cfg.service_settings());
     let listener = tokio::net::TcpListener::bind(cfg.http.listen)
         .await
         .map_err(|e| format!("http.listen {}: {e}", cfg.http.listen))?;

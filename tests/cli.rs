@@ -52,6 +52,26 @@ fn a_bad_setting_stops_start_up_naming_it() {
 }
 
 #[test]
+fn opensearch_urls_from_the_environment_are_a_comma_separated_list() {
+    // The second URL is refused by itself: the variable was split into a list.
+    let (code, _, err) = run(
+        &["serve"],
+        &[
+            ("CM_STORAGE__BACKEND", "opensearch"),
+            (
+                "CM_STORAGE__OPENSEARCH__URLS",
+                "http://127.0.0.1:1,node-b:9200",
+            ),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("storage.opensearch.urls") && err.contains("node-b:9200"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_missing_config_file_is_named() {
     let (code, _, err) = run(&["--config", "/nonexistent/cm.toml", "serve"], &[]);
     assert_eq!(code, 2);

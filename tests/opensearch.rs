@@ -406,3 +406,53 @@ async fn arguments_an_earlier_mapping_cannot_index_get_a_400_naming_the_field_an
     );
     svc.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_is_down_is_left_out_and_the_pool_shows_in_the_metrics() {
+    let indices = Indices::fresh();
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", listener.local_addr().expect("address"))
+    };
+    let mut env = indices.env();
+    env.push((
+        "CM_STORAGE__OPENSEARCH__URLS",
+        format!("{down},{}", indices.node.trim_end_matches('/')),
+    ));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Starts, and serves, with one of its two nodes down.
+    let svc = Service::start(&env);
+    let c = Client::default();
+    let (status, body) = c
+        .put(
+            &svc.url("/api/v1/agents/pool-1"),
+            json!({"groups": ["Pool"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let (status, text) = c.get(&svc.url("/metrics")).await;
+    assert_eq!(status, 200, "{text}");
+    let text = text.as_str().expect("a text page");
+    for name in [
+        "cm_opensearch_requests_total",
+        "cm_opensearch_nodes_alive",
+        "cm_opensearch_retries_total",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
+    }
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    assert!((value("cm_opensearch_nodes_alive ") - 1.0).abs() < f64::EPSILON);
+    let up = indices
+        .node
+        .trim_end_matches('/')
+        .trim_start_matches("http://")
+        .to_owned();
+    assert!(value(&format!("cm_opensearch_requests_total{{node=\"{up}\"}} ")) >= 1.0);
+    assert!(value("cm_opensearch_retries_total ") >= 1.0);
+    svc.stop();
+}

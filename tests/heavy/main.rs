@@ -4,7 +4,8 @@
 //!
 //! Built only with the `heavy` feature: `cargo xtask test --heavy` runs them after starting the
 //! shared servers (and exports `CM_TEST_POSTGRES_URL`, `OPENSEARCH_URL`, and `CM_XTASK_BIN`,
-//! with which the outage tests start servers of their own). The tests take turns (one at a
+//! with which the outage and node-loss tests start servers of their own: `node_loss` runs a
+//! three-node OpenSearch cluster and kills nodes of it). The tests take turns (one at a
 //! time): each loads the two cores on its own, and its timing checks should not measure the
 //! others.
 
@@ -14,6 +15,7 @@ mod support;
 mod crash;
 mod http;
 mod instances;
+mod node_loss;
 mod outage;
 mod rate_control;
 mod servers;

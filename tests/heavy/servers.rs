@@ -80,7 +80,7 @@ fn stable_port() -> u16 {
     panic!("no free port in 21000..32000");
 }
 
-fn xtask_command() -> Command {
+pub(crate) fn xtask_command() -> Command {
     match std::env::var_os("CM_XTASK_BIN").filter(|b| !b.is_empty()) {
         Some(bin) => Command::new(bin),
         None => {

@@ -27,7 +27,9 @@ commands:
               prints `postgres ready <URL>`; with --data its cluster is kept in DIR and reused;
               with --tls it serves TLS only, with DIR/server.crt and DIR/server.key
   opensearch  run a throwaway single-node OpenSearch in the foreground [--port P] [--data DIR];
-              prints `opensearch ready <URL>`
+              prints `opensearch ready <URL>`. `--nodes N`: a cluster of N nodes (HTTP on
+              P..P+N-1, transport on P+N..P+2N-1, data in DIR/node-i), one ready line per node;
+              `--cluster-node i/N --port P --data DIR`: node i of that cluster alone (a restart)
   fuzz        fuzz request parsing and domain validation [--secs N] [--target T]
               (needs nightly and cargo-fuzz; not part of CI)
   bench       benchmarks of every backend, side by side, into BENCHMARKS.md

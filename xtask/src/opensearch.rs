@@ -1,9 +1,15 @@
-//! A throwaway single-node OpenSearch for tests: the launcher in `xtask/opensearch-node` (real
+//! A throwaway OpenSearch for tests, one node or a cluster of several (`--nodes N`): the launcher in `xtask/opensearch-node` (real
 //! OpenSearch 2.19 jars from Maven Central, see its README) built with Maven when its build is
 //! missing or older than its sources, then started on 127.0.0.1 in a fresh temporary data
 //! directory. [`OpenSearchServer`] stops the node and removes the directory when dropped; the
 //! node also exits by itself when our end of its standard input closes (this process died),
 //! and a small watchdog process then removes the directory.
+//!
+//! A cluster of N nodes on base port P (see [`Cluster`]): node i (1-based) serves HTTP on
+//! P+i-1 and transport on P+N+i-1, its data in `DIR/node-i`; the nodes find each other through
+//! those transport ports (`discovery.seed_hosts`) and the first start elects a cluster manager
+//! among all of them (`cluster.initial_cluster_manager_nodes`). `--cluster-node i/N` runs node
+//! i alone, with the same ports and data: how a test brings back a node it killed.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -24,6 +30,8 @@ const READY_PREFIX: &str = "opensearch ready ";
 const MAIN_CLASS: &str = "com.wazuh.xtask.OpenSearchNode";
 /// The heap the node gets (plenty for tests).
 const HEAP: &str = "512m";
+/// The heap of each node of a cluster (three share a small machine).
+const CLUSTER_HEAP: &str = "384m";
 /// Where Maven puts its artifacts when set (`-Dmaven.repo.local`).
 const MAVEN_REPO_VAR: &str = "CM_MAVEN_REPO";
 
@@ -237,6 +245,16 @@ fn ensure_cds_archive(dir: &Path) -> bool {
 /// # Errors
 /// A message saying what is missing or what failed (with the node's output).
 pub(crate) fn start(port: Option<u16>, data: Option<PathBuf>) -> Result<OpenSearchServer, String> {
+    start_node(port, data, HEAP, &[])
+}
+
+/// [`start`] with `heap` and `extra` launcher arguments (a cluster node's name and settings).
+fn start_node(
+    port: Option<u16>,
+    data: Option<PathBuf>,
+    heap: &str,
+    extra: &[String],
+) -> Result<OpenSearchServer, String> {
     let launcher = launcher_dir();
     build_if_needed(&launcher)?;
     if !runs("java", "-version") {
@@ -264,7 +282,7 @@ pub(crate) fn start(port: Option<u16>, data: Option<PathBuf>) -> Result<OpenSear
         .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?;
 
     let mut cmd = Command::new("java");
-    cmd.args([format!("-Xms{HEAP}"), format!("-Xmx{HEAP}")]);
+    cmd.args([format!("-Xms{heap}"), format!("-Xmx{heap}")]);
     if cds {
         cmd.args(["-Xlog:disable", "-Xlog:all=warning:stderr"])
             .arg(format!(
@@ -277,6 +295,7 @@ pub(crate) fn start(port: Option<u16>, data: Option<PathBuf>) -> Result<OpenSear
         .arg(MAIN_CLASS)
         .args(["--port", &port.unwrap_or(0).to_string(), "--data"])
         .arg(&server.dir)
+        .args(extra)
         .arg("--exit-on-stdin-close");
     // Its own process group: Ctrl-C in a terminal reaches us, and the node then exits because
     // its standard input closes.
@@ -338,20 +357,192 @@ pub(crate) fn start(port: Option<u16>, data: Option<PathBuf>) -> Result<OpenSear
     }
 }
 
-/// `cargo xtask opensearch [--port P] [--data DIR]`: runs a node in the foreground until
-/// Ctrl-C or the end of standard input.
+/// The layout of a cluster of `nodes` nodes on base port `port` (see the module's doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cluster {
+    pub(crate) nodes: u16,
+    pub(crate) port: u16,
+}
+
+impl Cluster {
+    fn http_port(self, node: u16) -> u16 {
+        self.port + node - 1
+    }
+
+    fn transport_port(self, node: u16) -> u16 {
+        self.port + self.nodes + node - 1
+    }
+
+    /// The launcher arguments of node `node` (1-based).
+    fn arguments(self, node: u16) -> Vec<String> {
+        let seeds: Vec<String> = (1..=self.nodes)
+            .map(|i| format!("127.0.0.1:{}", self.transport_port(i)))
+            .collect();
+        let names: Vec<String> = (1..=self.nodes).map(|i| format!("node-{i}")).collect();
+        let setting = |kv: String| ["-E".to_owned(), kv];
+        let mut args = vec![
+            "--cluster-name".to_owned(),
+            format!("cm-cluster-{}", self.port),
+            "--node-name".to_owned(),
+            format!("node-{node}"),
+        ];
+        for kv in [
+            "discovery.type=zen".to_owned(),
+            format!("transport.port={}", self.transport_port(node)),
+            format!("discovery.seed_hosts={}", seeds.join(",")),
+            format!("cluster.initial_cluster_manager_nodes={}", names.join(",")),
+        ] {
+            args.extend(setting(kv));
+        }
+        args
+    }
+
+    /// Node `node`'s data directory under `data`.
+    fn data(data: Option<&Path>, node: u16) -> Option<PathBuf> {
+        data.map(|d| d.join(format!("node-{node}")))
+    }
+
+    /// Starts node `node` (1-based) on its ports, with its data under `data` (a fresh temporary
+    /// directory of its own when `None`).
+    fn start_node(self, node: u16, data: Option<&Path>) -> Result<OpenSearchServer, String> {
+        start_node(
+            Some(self.http_port(node)),
+            Self::data(data, node),
+            CLUSTER_HEAP,
+            &self.arguments(node),
+        )
+        .map_err(|e| format!("node {node} of {}: {e}", self.nodes))
+    }
+
+    /// Starts every node at once (a cluster forms once most of them are up).
+    fn start(self, data: Option<&Path>) -> Result<Vec<OpenSearchServer>, String> {
+        let started: Vec<Result<OpenSearchServer, String>> = std::thread::scope(|scope| {
+            let starts: Vec<_> = (1..=self.nodes)
+                .map(|node| scope.spawn(move || self.start_node(node, data)))
+                .collect();
+            starts
+                .into_iter()
+                .map(|s| {
+                    s.join()
+                        .unwrap_or_else(|_| Err("a start panicked".to_owned()))
+                })
+                .collect()
+        });
+        // On any failure, the nodes that started stop as they are dropped here.
+        started.into_iter().collect()
+    }
+}
+
+/// A base port with the `2 * nodes` ports after it free, outside Linux's ephemeral range
+/// (32768–60999) so that no outgoing connection takes one while its node is down.
+fn free_base(nodes: u16) -> Result<u16, String> {
+    let seed = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let free = |p: u16| std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, p)).is_ok();
+    for i in 0..2_000_u32 {
+        let base = 21_000 + (seed.wrapping_add(i.wrapping_mul(7_919)) % 11_000) as u16;
+        if (base..base + 2 * nodes).all(free) {
+            return Ok(base);
+        }
+    }
+    Err(format!(
+        "no {} free ports in a row in 21000..32000",
+        2 * nodes
+    ))
+}
+
+/// What `cargo xtask opensearch` was asked for.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Args {
+    port: Option<u16>,
+    data: Option<PathBuf>,
+    nodes: Option<u16>,
+    /// `--cluster-node i/N`: (i, N).
+    cluster_node: Option<(u16, u16)>,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    let mut out = Args::default();
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--nodes" => {
+                let value = it.next().ok_or("--nodes needs a number")?;
+                let n = value
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| (1..=9).contains(n))
+                    .ok_or_else(|| format!("--nodes {value:?}: a number from 1 to 9"))?;
+                out.nodes = Some(n);
+            }
+            "--cluster-node" => {
+                let value = it.next().ok_or("--cluster-node needs i/N")?;
+                let parsed = value
+                    .split_once('/')
+                    .and_then(|(i, n)| Some((i.parse::<u16>().ok()?, n.parse::<u16>().ok()?)))
+                    .filter(|&(i, n)| (1..=9).contains(&n) && (1..=n).contains(&i))
+                    .ok_or_else(|| {
+                        format!("--cluster-node {value:?}: i/N with 1 <= i <= N <= 9")
+                    })?;
+                out.cluster_node = Some(parsed);
+            }
+            _ => rest.push(arg.clone()),
+        }
+    }
+    (out.port, out.data) = process::server_args("opensearch", &rest)?;
+    if out.cluster_node.is_some() {
+        if out.nodes.is_some() {
+            return Err("--cluster-node and --nodes exclude each other".to_owned());
+        }
+        if out.port.is_none() || out.data.is_none() {
+            return Err(
+                "--cluster-node needs the cluster's --port and --data (those it was started with)"
+                    .to_owned(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// `cargo xtask opensearch [--port P] [--data DIR] [--nodes N | --cluster-node i/N]`: runs a
+/// node, or the N nodes of a cluster (base port P), or node i of such a cluster, in the
+/// foreground until Ctrl-C or the end of standard input; prints one ready line per node.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let (port, data) = process::server_args("opensearch", args)?;
+    let args = parse(args)?;
     let started = Instant::now();
-    let server = start(port, data)?;
-    println!("{READY_PREFIX}{}", server.url());
+    let servers = match (args.nodes, args.cluster_node) {
+        (None | Some(1), None) => vec![start(args.port, args.data)?],
+        (Some(nodes), None) => {
+            let port = match args.port {
+                Some(p) => p,
+                None => free_base(nodes)?,
+            };
+            Cluster { nodes, port }.start(args.data.as_deref())?
+        }
+        (_, Some((node, nodes))) => {
+            let port = args.port.ok_or("--cluster-node needs --port")?;
+            vec![Cluster { nodes, port }.start_node(node, args.data.as_deref())?]
+        }
+    };
+    for server in &servers {
+        println!("{READY_PREFIX}{}", server.url());
+    }
+    let urls: Vec<&str> = servers.iter().map(OpenSearchServer::url).collect();
     eprintln!(
         "started in {:.1?}; export OPENSEARCH_URL={} ; stop with Ctrl-C or end of input (Ctrl-D)",
         started.elapsed(),
-        server.url()
+        urls.join(",")
     );
     process::wait_for_end_of_input();
-    drop(server);
+    // Stopped together: each gets its SIGTERM from its own thread.
+    std::thread::scope(|scope| {
+        for server in servers {
+            scope.spawn(move || drop(server));
+        }
+    });
     Ok(())
 }
 
@@ -379,6 +570,56 @@ mod tests {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
             "the node is stopped"
         );
+    }
+
+    #[test]
+    fn a_cluster_gives_each_node_its_ports_and_names_all_of_them() {
+        let c = Cluster {
+            nodes: 3,
+            port: 21_000,
+        };
+        assert_eq!((c.http_port(1), c.http_port(3)), (21_000, 21_002));
+        assert_eq!((c.transport_port(1), c.transport_port(3)), (21_003, 21_005));
+        let args = c.arguments(2).join(" ");
+        assert!(args.contains("--node-name node-2"), "{args}");
+        assert!(args.contains("--cluster-name cm-cluster-21000"), "{args}");
+        assert!(args.contains("-E transport.port=21004"), "{args}");
+        assert!(
+            args.contains(
+                "-E discovery.seed_hosts=127.0.0.1:21003,127.0.0.1:21004,127.0.0.1:21005"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.contains("-E cluster.initial_cluster_manager_nodes=node-1,node-2,node-3"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn cluster_arguments_are_parsed_and_checked() {
+        let args = |a: &[&str]| parse(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(
+            args(&["--nodes", "3", "--port", "21000"]),
+            Ok(Args {
+                port: Some(21_000),
+                nodes: Some(3),
+                ..Args::default()
+            })
+        );
+        assert_eq!(
+            args(&["--cluster-node", "2/3", "--port", "21000", "--data", "/d"]),
+            Ok(Args {
+                port: Some(21_000),
+                data: Some(PathBuf::from("/d")),
+                cluster_node: Some((2, 3)),
+                ..Args::default()
+            })
+        );
+        assert!(args(&["--cluster-node", "2/3", "--port", "21000"]).is_err());
+        assert!(args(&["--cluster-node", "4/3", "--port", "1", "--data", "/d"]).is_err());
+        assert!(args(&["--nodes", "0"]).is_err());
+        assert!(args(&["--nodes", "3", "--cluster-node", "1/3"]).is_err());
     }
 
     #[test]

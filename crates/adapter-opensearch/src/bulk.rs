@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::OpenSearchBackend;
+use crate::client::Retry;
 use crate::error::{OsError, error_of, is_retryable, kind};
 
 /// Attempts of a bulk item that failed with 429 / 5xx, and the first back-off (doubling).
@@ -88,6 +89,8 @@ pub(crate) struct Ops {
     body: Vec<u8>,
     /// Where each operation's lines end in `body` (each starts where the previous one ends).
     ends: Vec<usize>,
+    /// Whether an operation must not be sent twice (see [`Ops::retry`]).
+    unrepeatable: bool,
 }
 
 impl Ops {
@@ -96,6 +99,21 @@ impl Ops {
         Self {
             body: Vec::with_capacity(ops.saturating_mul(bytes_each)),
             ends: Vec::with_capacity(ops),
+            unrepeatable: false,
+        }
+    }
+
+    /// Whether the body may be sent to another node after a node failed with its outcome
+    /// unknown: only when every operation is a `create` with an id (a copy that finds the
+    /// first one's document fails 409 per item, which the callers read as "already stored")
+    /// or an unconditional `index` of a whole document (a copy writes the same document).
+    /// Conditional writes (`if_seq_no`), updates and deletes are sent again only when no node
+    /// received them (see [`Retry`]).
+    pub(crate) const fn retry(&self) -> Retry {
+        if self.unrepeatable {
+            Retry::Unsent
+        } else {
+            Retry::Always
         }
     }
 
@@ -121,6 +139,9 @@ impl Ops {
             )));
         }
         self.ends.push(self.body.len());
+        if matches!(op, Op::Update | Op::Delete) || meta.if_seq_no.is_some() {
+            self.unrepeatable = true;
+        }
         Ok(())
     }
 
@@ -370,12 +391,13 @@ impl OpenSearchBackend {
                 };
                 let (status, answer) = self
                     .http()
-                    .send_raw(
+                    .send_raw_with(
                         Method::Post,
                         "/_bulk",
                         &[],
                         Some(body),
                         "application/x-ndjson",
+                        ops.retry(),
                     )
                     .await?;
                 let mut again = Vec::new();

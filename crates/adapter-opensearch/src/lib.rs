@@ -40,6 +40,7 @@ mod client;
 mod components;
 mod error;
 mod mapping;
+pub mod metric;
 mod notify;
 mod orders;
 mod requests;
@@ -110,9 +111,18 @@ impl fmt::Debug for OpenSearchBackend {
     }
 }
 
-fn check(settings: &OpenSearchSettings) -> Result<Http, StoreError> {
+async fn check(settings: &OpenSearchSettings) -> Result<Http, StoreError> {
     settings.validate().map_err(StoreError::Unavailable)?;
-    Http::new(settings)
+    let http = Http::new(settings)?;
+    if settings.discover_nodes {
+        let added = http.discover().await.map_err(|e| {
+            StoreError::Unavailable(format!(
+                "storage.opensearch.discover_nodes: cannot list the cluster's nodes: {e}"
+            ))
+        })?;
+        tracing::info!(added, "opensearch nodes discovered");
+    }
+    Ok(http)
 }
 
 impl OpenSearchBackend {
@@ -122,9 +132,9 @@ impl OpenSearchBackend {
     /// # Errors
     /// [`StoreError::Unavailable`] when the cluster cannot be reached (or a setting is
     /// unusable); [`StoreError::Corrupt`] when an existing index maps a field incompatibly.
-    #[tracing::instrument(skip(settings), fields(url = %settings::redact_url(&settings.url)))]
+    #[tracing::instrument(skip(settings), fields(urls = %settings.redacted_urls()))]
     pub async fn open(settings: &OpenSearchSettings) -> Result<Self, StoreError> {
-        let http = check(settings)?;
+        let http = check(settings).await?;
         let ensured = mapping::ensure(&http, settings).await?;
         tracing::info!(
             orders_index = %settings.orders_index,
@@ -156,9 +166,9 @@ impl OpenSearchBackend {
     ///
     /// # Errors
     /// As [`Self::open`].
-    #[tracing::instrument(skip(settings), fields(url = %settings::redact_url(&settings.url)))]
+    #[tracing::instrument(skip(settings), fields(urls = %settings.redacted_urls()))]
     pub async fn migrate(settings: &OpenSearchSettings) -> Result<usize, StoreError> {
-        let http = check(settings)?;
+        let http = check(settings).await?;
         let ensured = mapping::ensure(&http, settings).await?;
         tracing::info!(
             created = ensured.created,

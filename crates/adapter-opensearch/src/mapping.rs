@@ -124,7 +124,10 @@ pub(crate) fn requests_template(settings: &OpenSearchSettings) -> Value {
         "index_patterns": [settings.requests_index],
         "priority": 101 + settings.requests_index.len(),
         "template": {
-            "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
+            "settings": {"index": {
+                "number_of_shards": settings.shards,
+                "number_of_replicas": settings.replicas
+            }},
             "mappings": {
                 "date_detection": false,
                 // Fields a later version adds are kept in `_source`, not indexed.
@@ -136,12 +139,14 @@ pub(crate) fn requests_template(settings: &OpenSearchSettings) -> Value {
     })
 }
 
-/// The settings of the orders (and archive) indices: Wazuh's template settings.
+/// The settings of the orders (and archive) indices: Wazuh's template settings, with the
+/// shards and replicas the operator chose (`storage.opensearch.shards`, `replicas`; Wazuh's 1
+/// and 0 by default).
 #[must_use]
-pub(crate) fn order_index_settings() -> Value {
+pub(crate) fn order_index_settings(settings: &OpenSearchSettings) -> Value {
     json!({"index": {
-        "number_of_shards": 1,
-        "number_of_replicas": 0,
+        "number_of_shards": settings.shards,
+        "number_of_replicas": settings.replicas,
         "refresh_interval": "5s",
         "query.default_field": [
             Fields::SOURCE,
@@ -165,7 +170,7 @@ pub(crate) fn orders_template(settings: &OpenSearchSettings) -> Value {
         // The most specific pattern wins where several deployments share a cluster.
         "priority": 100 + settings.orders_index.len(),
         "template": {
-            "settings": order_index_settings(),
+            "settings": order_index_settings(settings),
             "mappings": {
                 "date_detection": false,
                 "dynamic": true,
@@ -451,7 +456,7 @@ pub(crate) async fn ensure(http: &Http, s: &OpenSearchSettings) -> Result<Ensure
     }
 
     let agents_body = json!({
-        "settings": {"index": {"number_of_shards": 1}},
+        "settings": {"index": {"number_of_shards": 1, "number_of_replicas": s.replicas}},
         "mappings": {"dynamic": true, "properties": agent_properties()}
     });
     let (agent_id, agent_groups) = if create_index(http, &s.agents_index, &agents_body).await? {
@@ -488,7 +493,7 @@ pub(crate) async fn ensure(http: &Http, s: &OpenSearchSettings) -> Result<Ensure
     };
     created += ensure_requests(http, s).await?;
     let servers_body = json!({
-        "settings": {"index": {"number_of_shards": 1}},
+        "settings": {"index": {"number_of_shards": 1, "number_of_replicas": s.replicas}},
         "mappings": {"dynamic": "strict", "properties": {
             "name": keyword(),
             "key_hash": {"type": "keyword", "index": false}
@@ -634,5 +639,29 @@ mod tests {
             orders_template(&OpenSearchSettings::default())["index_patterns"],
             json!(["wazuh-commands*"])
         );
+    }
+
+    #[test]
+    fn replicas_and_shards_reach_the_templates_and_wazuhs_are_the_default() {
+        let wazuh = OpenSearchSettings::default();
+        let index = &orders_template(&wazuh)["template"]["settings"]["index"];
+        assert_eq!(
+            (
+                index["number_of_shards"].as_u64(),
+                index["number_of_replicas"].as_u64()
+            ),
+            (Some(1), Some(0))
+        );
+
+        let cluster = OpenSearchSettings {
+            replicas: 1,
+            shards: 2,
+            ..OpenSearchSettings::default()
+        };
+        for template in [orders_template(&cluster), requests_template(&cluster)] {
+            let index = &template["template"]["settings"]["index"];
+            assert_eq!(index["number_of_replicas"], 1, "{template}");
+            assert_eq!(index["number_of_shards"], 2, "{template}");
+        }
     }
 }

@@ -10,7 +10,22 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, default)]
 pub struct OpenSearchSettings {
     /// The node (or load balancer) to talk to: `http://host:9200` or `https://host:9200`.
+    /// Ignored when [`Self::urls`] names any node.
     pub url: String,
+    /// The nodes of a cluster (`CM_STORAGE__OPENSEARCH__URLS=http://a:9200,http://b:9200`):
+    /// requests are spread over those that answer, and a node that stops answering is left out
+    /// until it answers again (see the client's pool). Empty: [`Self::url`] alone.
+    pub urls: Vec<String>,
+    /// Also send requests to every node the cluster lists as having HTTP (`GET _nodes/http`,
+    /// read once at start-up): off by default, since many deployments sit behind a load
+    /// balancer whose nodes' own addresses the service cannot reach.
+    pub discover_nodes: bool,
+    /// `number_of_replicas` of the indices this service creates (orders, archive, requests,
+    /// agents, servers). Wazuh's template has 0: on a cluster, losing the node that holds an
+    /// index's only copy loses its orders. 1 is the value for a cluster.
+    pub replicas: u32,
+    /// `number_of_shards` of the orders, archive and requests indices this service creates.
+    pub shards: u32,
     /// Basic-authentication user (the security plugin's internal users, e.g. `admin`).
     pub username: Option<String>,
     pub password: Option<String>,
@@ -46,6 +61,10 @@ impl Default for OpenSearchSettings {
     fn default() -> Self {
         Self {
             url: "http://127.0.0.1:9200".to_owned(),
+            urls: Vec::new(),
+            discover_nodes: false,
+            replicas: 0,
+            shards: 1,
             username: None,
             password: None,
             insecure_tls: false,
@@ -65,6 +84,13 @@ impl fmt::Debug for OpenSearchSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenSearchSettings")
             .field("url", &redact_url(&self.url))
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("discover_nodes", &self.discover_nodes)
+            .field("replicas", &self.replicas)
+            .field("shards", &self.shards)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("insecure_tls", &self.insecure_tls)
@@ -87,12 +113,21 @@ impl OpenSearchSettings {
     /// The first setting that cannot work.
     pub fn validate(&self) -> Result<(), String> {
         let key = |k: &str| format!("storage.opensearch.{k}");
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://")) {
-            return Err(format!(
-                "{}: must be an http:// or https:// URL, not {:?}",
-                key("url"),
-                redact_url(&self.url)
-            ));
+        let name = if self.urls.is_empty() { "url" } else { "urls" };
+        if self.node_urls().is_empty() {
+            return Err(format!("{}: names no node", key("urls")));
+        }
+        for url in self.node_urls() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!(
+                    "{}: must be an http:// or https:// URL, not {:?}",
+                    key(name),
+                    redact_url(url)
+                ));
+            }
+        }
+        if self.shards == 0 {
+            return Err(format!("{}: must be at least 1", key("shards")));
         }
         for (name, value) in [
             ("orders_index", &self.orders_index),
@@ -167,6 +202,29 @@ impl OpenSearchSettings {
             return Err(format!("{}: a password needs a username", key("username")));
         }
         Ok(())
+    }
+
+    /// The nodes to talk to: [`Self::urls`], or [`Self::url`] when that list is empty.
+    #[must_use]
+    pub fn node_urls(&self) -> Vec<&str> {
+        if self.urls.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            self.urls
+                .iter()
+                .map(|u| u.trim())
+                .filter(|u| !u.is_empty())
+                .collect()
+        }
+    }
+
+    /// The nodes' URLs without their passwords, separated by commas (for logs).
+    pub(crate) fn redacted_urls(&self) -> String {
+        self.node_urls()
+            .into_iter()
+            .map(redact_url)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// [`Self::poll_interval_ms`] as a duration.
@@ -265,7 +323,12 @@ mod tests {
 
     #[test]
     fn bad_settings_name_their_key() {
-        let cases: [(&str, Change); 8] = [
+        let cases: [(&str, Change); 11] = [
+            ("storage.opensearch.urls", |s| s.urls = vec![" ".into()]),
+            ("storage.opensearch.urls", |s| {
+                s.urls = vec!["http://a:9200".into(), "b:9200".into()];
+            }),
+            ("storage.opensearch.shards", |s| s.shards = 0),
             ("storage.opensearch.url", |s| {
                 s.url = "localhost:9200".into()
             }),
