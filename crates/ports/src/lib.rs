@@ -30,7 +30,7 @@ pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
 pub use service::{
     CancelError, CommandManager, DryRunPlan, Idempotency, ItemOutcome, MAX_PAGE_SIZE,
     MAX_RELAY_CONSUMERS, MAX_RELAY_LIMIT, MAX_RELAY_SERVERS, MAX_RESULTS_PER_CALL, Ports,
-    Registered, ReportError, Reporter, RequestError, RequestView, ResultItem, RetryError, Settings,
+    BulkRegistered, MAX_BULK_AGENTS, Registered, ReportError, Reporter, RequestError, RequestView, ResultItem, RetryError, Settings,
     SubmitError, SubmitRequest, SubmittedRequest,
 };
 pub use store::{

@@ -1,6 +1,9 @@
 //! The agents registry, as managers see it, and agents' keys.
 
+use std::sync::Arc;
+
 use cm_domain::{Agent, AgentId, GroupName};
+use futures::future::try_join_all;
 
 use super::CommandManager;
 use super::orders::MAX_PAGE_SIZE;
@@ -17,7 +20,85 @@ pub struct Registered {
     pub key: Option<AgentKey>,
 }
 
+/// The most agents [`CommandManager::put_agents`] registers in one call.
+pub const MAX_BULK_AGENTS: usize = 10_000;
+
+/// How many registry reads or key writes of one bulk registration are in flight at once.
+const BULK_CONCURRENCY: usize = 32;
+
+/// One agent of [`CommandManager::put_agents`]: whether it was new, and its key if so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BulkRegistered {
+    pub id: AgentId,
+    pub created: bool,
+    /// Shown once, only for a new agent (and `None` in the rare case that it was deleted again
+    /// before its key could be stored).
+    pub key: Option<AgentKey>,
+}
+
 impl CommandManager {
+    /// Registers many agents at once (ids unique, at most [`MAX_BULK_AGENTS`]; the caller
+    /// validates): one [`AgentRegistry::upsert_many`](crate::store::AgentRegistry::upsert_many)
+    /// for all of them, then a key for each agent that was new. Answers in the order given.
+    ///
+    /// Which agents are new is read before the upsert; an agent registered by someone else
+    /// between the read and the upsert is counted as new here and gets a fresh key (its first
+    /// key stops working), as a key rotation would do.
+    ///
+    /// # Errors
+    /// [`StoreError`] when storage fails (the agents upserted before it stay registered; a
+    /// repeat of the call then answers them as existing, without a key: rotate their keys), or
+    /// [`StoreError::Unavailable`] when there is no randomness (nothing written).
+    pub async fn put_agents(&self, agents: &[Agent]) -> Result<Vec<BulkRegistered>, StoreError> {
+        // Keys are drawn before anything is written, so that no randomness failure leaves
+        // agents without keys.
+        let keys = agents
+            .iter()
+            .map(|_| AgentKey::generate())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut existed = Vec::with_capacity(agents.len());
+        for chunk in agents.chunks(BULK_CONCURRENCY) {
+            let reads = chunk.iter().map(|a| {
+                let registry = Arc::clone(&self.ports.agents);
+                let id = a.id().clone();
+                async move { registry.get(&id).await.map(|g| g.is_some()) }
+            });
+            existed.extend(try_join_all(reads).await?);
+        }
+        self.ports.agents.upsert_many(agents).await?;
+        let mut stored: Vec<Option<AgentKey>> = Vec::with_capacity(agents.len());
+        let mut pending = agents.iter().zip(keys).zip(&existed).peekable();
+        while pending.peek().is_some() {
+            let writes = pending
+                .by_ref()
+                .take(BULK_CONCURRENCY)
+                .map(|((a, key), existed)| {
+                    let registry = Arc::clone(&self.ports.agents);
+                    let id = a.id().clone();
+                    let existed = *existed;
+                    async move {
+                        if existed {
+                            return Ok(None);
+                        }
+                        let stored = registry.set_key_hash(&id, &key.hash()).await?;
+                        Ok::<_, StoreError>(stored.then_some(key))
+                    }
+                })
+                .collect::<Vec<_>>();
+            stored.extend(try_join_all(writes).await?);
+        }
+        Ok(agents
+            .iter()
+            .zip(existed)
+            .zip(stored)
+            .map(|((a, existed), key)| BulkRegistered {
+                id: a.id().clone(),
+                created: !existed,
+                key,
+            })
+            .collect())
+    }
+
     /// Registers an agent or replaces its groups. A new agent gets a key (its hash is stored);
     /// an existing one keeps its key.
     ///
