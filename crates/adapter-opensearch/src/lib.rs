@@ -1,6 +1,7 @@
 //! The OpenSearch backend: the orders stream ([`cm_ports::OrderStore`]) in the Wazuh
-//! `wazuh-commands` index, the agents registry ([`cm_ports::AgentRegistry`]) in `wazuh-agents`,
-//! and a [`cm_ports::Notifier`] — a drop-in for Wazuh's command-manager plugin.
+//! `wazuh-commands` index, the request records ([`cm_ports::RequestStore`]) in
+//! `wazuh-commands-requests`, the agents registry ([`cm_ports::AgentRegistry`]) in
+//! `wazuh-agents`, and a [`cm_ports::Notifier`] — a drop-in for Wazuh's command-manager plugin.
 //!
 //! * Layout: each order is one document in the domain's serde form (docs/orders.md), its order id
 //!   as `_id`; the composable index template `<orders_index>` for `<orders_index>*` carries
@@ -18,6 +19,11 @@
 //!   batches refresh before each search. Agent writes do not refresh the agents index; counts
 //!   of agents and the first page of an agent listing (where a group expansion starts) refresh
 //!   it first, so they see every registration that finished before, through any instance.
+//! * Request records: one document per request in their own index (`<requests_index>`, with a
+//!   template of its own), the request id as `_id`, the serde form of `RequestRecord`.
+//!   Replacements are conditional on `_seq_no`/`_primary_term` of a realtime read whose
+//!   revision is the expected one. Claims cannot join the two indices: they read the records of
+//!   their candidates' requests with one realtime `_mget` (the request gate, see `orders`).
 //! * Writes of many documents: `_bulk` bodies serialised straight from the domain types (see
 //!   `bulk`).
 //! * Across instances: no notification channel; one task per backend (see `watch`) refreshes
@@ -36,6 +42,7 @@ mod error;
 mod mapping;
 mod notify;
 mod orders;
+mod requests;
 mod settings;
 mod visibility;
 mod watch;
@@ -74,6 +81,8 @@ struct Inner {
     archive: String,
     /// The registry of server components.
     servers: String,
+    /// The request records.
+    requests: String,
     fields: Fields,
     poll_interval: Duration,
     /// What searches of the orders index may not see yet.
@@ -81,6 +90,8 @@ struct Inner {
     /// The same bookkeeping for the agents index (which remembers no orders): agent writes do
     /// not refresh; counts and first pages of listings do (see `agents`).
     agents_visibility: Visibility,
+    /// The same for the requests index: listings refresh it after this instance wrote.
+    requests_visibility: Visibility,
     hub: WakeHub,
     /// The cross-instance watch, while a notifier of this backend is alive (the notifiers own
     /// it; the task holds the backend).
@@ -93,6 +104,7 @@ impl fmt::Debug for OpenSearchBackend {
             .field("orders_index", &self.inner.orders)
             .field("agents_index", &self.inner.agents)
             .field("archive_index", &self.inner.archive)
+            .field("requests_index", &self.inner.requests)
             .field("poll_interval", &self.inner.poll_interval)
             .finish_non_exhaustive()
     }
@@ -127,10 +139,12 @@ impl OpenSearchBackend {
                 agents: settings.agents_index.clone(),
                 archive: settings.archive_index.clone(),
                 servers: settings.servers_index.clone(),
+                requests: settings.requests_index.clone(),
                 fields: ensured.fields,
                 poll_interval: settings.poll_interval(),
                 visibility: Visibility::new(),
                 agents_visibility: Visibility::new(),
+                requests_visibility: Visibility::new(),
                 hub: WakeHub::new(),
                 watch: Mutex::new(Weak::new()),
             }),
@@ -215,6 +229,12 @@ impl OpenSearchBackend {
     /// waited for it usually need none of their own).
     async fn make_fresh(&self, fresh: Fresh) -> Result<(), StoreError> {
         self.refresh_if(self.visibility(), &self.inner.orders, fresh)
+            .await
+    }
+
+    /// Refreshes the requests index when `fresh` asks for it.
+    async fn make_requests_fresh(&self, fresh: Fresh) -> Result<(), StoreError> {
+        self.refresh_if(&self.inner.requests_visibility, &self.inner.requests, fresh)
             .await
     }
 

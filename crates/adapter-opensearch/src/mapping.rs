@@ -56,8 +56,8 @@ pub(crate) fn order_properties() -> Value {
         ("command.action.version", keyword()),
         ("command.timeout", json!({"type": "short"})),
         (Fields::STATUS, keyword()),
-        ("command.result.code", json!({"type": "short"})),
-        ("command.result.message", keyword()),
+        (Fields::RESULT_CODE, json!({"type": "short"})),
+        (Fields::RESULT_MESSAGE, keyword()),
         ("command.result.data", keyword()),
         (Fields::REQUEST_ID, keyword()),
         (Fields::ORDER_ID, keyword()),
@@ -69,7 +69,71 @@ pub(crate) fn order_properties() -> Value {
         (Fields::RESULT_DEADLINE, date()),
         (Fields::FINISHED_AT, date()),
         ("command.retry_of", keyword()),
+        // Rate control (docs/rollout.md); orders written before have neither: a missing
+        // `held` is false, and queries say so (`must_not: held true`).
+        (Fields::POSITION, json!({"type": "long"})),
+        (Fields::HELD, json!({"type": "boolean"})),
     ])
+}
+
+/// The `properties` of a request record (the serde form of `RequestRecord`, docs/requests.md):
+/// what listings filter and sort on as keywords and dates, the counts as numbers (whether they
+/// exist says whether the record is settled), the rate control stored without indexing (a
+/// limit is a number or a percentage string).
+#[must_use]
+pub(crate) fn request_properties() -> Value {
+    let count = || json!({"type": "long"});
+    properties([
+        (Fields::RECORD_ID, keyword()),
+        (Fields::RECORD_CREATED, date()),
+        (Fields::RECORD_SOURCE, keyword()),
+        (Fields::RECORD_USER, keyword()),
+        (Fields::RECORD_TARGET_TYPE, keyword()),
+        (Fields::RECORD_TARGET_ID, keyword()),
+        (Fields::RECORD_ACTION, keyword()),
+        ("action.version", keyword()),
+        ("timeout", json!({"type": "integer"})),
+        ("schedule.start_at", date()),
+        ("schedule.rollout_secs", json!({"type": "long"})),
+        ("rate_control", json!({"type": "object", "enabled": false})),
+        ("retry_of", keyword()),
+        (Fields::RECORD_STATE, keyword()),
+        ("state_reason", keyword()),
+        (Fields::RECORD_FINISHED, date()),
+        ("total", count()),
+        ("released", count()),
+        ("held_since", date()),
+        ("counts.pending", count()),
+        ("counts.sent", count()),
+        ("counts.in_progress", count()),
+        ("counts.success", count()),
+        ("counts.failure", count()),
+        ("counts.errors", count()),
+        ("updated_at", date()),
+        (Fields::RECORD_REVISION, count()),
+    ])
+}
+
+/// The composable index template `<requests_index>` for exactly that index. Its priority is
+/// above that of any orders template whose pattern (`<orders_index>*`) covers the name, so the
+/// requests index gets this mapping alone even under the default names (`wazuh-commands` and
+/// `wazuh-commands-requests`).
+#[must_use]
+pub(crate) fn requests_template(settings: &OpenSearchSettings) -> Value {
+    json!({
+        "index_patterns": [settings.requests_index],
+        "priority": 101 + settings.requests_index.len(),
+        "template": {
+            "settings": {"index": {"number_of_shards": 1, "number_of_replicas": 0}},
+            "mappings": {
+                "date_detection": false,
+                // Fields a later version adds are kept in `_source`, not indexed.
+                "dynamic": false,
+                "properties": request_properties()
+            }
+        },
+        "_meta": {"managed_by": "command-manager"}
+    })
 }
 
 /// The settings of the orders (and archive) indices: Wazuh's template settings.
@@ -205,6 +269,24 @@ impl Fields {
     pub(crate) const REDELIVER_AT: &str = "command.redeliver_at";
     pub(crate) const RESULT_DEADLINE: &str = "command.result_deadline";
     pub(crate) const FINISHED_AT: &str = "command.finished_at";
+    pub(crate) const RESULT_CODE: &str = "command.result.code";
+    pub(crate) const RESULT_MESSAGE: &str = "command.result.message";
+    /// Rate control: an order's position in its request, and whether it is held back.
+    pub(crate) const POSITION: &str = "command.position";
+    pub(crate) const HELD: &str = "command.held";
+    /// The fields of a request record (the requests index).
+    pub(crate) const RECORD_ID: &str = "request_id";
+    pub(crate) const RECORD_CREATED: &str = "created_at";
+    pub(crate) const RECORD_SOURCE: &str = "source";
+    pub(crate) const RECORD_USER: &str = "user";
+    pub(crate) const RECORD_TARGET_TYPE: &str = "target.type";
+    pub(crate) const RECORD_TARGET_ID: &str = "target.id";
+    pub(crate) const RECORD_ACTION: &str = "action.name";
+    pub(crate) const RECORD_STATE: &str = "state";
+    pub(crate) const RECORD_FINISHED: &str = "finished_at";
+    pub(crate) const RECORD_REVISION: &str = "revision";
+    /// Present once a record is settled (its frozen counts).
+    pub(crate) const RECORD_COUNTS: &str = "counts";
     /// The hash of an agent's key, outside Wazuh's `agent` object.
     pub(crate) const KEY_HASH: &str = "command_manager.key_hash";
 }
@@ -301,6 +383,35 @@ async fn extend_mapping(
     Ok(fields)
 }
 
+/// Puts the requests template (creating or updating it) and creates the requests index when
+/// missing, or adds our fields to its mapping; returns how many of both it created.
+async fn ensure_requests(http: &Http, s: &OpenSearchSettings) -> Result<usize, StoreError> {
+    let mut created = 0;
+    let path = format!("/_index_template/{}", s.requests_index);
+    if !exists(http, &path).await? {
+        created += 1;
+    }
+    http.ok(Method::Put, &path, &[], Some(requests_template(s)))
+        .await
+        .map_err(|e| match e {
+            OsError::Status {
+                status: 400,
+                reason,
+                ..
+            } => StoreError::Corrupt(format!(
+                "cannot put index template {}: {reason}",
+                s.requests_index
+            )),
+            other => other.into(),
+        })?;
+    if create_index(http, &s.requests_index, &json!({})).await? {
+        created += 1;
+    } else {
+        extend_mapping(http, &s.requests_index, request_properties(), &[]).await?;
+    }
+    Ok(created)
+}
+
 /// Puts the orders template (creating or updating it) and creates the orders, archive and
 /// agents indices when missing; indices that exist get our fields added to their mapping.
 pub(crate) async fn ensure(http: &Http, s: &OpenSearchSettings) -> Result<Ensured, StoreError> {
@@ -375,6 +486,7 @@ pub(crate) async fn ensure(http: &Http, s: &OpenSearchSettings) -> Result<Ensure
             .fold(&mapping, |node, part| &node["properties"][part]);
         args["enabled"] != json!(false)
     };
+    created += ensure_requests(http, s).await?;
     let servers_body = json!({
         "settings": {"index": {"number_of_shards": 1}},
         "mappings": {"dynamic": "strict", "properties": {
@@ -451,6 +563,8 @@ mod tests {
             (Fields::REDELIVER_AT, "date"),
             (Fields::RESULT_DEADLINE, "date"),
             (Fields::FINISHED_AT, "date"),
+            (Fields::POSITION, "long"),
+            (Fields::HELD, "boolean"),
         ] {
             assert_eq!(mapping_of(&props, path)["type"], kind, "{path}");
         }
@@ -460,6 +574,22 @@ mod tests {
             args["enabled"], false,
             "stored, not indexed: arrays fit too"
         );
+        let records = request_properties();
+        for (path, kind) in [
+            (Fields::RECORD_ID, "keyword"),
+            (Fields::RECORD_CREATED, "date"),
+            (Fields::RECORD_SOURCE, "keyword"),
+            (Fields::RECORD_USER, "keyword"),
+            (Fields::RECORD_TARGET_TYPE, "keyword"),
+            (Fields::RECORD_TARGET_ID, "keyword"),
+            (Fields::RECORD_ACTION, "keyword"),
+            (Fields::RECORD_STATE, "keyword"),
+            (Fields::RECORD_FINISHED, "date"),
+            (Fields::RECORD_REVISION, "long"),
+        ] {
+            assert_eq!(mapping_of(&records, path)["type"], kind, "{path}");
+        }
+        assert!(records[Fields::RECORD_COUNTS]["properties"].is_object());
         let agents = agent_properties();
         assert_eq!(mapping_of(&agents, Fields::AGENT_ID)["type"], "keyword");
         assert_eq!(mapping_of(&agents, Fields::KEY_HASH)["index"], false);
@@ -479,6 +609,15 @@ mod tests {
         remove_path(&mut props, Fields::AGENT_ID);
         assert!(props["agent"]["properties"].get("id").is_none());
         assert_eq!(props["agent"]["properties"]["groups"], keyword());
+    }
+
+    #[test]
+    fn the_requests_template_wins_over_the_orders_template_that_covers_it() {
+        let s = OpenSearchSettings::default();
+        assert!(s.requests_index.starts_with(&s.orders_index));
+        let requests = requests_template(&s);
+        assert_eq!(requests["index_patterns"], json!([s.requests_index]));
+        assert!(requests["priority"].as_u64() > orders_template(&s)["priority"].as_u64());
     }
 
     #[test]

@@ -5,11 +5,12 @@ use std::collections::{HashMap, HashSet};
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use cm_domain::{
-    AgentId, ComponentName, DeliveryPolicy, Order, OrderId, RequestId, Status, TargetType,
+    AgentId, CANCELLED, ComponentName, DeliveryPolicy, EXPIRED, Order, OrderId, PendingEnd,
+    RequestId, SERVICE_RESULT_CODE, STOPPED, Status, TargetType,
 };
 use cm_ports::{
     Batch, Consumers, OrderCursor, OrderFilter, OrderPageRequest, OrderStore, Page, ReplaceError,
-    RetentionMode, StatusCounts, StoreError,
+    ResultGroup, RetentionMode, StatusCounts, StoreError,
 };
 use opensearch::http::Method;
 use serde_json::{Value, json};
@@ -23,6 +24,10 @@ use crate::{Change, MAX_WINDOW, OpenSearchBackend, Versioned, doc_id};
 /// Most search-and-write rounds of one claim (each round that loses a race to another poller
 /// goes again).
 const MAX_CLAIM_ROUNDS: usize = 32;
+
+/// How many requests `next_due` looks at per kind of instant, earliest first, to find one that
+/// passes the request gate.
+const NEXT_DUE_REQUESTS: usize = 32;
 
 /// About how many bytes one order takes in a bulk body (its action line and document).
 const ORDER_BYTES: usize = 640;
@@ -53,9 +58,15 @@ pub(crate) fn stream_order() -> Value {
     sort_by(Fields::CREATED)
 }
 
-/// Orders the index says are deliverable at `now` (the domain's `Order::is_deliverable`): pending,
-/// available (`not_before`, or else `@timestamp`, reached) and not past `delivery_timestamp`;
-/// or sent and due for redelivery.
+/// Not held back by rate control (`Order::is_held`). Orders written before rate control existed
+/// have no `held` field: missing is false.
+pub(crate) fn held() -> Value {
+    term(Fields::HELD, true)
+}
+
+/// Orders the index says are deliverable at `now` (the domain's `Order::is_deliverable`): not
+/// held, and pending, available (`not_before`, or else `@timestamp`, reached) and not past
+/// `delivery_timestamp`; or sent and due for redelivery.
 pub(crate) fn deliverable_at(now: DateTime<Utc>) -> Value {
     let available = json!({"bool": {
         "should": [
@@ -79,8 +90,44 @@ pub(crate) fn deliverable_at(now: DateTime<Utc>) -> Value {
                 range(Fields::REDELIVER_AT, "lte", now)
             ]}}
         ],
-        "minimum_should_match": 1
+        "minimum_should_match": 1,
+        "must_not": [held()]
     }})
+}
+
+/// Failures of the action (`Order::is_action_failure`): `failure`, except the service's own
+/// ends of orders never handed out (code -1: expired, cancelled, stopped).
+fn action_failure() -> Value {
+    json!({"bool": {
+        "filter": [term(Fields::STATUS, Status::Failure.as_str())],
+        "must_not": [{"bool": {"filter": [
+            term(Fields::RESULT_CODE, SERVICE_RESULT_CODE),
+            terms(Fields::RESULT_MESSAGE, &[EXPIRED, CANCELLED, STOPPED])
+        ]}}]
+    }})
+}
+
+/// Requests with the earliest instant of each, and whether more requests exist beyond them.
+type Earliest = (Vec<(RequestId, DateTime<Utc>)>, bool);
+
+/// The earliest instants of one kind of `next_due`'s aggregation, each with its request: the
+/// buckets of a `terms` on the request id ordered by their `min`, and whether requests beyond
+/// them exist.
+fn earliest_by_request(agg: &Value) -> Result<Earliest, StoreError> {
+    let buckets = agg["r"]["buckets"]
+        .as_array()
+        .ok_or_else(|| corrupt(format!("next_due aggregation without buckets: {agg}")))?;
+    let mut out = Vec::with_capacity(buckets.len());
+    for b in buckets {
+        let key = b["key"].as_str().unwrap_or_default();
+        let request = RequestId::parse(key, Fields::REQUEST_ID)
+            .map_err(|_| corrupt(format!("order with request id {key:?}")))?;
+        if let Some(t) = min_value(b) {
+            out.push((request, t));
+        }
+    }
+    let more = agg["r"]["sum_other_doc_count"].as_u64().unwrap_or(0) > 0;
+    Ok((out, more))
 }
 
 /// Why an order cannot be indexed under an earlier mapping (the Wazuh plugin's) that indexes
@@ -181,7 +228,9 @@ impl OpenSearchBackend {
         now: DateTime<Utc>,
         size: usize,
         skip: &[String],
+        gated: &HashSet<RequestId>,
     ) -> Result<Vec<(String, i64, i64)>, StoreError> {
+        let gated: Vec<String> = gated.iter().map(ToString::to_string).collect();
         let body = json!({
             "size": size,
             "_source": false,
@@ -190,7 +239,10 @@ impl OpenSearchBackend {
             "sort": stream_order(),
             "query": {"bool": {
                 "filter": [self.consumers_filter(consumers), deliverable_at(now)],
-                "must_not": [{"ids": {"values": skip}}]
+                "must_not": [
+                    {"ids": {"values": skip}},
+                    {"terms": {(Fields::REQUEST_ID): gated}}
+                ]
             }}
         });
         self.search(body)
@@ -388,6 +440,38 @@ impl OpenSearchBackend {
     }
 }
 
+/// One bucket of `result_groups`' `multi_terms`: key (code, message), count, sample.
+fn result_group(status: Status, bucket: &Value) -> Result<ResultGroup, StoreError> {
+    let bad = || corrupt(format!("result group bucket unreadable: {bucket}"));
+    let key = bucket["key"].as_array().ok_or_else(bad)?;
+    let code = key
+        .first()
+        .and_then(|c| {
+            c.as_i64()
+                .or_else(|| c.as_str().and_then(|s| s.parse().ok()))
+        })
+        .and_then(|c| i16::try_from(c).ok())
+        .ok_or_else(bad)?;
+    let message = key
+        .get(1)
+        .and_then(Value::as_str)
+        .ok_or_else(bad)?
+        .to_owned();
+    let sample = bucket["sample"]["buckets"]
+        .as_array()
+        .ok_or_else(bad)?
+        .iter()
+        .map(|b| b["key"].as_str().map(str::to_owned).ok_or_else(bad))
+        .collect::<Result<Vec<String>, StoreError>>()?;
+    Ok(ResultGroup {
+        status,
+        code,
+        message,
+        count: bucket["doc_count"].as_u64().ok_or_else(bad)?,
+        sample,
+    })
+}
+
 /// A `min` aggregation's value (epoch milliseconds), when it has one.
 fn min_value(agg: &Value) -> Option<DateTime<Utc>> {
     #[allow(clippy::cast_possible_truncation)] // dates are whole milliseconds
@@ -518,12 +602,14 @@ impl OrderStore for OpenSearchBackend {
             .await?;
         let mut claimed: Vec<Order> = Vec::new();
         let mut refreshed = false;
+        // Requests whose record does not deliver: their orders are left out of later searches.
+        let mut gated: HashSet<RequestId> = HashSet::new();
         for _ in 0..MAX_CLAIM_ROUNDS {
             let want = limit - claimed.len();
             let recent = self.recent_ids(consumers);
             let page = (want.saturating_mul(2) + 16).min(MAX_WINDOW);
             let hits = self
-                .deliverable_candidates(consumers, now, page, &recent)
+                .deliverable_candidates(consumers, now, page, &recent, &gated)
                 .await?;
             let full_page = hits.len() == page;
             let taken: HashSet<String> = claimed.iter().map(|o| doc_id(o.order_id())).collect();
@@ -547,6 +633,18 @@ impl OrderStore for OpenSearchBackend {
                 .iter()
                 .filter(|v| consumers.takes(&v.order) && v.order.is_deliverable(now))
                 .collect();
+            // The request gate, before any order is marked sent: OpenSearch cannot join the
+            // orders with their records, so one realtime `_mget` reads the records of the
+            // requests not seen yet (see `held_back` for why that is exact).
+            let unseen: HashSet<RequestId> = due
+                .iter()
+                .map(|v| *v.order.request_id())
+                .filter(|r| !gated.contains(r))
+                .collect();
+            let newly_gated = self.held_back(&unseen).await?;
+            let gated_more = !newly_gated.is_empty();
+            gated.extend(newly_gated);
+            due.retain(|v| !gated.contains(v.order.request_id()));
             due.sort_by_key(|v| (v.order.created_at(), *v.order.order_id()));
             due.truncate(want);
             let changes: Vec<Change> = due
@@ -574,10 +672,13 @@ impl OrderStore for OpenSearchBackend {
             // A full page of stale hits may hide deliverable orders behind it: look again on
             // a refreshed index.
             let look_again = full_page && stale;
+            // A full page with orders of requests that do not deliver: search again without
+            // those requests.
+            let skip_gated = full_page && gated_more;
             if look_again && !refreshed {
                 self.make_fresh(Fresh::Always).await?;
                 refreshed = true;
-            } else if conflicts == 0 && !look_again {
+            } else if conflicts == 0 && !look_again && !skip_gated {
                 break;
             }
         }
@@ -633,69 +734,205 @@ impl OrderStore for OpenSearchBackend {
             .await?;
         let recent = self.recent_ids(consumers);
         let pending = term(Fields::STATUS, Status::Pending.as_str());
+        // Per kind of instant, its earliest requests (to apply the request gate to).
+        let by_request = |field: &str| {
+            json!({
+                "terms": {
+                    "field": Fields::REQUEST_ID,
+                    "size": NEXT_DUE_REQUESTS,
+                    "order": {"t": "asc"}
+                },
+                "aggs": {"t": {"min": {"field": field}}}
+            })
+        };
         let body = json!({
             "size": 0,
             "track_total_hits": false,
             "query": {"bool": {
                 "filter": [self.consumers_filter(consumers)],
-                "must_not": [{"ids": {"values": recent}}]
+                // A held order becomes deliverable only when released.
+                "must_not": [{"ids": {"values": recent}}, held()]
             }},
             "aggs": {
                 "not_before": {
                     "filter": {"bool": {"filter": [pending, range(Fields::NOT_BEFORE, "gt", now)]}},
-                    "aggs": {"t": {"min": {"field": Fields::NOT_BEFORE}}}
+                    "aggs": {"r": by_request(Fields::NOT_BEFORE)}
                 },
                 "created": {
                     "filter": {"bool": {
                         "filter": [pending, range(Fields::CREATED, "gt", now)],
                         "must_not": [{"exists": {"field": Fields::NOT_BEFORE}}]
                     }},
-                    "aggs": {"t": {"min": {"field": Fields::CREATED}}}
+                    "aggs": {"r": by_request(Fields::CREATED)}
                 },
                 "redeliver": {
                     "filter": {"bool": {"filter": [
                         term(Fields::STATUS, Status::Sent.as_str()),
                         range(Fields::REDELIVER_AT, "gt", now)
                     ]}},
-                    "aggs": {"t": {"min": {"field": Fields::REDELIVER_AT}}}
+                    "aggs": {"r": by_request(Fields::REDELIVER_AT)}
                 }
             }
         });
         let answer = self.search_answer(body).await?;
         let aggs = &answer["aggregations"];
-        let from_index = ["not_before", "created", "redeliver"]
+        let kinds = ["not_before", "created", "redeliver"]
             .iter()
-            .filter_map(|name| min_value(&aggs[*name]))
-            .min();
-        let from_recent = self
+            .map(|name| earliest_by_request(&aggs[*name]))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let from_recent: Vec<(RequestId, DateTime<Utc>)> = self
             .mget(&recent)
             .await?
             .iter()
             .filter(|v| consumers.takes(&v.order))
-            .filter_map(|v| v.order.becomes_deliverable_after(now))
-            .min();
-        Ok(from_index.into_iter().chain(from_recent).min())
+            .filter_map(|v| {
+                v.order
+                    .becomes_deliverable_after(now)
+                    .map(|t| (*v.order.request_id(), t))
+            })
+            .collect();
+        let requests: HashSet<RequestId> = kinds
+            .iter()
+            .flat_map(|(buckets, _)| buckets.iter().map(|(r, _)| *r))
+            .chain(from_recent.iter().map(|(r, _)| *r))
+            .collect();
+        let gated = self.held_back(&requests).await?;
+        let passes = |(r, t): &(RequestId, DateTime<Utc>)| (!gated.contains(r)).then_some(*t);
+        let from_index = kinds.iter().filter_map(|(buckets, more)| {
+            // The earliest request that passes the gate; when every one looked at is gated and
+            // there are more, the latest instant looked at: no later than any of theirs (an
+            // early wake-up, never a missed order).
+            buckets
+                .iter()
+                .find_map(passes)
+                .or_else(|| more.then(|| buckets.last().map(|(_, t)| *t)).flatten())
+        });
+        Ok(from_index
+            .chain(from_recent.iter().filter_map(passes))
+            .min())
     }
 
-    async fn cancel_pending(
+    async fn end_pending(
         &self,
         request: &RequestId,
+        end: PendingEnd,
         now: DateTime<Utc>,
         limit: usize,
     ) -> Result<Batch, StoreError> {
+        // Held or not.
         let query = json!({"bool": {"filter": [
             term(Fields::REQUEST_ID, request.to_string()),
             term(Fields::STATUS, Status::Pending.as_str())
         ]}});
-        self.sweep(query, stream_order(), limit, |o| o.cancel(now).ok())
-            .await
+        self.sweep(query, stream_order(), limit, |o| {
+            o.end_pending(now, end).ok()
+        })
+        .await
+    }
+
+    async fn release_held(
+        &self,
+        request: &RequestId,
+        below: u64,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<Order>, StoreError> {
+        if below == 0 {
+            return Ok(Vec::new());
+        }
+        let query = json!({"bool": {"filter": [
+            term(Fields::REQUEST_ID, request.to_string()),
+            term(Fields::STATUS, Status::Pending.as_str()),
+            held(),
+            {"range": {(Fields::POSITION): {"lt": below}}}
+        ]}});
+        let candidates = self
+            .sweep_candidates(query, sort_by(Fields::POSITION), limit)
+            .await?;
+        let examined = candidates.len();
+        let changes = candidates
+            .iter()
+            .filter(|v| v.order.position().is_some_and(|p| p < below))
+            .filter_map(|v| v.order.release(now).ok().map(|next| v.change(next)))
+            .collect();
+        // Those changed meanwhile were released (or ended) by someone else.
+        let written = self.write_conditionally(changes).await?;
+        if !written.failed.is_empty() {
+            return Err(StoreError::Unavailable(format!(
+                "{} of {examined} held orders could not be released: {}",
+                written.failed.len(),
+                written.failed.join("; ")
+            )));
+        }
+        let mut released = written.applied;
+        released.sort_by_key(|o| (o.position(), *o.order_id()));
+        Ok(released)
+    }
+
+    async fn result_groups(&self, request: &RequestId) -> Result<Vec<ResultGroup>, StoreError> {
+        self.make_fresh(self.listing_freshness()).await?;
+        // One exact top list per finished status: the largest groups overall are among the
+        // largest of their status, whatever the ties (a `multi_terms` on the status too would
+        // break ties by the status's name, not by `Status`'s order).
+        let groups = || {
+            json!({
+                "multi_terms": {
+                    "terms": [
+                        {"field": Fields::RESULT_CODE, "missing": 0},
+                        {"field": Fields::RESULT_MESSAGE, "missing": ""}
+                    ],
+                    "size": ResultGroup::MAX_GROUPS,
+                    "order": [{"_count": "desc"}, {"_key": "asc"}]
+                },
+                "aggs": {"sample": {"terms": {
+                    "field": Fields::TARGET_ID,
+                    "size": ResultGroup::SAMPLE,
+                    "order": {"_key": "asc"}
+                }}}
+            })
+        };
+        let finished = [Status::Success, Status::Failure];
+        let mut aggs = serde_json::Map::new();
+        for status in finished {
+            aggs.insert(
+                status.as_str().to_owned(),
+                json!({
+                    "filter": term(Fields::STATUS, status.as_str()),
+                    "aggs": {"groups": groups()}
+                }),
+            );
+        }
+        let body = json!({
+            "size": 0,
+            "track_total_hits": false,
+            "query": {"bool": {"filter": [term(Fields::REQUEST_ID, request.to_string())]}},
+            "aggs": aggs
+        });
+        let answer = self.search_answer(body).await?;
+        let mut out = Vec::new();
+        for status in finished {
+            let buckets = answer["aggregations"][status.as_str()]["groups"]["buckets"]
+                .as_array()
+                .ok_or_else(|| corrupt(format!("result groups aggregation missing: {answer}")))?;
+            for b in buckets {
+                out.push(result_group(status, b)?);
+            }
+        }
+        ResultGroup::sort(&mut out);
+        out.truncate(ResultGroup::MAX_GROUPS);
+        Ok(out)
     }
 
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
-        let query = json!({"bool": {"filter": [
-            term(Fields::STATUS, Status::Pending.as_str()),
-            range(Fields::DELIVERY_DEADLINE, "lte", now)
-        ]}});
+        // Held orders never expire: left out by the query, so a batch is never made only of
+        // orders that cannot change (which would end the drain early).
+        let query = json!({"bool": {
+            "filter": [
+                term(Fields::STATUS, Status::Pending.as_str()),
+                range(Fields::DELIVERY_DEADLINE, "lte", now)
+            ],
+            "must_not": [held()]
+        }});
         let sort = sort_by(Fields::DELIVERY_DEADLINE);
         self.sweep(query, sort, limit, |o| o.expire(now).ok()).await
     }
@@ -766,7 +1003,10 @@ impl OrderStore for OpenSearchBackend {
             "size": 0,
             "track_total_hits": false,
             "query": {"bool": {"filter": [term(Fields::REQUEST_ID, request.to_string())]}},
-            "aggs": {"status": {"terms": {"field": Fields::STATUS, "size": 16}}}
+            "aggs": {
+                "status": {"terms": {"field": Fields::STATUS, "size": 16}},
+                "errors": {"filter": action_failure()}
+            }
         });
         let answer = self.search_answer(body).await?;
         let buckets = answer["aggregations"]["status"]["buckets"]
@@ -779,6 +1019,9 @@ impl OrderStore for OpenSearchBackend {
                 .map_err(|_| corrupt(format!("unknown status {key:?} in request {request}")))?;
             counts.add(status, bucket["doc_count"].as_u64().unwrap_or(0));
         }
+        counts.errors = answer["aggregations"]["errors"]["doc_count"]
+            .as_u64()
+            .ok_or_else(|| corrupt(format!("errors aggregation missing: {answer}")))?;
         Ok(counts)
     }
 

@@ -25,6 +25,10 @@ pub struct OpenSearchSettings {
     /// The registry of server components (their names and key hashes). Not under
     /// `<orders_index>*`, which the orders template covers.
     pub servers_index: String,
+    /// The request records (one per command of a submit, docs/requests.md), which claims
+    /// consult. It has an index template of its own, which wins over the orders template even
+    /// where its name starts with the orders index's (as the default does).
+    pub requests_index: String,
     /// How often this instance looks in the index for orders its waiting long-polls may claim
     /// (one refresh and one search per interval for all of them), in milliseconds: the delay
     /// within which an order created through another service instance reaches a waiting agent.
@@ -49,6 +53,7 @@ impl Default for OpenSearchSettings {
             agents_index: "wazuh-agents".to_owned(),
             archive_index: "wazuh-commands-archive".to_owned(),
             servers_index: "wazuh-servers".to_owned(),
+            requests_index: "wazuh-commands-requests".to_owned(),
             poll_interval_ms: 1000,
             request_timeout_secs: 30,
             max_connections: 32,
@@ -67,6 +72,7 @@ impl fmt::Debug for OpenSearchSettings {
             .field("agents_index", &self.agents_index)
             .field("archive_index", &self.archive_index)
             .field("servers_index", &self.servers_index)
+            .field("requests_index", &self.requests_index)
             .field("poll_interval_ms", &self.poll_interval_ms)
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("max_connections", &self.max_connections)
@@ -93,6 +99,7 @@ impl OpenSearchSettings {
             ("agents_index", &self.agents_index),
             ("archive_index", &self.archive_index),
             ("servers_index", &self.servers_index),
+            ("requests_index", &self.requests_index),
         ] {
             check_index_name(value).map_err(|why| format!("{}: {why}", key(name)))?;
         }
@@ -129,6 +136,19 @@ impl OpenSearchSettings {
             return Err(format!(
                 "{}: must differ from the orders, agents and archive indices",
                 key("servers_index")
+            ));
+        }
+        if [
+            &self.orders_index,
+            &self.agents_index,
+            &self.archive_index,
+            &self.servers_index,
+        ]
+        .contains(&&self.requests_index)
+        {
+            return Err(format!(
+                "{}: must differ from the orders, agents, archive and servers indices",
+                key("requests_index")
             ));
         }
         if self.poll_interval_ms == 0 {
@@ -235,6 +255,7 @@ mod tests {
             ),
             ("wazuh-commands", "wazuh-agents", "wazuh-commands-archive")
         );
+        assert_eq!(s.requests_index, "wazuh-commands-requests");
         assert_eq!((s.poll_interval_ms, s.request_timeout_secs), (1000, 30));
         assert!(!s.insecure_tls);
         assert_eq!(s.validate(), Ok(()));
@@ -244,7 +265,7 @@ mod tests {
 
     #[test]
     fn bad_settings_name_their_key() {
-        let cases: [(&str, Change); 6] = [
+        let cases: [(&str, Change); 8] = [
             ("storage.opensearch.url", |s| {
                 s.url = "localhost:9200".into()
             }),
@@ -262,6 +283,12 @@ mod tests {
             }),
             ("storage.opensearch.agents_index", |s| {
                 s.agents_index = "wazuh-commands-agents".into();
+            }),
+            ("storage.opensearch.requests_index", |s| {
+                s.requests_index = "Requests".into();
+            }),
+            ("storage.opensearch.requests_index", |s| {
+                s.requests_index = s.archive_index.clone();
             }),
         ];
         for (key, change) in cases {

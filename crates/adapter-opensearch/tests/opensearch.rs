@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cm_adapter_opensearch::{OpenSearchBackend, OpenSearchNotifier};
-use cm_domain::{Action, Command, Consumer, DeliveryPolicy, Source, Target, TargetType, Timeout};
+use cm_domain::{
+    Action, Command, Consumer, DeliveryPolicy, RequestId, RequestRecord, Source, Target,
+    TargetType, Timeout,
+};
 use cm_ports::testkit::{
     Backend, LONG_WAIT, OrderSpec, agent, agent_id, at, long_wait_settings, until_poll_waits,
 };
@@ -37,6 +40,7 @@ fn ports(b: &OpenSearchBackend) -> Backend {
         orders: Arc::new(b.clone()),
         agents: Arc::new(b.clone()),
         components: Arc::new(b.clone()),
+        requests: Arc::new(b.clone()),
         notifier: Arc::new(b.notifier()) as Arc<dyn Notifier>,
         guard: None,
     }
@@ -804,7 +808,8 @@ async fn migrate_creates_the_template_and_indices_once() {
         OpenSearchBackend::migrate(&settings)
             .await
             .expect("migrate"),
-        5
+        7,
+        "two templates (orders, requests) and five indices"
     );
     assert_eq!(
         OpenSearchBackend::migrate(&settings).await.expect("again"),
@@ -882,5 +887,138 @@ async fn an_orders_index_made_by_the_wazuh_plugin_stays_usable() {
         command["properties"]["redeliver_at"],
         json!({"type": "date"}),
         "our fields were added to the plugin's mapping"
+    );
+    assert_eq!(command["properties"]["held"], json!({"type": "boolean"}));
+    assert_eq!(command["properties"]["position"], json!({"type": "long"}));
+}
+
+/// A record of a one-agent command created at `created`, committed and then paused.
+fn paused_record(created: chrono::DateTime<Utc>) -> RequestRecord {
+    let c = Command::new(
+        Source::UsersServices,
+        Some("alice".to_owned()),
+        Target::new(TargetType::Group, "Test").expect("target"),
+        Action::new("restart", json!({}), "v5").expect("action"),
+        Timeout::new(300).expect("timeout"),
+    )
+    .expect("command");
+    let writing = RequestRecord::new(
+        RequestId::from_uuid(uuid::Uuid::now_v7()),
+        &c,
+        None,
+        40,
+        created,
+    );
+    let running = writing
+        .commit(40, created)
+        .expect("commit")
+        .expect("changed");
+    running.pause(created).expect("pause").expect("changed")
+}
+
+/// The records get an index of their own under the configured name, with their own template:
+/// the orders template (`<orders_index>*`, which covers the default name) does not apply to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_requests_index_is_created_with_its_own_mapping_under_its_configured_name() {
+    let (b, s, _cleanup) = open_fresh().await;
+    assert!(s.requests_index.starts_with(&s.orders_index));
+    let raw = Raw::new();
+    let template = raw
+        .get(&format!("/_index_template/{}", s.requests_index))
+        .await;
+    assert_eq!(
+        template["index_templates"][0]["index_template"]["index_patterns"],
+        json!([s.requests_index])
+    );
+    let mapping = raw.get(&format!("/{}/_mapping", s.requests_index)).await;
+    let m = &mapping[s.requests_index.as_str()]["mappings"];
+    assert!(
+        m["properties"]["command"].is_null(),
+        "no orders mapping: {m}"
+    );
+    assert_eq!(m["dynamic"], "false");
+    let kw = json!({"type": "keyword", "ignore_above": 1024});
+    for path in ["request_id", "state", "source", "user"] {
+        assert_eq!(m["properties"][path], kw, "{path}");
+    }
+    assert_eq!(m["properties"]["target"]["properties"]["id"], kw);
+    assert_eq!(m["properties"]["action"]["properties"]["name"], kw);
+    for path in ["created_at", "finished_at"] {
+        assert_eq!(m["properties"][path], json!({"type": "date"}), "{path}");
+    }
+    assert_eq!(m["properties"]["revision"], json!({"type": "long"}));
+
+    // The document is the record's serde form, under its request id.
+    let record = paused_record(at(0));
+    assert!(
+        cm_ports::RequestStore::create(&b, &record)
+            .await
+            .expect("create")
+    );
+    let source = raw_source(&raw, &s.requests_index, &record.request_id().to_string()).await;
+    assert_eq!(source, serde_json::to_value(&record).expect("json"));
+}
+
+/// OpenSearch cannot join orders with their records: a claim reads the records of its
+/// candidates, and `next_due` the records of the requests of its earliest instants. A full page
+/// of candidates whose request is paused must not hide the deliverable orders behind it, and a
+/// paused request's scheduled order must not be what a long-poll waits for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_page_of_orders_of_a_paused_request_does_not_hide_the_orders_behind_it() {
+    let (b, s, _cleanup) = open_fresh().await;
+    let paused = paused_record(at(0));
+    assert!(
+        cm_ports::RequestStore::create(&b, &paused)
+            .await
+            .expect("create")
+    );
+    let held_back = OrderSpec::agent("p1")
+        .timeout(3600)
+        .request(*paused.request_id())
+        .many(40);
+    b.insert(&held_back).await.expect("insert");
+    // Without a record: it predates records, so it goes out.
+    let behind = OrderSpec::agent("p1").timeout(3600).created(at(1)).build();
+    b.insert(std::slice::from_ref(&behind))
+        .await
+        .expect("insert");
+
+    // Another instance claims: it finds the orders by searching, a page at a time, not among
+    // the orders it wrote itself.
+    let other = OpenSearchBackend::open(&s).await.expect("open");
+    let consumers = Consumers::agent(&agent_id("p1"));
+    let got = other
+        .claim(&consumers, 1, at(2), &policy())
+        .await
+        .expect("claim");
+    assert_eq!(
+        got.iter().map(|o| *o.order_id()).collect::<Vec<_>>(),
+        vec![*behind.order_id()]
+    );
+    assert!(
+        other
+            .claim(&consumers, 100, at(2), &policy())
+            .await
+            .expect("claim")
+            .is_empty(),
+        "the paused request's orders stay"
+    );
+
+    // A long-poll does not wake for the paused request's scheduled order, but does for the
+    // later one of a request without a record.
+    let scheduled = OrderSpec::agent("p1")
+        .timeout(3600)
+        .request(*paused.request_id())
+        .not_before(at(50))
+        .build();
+    let later = OrderSpec::agent("p1")
+        .timeout(3600)
+        .not_before(at(60))
+        .build();
+    b.insert(&[scheduled, later]).await.expect("insert");
+    let fresh = OpenSearchBackend::open(&s).await.expect("open");
+    assert_eq!(
+        fresh.next_due(&consumers, at(2)).await.expect("next_due"),
+        Some(at(60))
     );
 }

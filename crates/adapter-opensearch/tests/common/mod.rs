@@ -37,6 +37,7 @@ pub fn fresh_settings() -> OpenSearchSettings {
         agents_index: format!("{prefix}-wazuh-agents"),
         archive_index: format!("{prefix}-wazuh-commands-archive"),
         servers_index: format!("{prefix}-wazuh-servers"),
+        requests_index: format!("{prefix}-wazuh-commands-requests"),
         request_timeout_secs: 60,
         ..OpenSearchSettings::default()
     }
@@ -108,16 +109,22 @@ impl Drop for Cleanup {
             rt.block_on(async {
                 let raw = Raw::new();
                 let indices = format!(
-                    "/{},{},{},{}?ignore_unavailable=true",
-                    s.orders_index, s.agents_index, s.archive_index, s.servers_index
+                    "/{},{},{},{},{}?ignore_unavailable=true",
+                    s.orders_index,
+                    s.agents_index,
+                    s.archive_index,
+                    s.servers_index,
+                    s.requests_index
                 );
                 raw.send(Method::Delete, &indices, None).await;
-                raw.send(
-                    Method::Delete,
-                    &format!("/_index_template/{}", s.orders_index),
-                    None,
-                )
-                .await;
+                for template in [&s.orders_index, &s.requests_index] {
+                    raw.send(
+                        Method::Delete,
+                        &format!("/_index_template/{template}"),
+                        None,
+                    )
+                    .await;
+                }
             });
         });
         let _ = done.join();
@@ -140,6 +147,7 @@ pub async fn backend() -> Backend {
         orders: Arc::new(b.clone()),
         agents: Arc::new(b.clone()),
         components: Arc::new(b.clone()),
+        requests: Arc::new(b.clone()),
         notifier: Arc::new(b.notifier()),
         guard: Some(cleanup),
     }
