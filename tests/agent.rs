@@ -41,7 +41,14 @@ fn handler(dir: &Path, name: &str, body: &str) -> PathBuf {
 
 /// Starts `cm-agent` for `id` against `base`; its stderr goes to the test's when `TEST_LOG`
 /// is set.
-fn agent(base: &str, id: &str, key: &str, handlers: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Child {
+fn agent(
+    base: &str,
+    id: &str,
+    key: &str,
+    handlers: &Path,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cm-agent"));
     cmd.args(["--url", base, "--id", id, "--key", key, "--poll-wait", "5"])
         .arg("--handlers")
@@ -80,7 +87,10 @@ async fn until_order(c: &Client, id: &str, done: impl Fn(&Order) -> bool) -> Ord
 }
 
 async fn finished(c: &Client, id: &str) -> Order {
-    until_order(c, id, |o| matches!(o.status(), Status::Success | Status::Failure)).await
+    until_order(c, id, |o| {
+        matches!(o.status(), Status::Success | Status::Failure)
+    })
+    .await
 }
 
 async fn until_exists(path: &Path) {
@@ -98,7 +108,12 @@ async fn submit(c: &Client, agent: &str, action: &str, args: serde_json::Value) 
 
 fn result(o: &Order) -> (Status, i16, String, String) {
     let r = o.result().expect("a result");
-    (o.status(), r.code(), r.message().to_owned(), r.data().to_owned())
+    (
+        o.status(),
+        r.code(),
+        r.message().to_owned(),
+        r.data().to_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -117,12 +132,20 @@ async fn the_agent_reports_success_failure_timeout_and_refused_handlers() {
         r#"input=$(cat)
 echo "args=$input order=$CM_ORDER_ID request=$CM_REQUEST_ID action=$CM_ACTION agent=$CM_AGENT_ID key=${CM_KEY:-none}""#,
     );
-    handler(&dir, "fail", "echo partial\necho first >&2\necho 'disk full' >&2\nexit 7");
+    handler(
+        &dir,
+        "fail",
+        "echo partial\necho first >&2\necho 'disk full' >&2\nexit 7",
+    );
     handler(&dir, "slow", "echo begun\nsleep 60\necho never");
     let noexec = dir.join("noexec");
     std::fs::write(&noexec, "#!/bin/sh\ntouch \"$MARKS/noexec\"\n").unwrap();
     handler(&dir, ".hidden", "touch \"$MARKS/hidden\"");
-    std::os::unix::fs::symlink(handler(tmp.path(), "outside", "touch \"$MARKS/outside\""), dir.join("link")).unwrap();
+    std::os::unix::fs::symlink(
+        handler(tmp.path(), "outside", "touch \"$MARKS/outside\""),
+        dir.join("link"),
+    )
+    .unwrap();
     let mut a = agent(
         &svc.base,
         "a1",
@@ -132,7 +155,13 @@ echo "args=$input order=$CM_ORDER_ID request=$CM_REQUEST_ID action=$CM_ACTION ag
         &[("MARKS", &marks)],
     );
 
-    let ok = submit(&m, "a1", "echo-args", serde_json::json!({"service": "nginx"})).await;
+    let ok = submit(
+        &m,
+        "a1",
+        "echo-args",
+        serde_json::json!({"service": "nginx"}),
+    )
+    .await;
     let (status, code, _, data) = result(&finished(&m, &ok).await);
     assert_eq!((status, code), (Status::Success, 0));
     let request = m.order(&ok).await.unwrap().request_id().to_string();
@@ -146,17 +175,37 @@ echo "args=$input order=$CM_ORDER_ID request=$CM_REQUEST_ID action=$CM_ACTION ag
     let fail = submit(&m, "a1", "fail", serde_json::json!({})).await;
     assert_eq!(
         result(&finished(&m, &fail).await),
-        (Status::Failure, 7, "disk full".to_owned(), "partial\n".to_owned())
+        (
+            Status::Failure,
+            7,
+            "disk full".to_owned(),
+            "partial\n".to_owned()
+        )
     );
 
     let slow = submit(&m, "a1", "slow", serde_json::json!({})).await;
     let (status, code, _, data) = result(&finished(&m, &slow).await);
-    assert_eq!((status, code, data.as_str()), (Status::Failure, 124, "begun\n"));
+    assert_eq!(
+        (status, code, data.as_str()),
+        (Status::Failure, 124, "begun\n")
+    );
 
-    for action in ["missing", "noexec", ".hidden", "link", "../outside", "sub/outside", ".."] {
+    for action in [
+        "missing",
+        "noexec",
+        ".hidden",
+        "link",
+        "../outside",
+        "sub/outside",
+        "..",
+    ] {
         let id = submit(&m, "a1", action, serde_json::json!({})).await;
         let (status, code, message, _) = result(&finished(&m, &id).await);
-        assert_eq!((status, code), (Status::Failure, 127), "{action}: {message}");
+        assert_eq!(
+            (status, code),
+            (Status::Failure, 127),
+            "{action}: {message}"
+        );
         assert!(message.starts_with("no handler"), "{action}: {message}");
     }
     assert_eq!(
@@ -170,22 +219,36 @@ echo "args=$input order=$CM_ORDER_ID request=$CM_REQUEST_ID action=$CM_ACTION ag
 
 /// A proxy in front of the service that, while `dropping`, refuses every result report with a
 /// 400 (what a report lost on the way looks like to the service: it never arrives).
-async fn lossy_proxy(upstream: String, dropping: Arc<AtomicBool>, dropped: Arc<AtomicU64>) -> String {
+async fn lossy_proxy(
+    upstream: String,
+    dropping: Arc<AtomicBool>,
+    dropped: Arc<AtomicU64>,
+) -> String {
     use axum::body::{Body, to_bytes};
     use axum::extract::Request;
     use axum::response::Response;
     let http = reqwest::Client::new();
     let app = axum::Router::new().fallback(move |req: Request| {
-        let (http, upstream, dropping, dropped) =
-            (http.clone(), upstream.clone(), dropping.clone(), dropped.clone());
+        let (http, upstream, dropping, dropped) = (
+            http.clone(),
+            upstream.clone(),
+            dropping.clone(),
+            dropped.clone(),
+        );
         async move {
-            let path = req.uri().path_and_query().map(ToString::to_string).unwrap_or_default();
+            let path = req
+                .uri()
+                .path_and_query()
+                .map(ToString::to_string)
+                .unwrap_or_default();
             if dropping.load(Ordering::SeqCst) && req.uri().path().ends_with("/result") {
                 dropped.fetch_add(1, Ordering::SeqCst);
                 return Response::builder()
                     .status(400)
                     .header("content-type", "application/json")
-                    .body(Body::from(r#"{"error":{"code":"invalid_field","message":"lost"}}"#))
+                    .body(Body::from(
+                        r#"{"error":{"code":"invalid_field","message":"lost"}}"#,
+                    ))
                     .unwrap();
             }
             let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes()).unwrap();
@@ -239,9 +302,15 @@ async fn a_redelivered_order_that_already_ran_is_reported_again_not_run_again() 
     dropping.store(false, Ordering::SeqCst);
     // Redelivered after a second; the agent reports the result it kept.
     let (status, code, _, data) = result(&finished(&m, &id).await);
-    assert_eq!((status, code, data.as_str()), (Status::Success, 0, "done\n"));
+    assert_eq!(
+        (status, code, data.as_str()),
+        (Status::Success, 0, "done\n")
+    );
     assert!(m.order(&id).await.unwrap().deliveries() >= 2);
-    assert_eq!(std::fs::read_to_string(tmp.path().join("runs")).unwrap(), "run\n");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("runs")).unwrap(),
+        "run\n"
+    );
     terminate(&a);
     assert!(a.wait().unwrap().success());
 }
@@ -261,7 +330,14 @@ async fn sigterm_lets_a_running_handler_finish_or_kills_and_reports_it_after_the
 
     // Finishing: SIGTERM while the handler runs, then the handler ends within the grace.
     let key = m.put_agent("a1", &[]).await.unwrap().key.unwrap();
-    let mut a = agent(&svc.base, "a1", &key, &dir, &["--grace", "600"], &[("MARKS", tmp.path())]);
+    let mut a = agent(
+        &svc.base,
+        "a1",
+        &key,
+        &dir,
+        &["--grace", "600"],
+        &[("MARKS", tmp.path())],
+    );
     let id = submit(&m, "a1", "wait-go", serde_json::json!({})).await;
     until_exists(&tmp.path().join("started-a1")).await;
     terminate(&a);
@@ -273,7 +349,14 @@ async fn sigterm_lets_a_running_handler_finish_or_kills_and_reports_it_after_the
 
     // Killed at the end of the grace, and reported.
     let key = m.put_agent("a2", &[]).await.unwrap().key.unwrap();
-    let mut a = agent(&svc.base, "a2", &key, &dir, &["--grace", "1"], &[("MARKS", tmp.path())]);
+    let mut a = agent(
+        &svc.base,
+        "a2",
+        &key,
+        &dir,
+        &["--grace", "1"],
+        &[("MARKS", tmp.path())],
+    );
     let id = submit(&m, "a2", "wait-go", serde_json::json!({})).await;
     until_exists(&tmp.path().join("started-a2")).await;
     until_order(&m, &id, |o| o.status() == Status::InProgress).await;

@@ -61,7 +61,13 @@ async fn the_client_drives_every_route_of_the_real_service() {
     // Agents: one by one and in bulk.
     let a1 = m.put_agent("a1", &["web".into()]).await.unwrap();
     let key1 = a1.key.clone().expect("a new agent's key");
-    assert!(m.put_agent("a1", &["web".into()]).await.unwrap().key.is_none());
+    assert!(
+        m.put_agent("a1", &["web".into()])
+            .await
+            .unwrap()
+            .key
+            .is_none()
+    );
     let bulk = m
         .put_agents(&[
             NewAgent {
@@ -135,7 +141,13 @@ async fn the_client_drives_every_route_of_the_real_service() {
         m.pause(&request).await.unwrap().state,
         Some(RequestState::Paused)
     );
-    assert!(as_agent(&svc, "a1", &key1).poll("a1", 0, 10).await.unwrap().is_empty());
+    assert!(
+        as_agent(&svc, "a1", &key1)
+            .poll("a1", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         m.resume(&request).await.unwrap().state,
         Some(RequestState::Running)
@@ -146,8 +158,14 @@ async fn the_client_drives_every_route_of_the_real_service() {
     assert_eq!(orders.len(), 1);
     let o1 = orders[0].order_id().to_string();
     let agent1 = as_agent(&svc, "a1", &key1);
-    agent1.report(&o1, &report("in_progress", 0, "")).await.unwrap();
-    let done = agent1.report(&o1, &report("success", 0, "ok")).await.unwrap();
+    agent1
+        .report(&o1, &report("in_progress", 0, ""))
+        .await
+        .unwrap();
+    let done = agent1
+        .report(&o1, &report("success", 0, "ok"))
+        .await
+        .unwrap();
     assert_eq!(done.status(), Status::Success);
     let forbidden = as_agent(&svc, "a2", &key2)
         .report(&o1, &report("success", 0, "ok"))
@@ -162,12 +180,19 @@ async fn the_client_drives_every_route_of_the_real_service() {
         .collect();
     assert_eq!(mine.len(), 1);
     agent2
-        .report(&mine[0].order_id().to_string(), &report("failure", 3, "disk full"))
+        .report(
+            &mine[0].order_id().to_string(),
+            &report("failure", 3, "disk full"),
+        )
         .await
         .unwrap();
     let groups = m.results(&request).await.unwrap();
     assert_eq!(groups.len(), 2);
-    assert!(groups.iter().any(|g| g.code == 3 && g.message == "disk full" && g.sample == ["a2"]));
+    assert!(
+        groups
+            .iter()
+            .any(|g| g.code == 3 && g.message == "disk full" && g.sample == ["a2"])
+    );
     let failed = m
         .request_orders(&request, Some("failure"), None, None)
         .await
@@ -198,7 +223,10 @@ async fn the_client_drives_every_route_of_the_real_service() {
         .await
         .unwrap();
     let pending = &single.requests[0].order_ids[0];
-    assert_eq!(m.cancel_order(pending).await.unwrap().status(), Status::Failure);
+    assert_eq!(
+        m.cancel_order(pending).await.unwrap().status(),
+        Status::Failure
+    );
     assert_eq!(
         m.cancel_order(pending).await.unwrap_err().status(),
         Some(StatusCode::CONFLICT)
@@ -206,7 +234,10 @@ async fn the_client_drives_every_route_of_the_real_service() {
 
     // Keys: a rotated key replaces the old one at once.
     let new1 = m.rotate_agent_key("a1").await.unwrap().key;
-    let old = as_agent(&svc, "a1", &key1).poll("a1", 0, 1).await.unwrap_err();
+    let old = as_agent(&svc, "a1", &key1)
+        .poll("a1", 0, 1)
+        .await
+        .unwrap_err();
     assert_eq!(old.status(), Some(StatusCode::UNAUTHORIZED));
     as_agent(&svc, "a1", &new1).poll("a1", 0, 1).await.unwrap();
 
@@ -215,9 +246,12 @@ async fn the_client_drives_every_route_of_the_real_service() {
     let ckey = comp.key.expect("a new component's key");
     assert!(m.put_server("scanner").await.unwrap().key.is_none());
     assert_eq!(m.servers(None, None).await.unwrap().items, ["scanner"]);
-    m.submit(&[NewCommand::new(TargetRef::server("scanner"), "scan")], None)
-        .await
-        .unwrap();
+    m.submit(
+        &[NewCommand::new(TargetRef::server("scanner"), "scan")],
+        None,
+    )
+    .await
+    .unwrap();
     let scanner = as_agent(&svc, "scanner", &ckey);
     let scans = scanner.poll_server("scanner", 5, 10).await.unwrap();
     assert_eq!(scans.len(), 1);
@@ -248,7 +282,10 @@ async fn the_client_drives_every_route_of_the_real_service() {
         )
         .await
         .unwrap();
-    assert!(outcomes.iter().all(|o| o.outcome == "applied"), "{outcomes:?}");
+    assert!(
+        outcomes.iter().all(|o| o.outcome == "applied"),
+        "{outcomes:?}"
+    );
     m.delete_server("scanner").await.unwrap();
     assert!(m.servers(None, None).await.unwrap().items.is_empty());
 }
@@ -267,13 +304,16 @@ async fn api_errors_carry_status_code_and_field_and_refused_calls_are_not_retrie
         .unwrap_err();
     assert_eq!(e.status(), Some(StatusCode::UNPROCESSABLE_ENTITY));
     let e = m
-        .put_agents(&[NewAgent {
-            id: "ok".into(),
-            groups: vec![],
-        }, NewAgent {
-            id: "..".into(),
-            groups: vec![],
-        }])
+        .put_agents(&[
+            NewAgent {
+                id: "ok".into(),
+                groups: vec![],
+            },
+            NewAgent {
+                id: "..".into(),
+                groups: vec![],
+            },
+        ])
         .await
         .unwrap_err();
     assert_eq!(e.field(), Some("agents[1].id"));

@@ -38,7 +38,12 @@ pub struct Args {
     #[arg(long, env = "CM_AGENT_ID")]
     pub id: String,
     /// The agent's key (prefer --key-file: a command line is visible to other users).
-    #[arg(long, env = "CM_KEY", conflicts_with = "key_file", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CM_KEY",
+        conflicts_with = "key_file",
+        hide_env_values = true
+    )]
     pub key: Option<String>,
     /// A file holding the agent's key (surrounding white space ignored).
     #[arg(long)]
@@ -178,7 +183,10 @@ impl Agent {
         let state = State::open(args.state_dir.clone()).map_err(|e| {
             format!(
                 "state directory {}: {e}",
-                args.state_dir.as_deref().unwrap_or_else(|| ".".as_ref()).display()
+                args.state_dir
+                    .as_deref()
+                    .unwrap_or_else(|| ".".as_ref())
+                    .display()
             )
         })?;
         Ok(Arc::new(Self {

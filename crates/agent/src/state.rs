@@ -46,7 +46,9 @@ impl State {
 
     /// Order ids are UUIDs (checked by the caller), so they are safe file names.
     fn path(&self, order_id: &str) -> Option<PathBuf> {
-        self.dir.as_ref().map(|d| d.join(format!("{order_id}.json")))
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{order_id}.json")))
     }
 
     #[must_use]

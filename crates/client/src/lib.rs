@@ -424,7 +424,10 @@ impl Client {
             .and_then(|v| serde_json::from_value::<ApiErrorBody>(v.get("error")?.clone()).ok())
             .unwrap_or_else(|| ApiErrorBody {
                 code: "http".into(),
-                message: format!("HTTP {status}: {}", text.chars().take(200).collect::<String>()),
+                message: format!(
+                    "HTTP {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                ),
                 field: None,
             });
         Err(Error::Api {
@@ -720,8 +723,7 @@ impl Client {
     /// # Errors
     /// [`Error::Api`] 400 naming the first bad item (`agents[17].id`); nothing written then.
     pub async fn put_agents(&self, agents: &[NewAgent]) -> Result<Vec<BulkRegistered>> {
-        let call =
-            Call::new(Method::PUT, "/api/v1/agents").body(json!({ "agents": agents }));
+        let call = Call::new(Method::PUT, "/api/v1/agents").body(json!({ "agents": agents }));
         let r: BulkAgents = self.json(call).await?;
         Ok(r.agents)
     }

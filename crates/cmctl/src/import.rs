@@ -150,11 +150,19 @@ mod tests {
     #[test]
     fn lines_are_csv_or_json() {
         let a = parse_line("web-1,web;linux", 2).unwrap().unwrap();
-        assert_eq!((a.id.as_str(), a.groups), ("web-1", vec!["web".to_owned(), "linux".to_owned()]));
-        assert_eq!(parse_line("solo", 3).unwrap().unwrap().groups, Vec::<String>::new());
+        assert_eq!(
+            (a.id.as_str(), a.groups),
+            ("web-1", vec!["web".to_owned(), "linux".to_owned()])
+        );
+        assert_eq!(
+            parse_line("solo", 3).unwrap().unwrap().groups,
+            Vec::<String>::new()
+        );
         assert_eq!(parse_line("id,groups", 1).unwrap(), None);
         assert_eq!(parse_line("  ", 4).unwrap(), None);
-        let j = parse_line(r#"{"id": "a", "groups": ["g"]}"#, 5).unwrap().unwrap();
+        let j = parse_line(r#"{"id": "a", "groups": ["g"]}"#, 5)
+            .unwrap()
+            .unwrap();
         assert_eq!(j.groups, ["g"]);
         assert!(parse_line(",g", 6).unwrap_err().contains("line 6"));
         assert!(parse_line("{bad", 7).is_err());

@@ -28,7 +28,12 @@ use crate::render::{Out, table};
 #[command(name = "cmctl", version, about, long_about = None)]
 pub struct Cli {
     /// The command manager's URL.
-    #[arg(long, env = "CM_URL", default_value = "http://127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "CM_URL",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
     pub url: String,
     /// A manager's bearer token (needed when the service has `auth.enabled`).
     #[arg(long, env = "CM_TOKEN", hide_env_values = true, global = true)]
@@ -268,7 +273,12 @@ impl From<cm_client::Error> for Failed {
                     .as_ref()
                     .map(|f| format!(" (field {f})"))
                     .unwrap_or_default();
-                Self::Error(format!("{} {}: {}{field}", status.as_u16(), body.code, body.message))
+                Self::Error(format!(
+                    "{} {}: {}{field}",
+                    status.as_u16(),
+                    body.code,
+                    body.message
+                ))
             }
             _ => Self::Error(e.to_string()),
         }
@@ -458,9 +468,7 @@ async fn submit(c: &Client, out: &Out, s: Submit) -> Res {
 async fn agents(c: &Client, out: &Out, a: Agents) -> Res {
     match a.command {
         None => {
-            let page = c
-                .agents(a.group.as_deref(), Some(a.limit), None)
-                .await?;
+            let page = c.agents(a.group.as_deref(), Some(a.limit), None).await?;
             if out.json {
                 out.print_json(&json!({"agents": page.items, "next": page.next}));
             } else {
@@ -536,7 +544,10 @@ async fn servers(c: &Client, out: &Out, s: Servers) -> Res {
                 eprintln!("registered {}; its key, shown only this once:", r.component);
                 println!("{key}");
             } else {
-                println!("{} was registered already (its key is unchanged)", r.component);
+                println!(
+                    "{} was registered already (its key is unchanged)",
+                    r.component
+                );
             }
             Ok(())
         }
@@ -616,8 +627,10 @@ mod tests {
         assert!(
             Cli::try_parse_from(["cmctl", "submit", "--agent", "a", "--group", "g", "x"]).is_err()
         );
-        let cli = Cli::try_parse_from(["cmctl", "agents", "put", "a1", "--group", "g", "--group", "h"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "cmctl", "agents", "put", "a1", "--group", "g", "--group", "h",
+        ])
+        .unwrap();
         let Cmd::Agents(Agents {
             command: Some(AgentsCmd::Put { groups, .. }),
             ..

@@ -23,8 +23,10 @@ pub(crate) async fn follow(c: &Client, out: &Out, id: &str) -> Res {
     let bar = (!out.json && on_terminal()).then(|| {
         let b = ProgressBar::new(0);
         b.set_style(
-            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b.enable_steady_tick(Duration::from_millis(200));
         b
@@ -35,7 +37,14 @@ pub(crate) async fn follow(c: &Client, out: &Out, id: &str) -> Res {
         let r = c.request(id).await?;
         let now = (
             state_name(&r),
-            [r.total, r.pending, r.sent, r.in_progress, r.success, r.failure],
+            [
+                r.total,
+                r.pending,
+                r.sent,
+                r.in_progress,
+                r.success,
+                r.failure,
+            ],
         );
         if last.as_ref() != Some(&now) {
             if let Some(b) = &bar {
