@@ -30,6 +30,7 @@ struct Indices {
     agents: String,
     archive: String,
     servers: String,
+    requests: String,
 }
 
 impl Indices {
@@ -45,6 +46,7 @@ impl Indices {
             agents: format!("{prefix}-wazuh-agents"),
             archive: format!("{prefix}-wazuh-commands-archive"),
             servers: format!("{prefix}-wazuh-servers"),
+            requests: format!("{prefix}-wazuh-commands-requests"),
         }
     }
 
@@ -62,6 +64,10 @@ impl Indices {
                 "CM_STORAGE__OPENSEARCH__SERVERS_INDEX",
                 self.servers.clone(),
             ),
+            (
+                "CM_STORAGE__OPENSEARCH__REQUESTS_INDEX",
+                self.requests.clone(),
+            ),
         ]
     }
 
@@ -74,10 +80,11 @@ impl Drop for Indices {
     fn drop(&mut self) {
         let urls = [
             self.url(&format!(
-                "/{},{},{},{}?ignore_unavailable=true",
-                self.orders, self.agents, self.archive, self.servers
+                "/{},{},{},{},{}?ignore_unavailable=true",
+                self.orders, self.agents, self.archive, self.servers, self.requests
             )),
             self.url(&format!("/_index_template/{}", self.orders)),
+            self.url(&format!("/_index_template/{}", self.requests)),
         ];
         // `Drop` runs inside the test's runtime: delete from a thread with a runtime of its own.
         let _ = std::thread::spawn(move || {

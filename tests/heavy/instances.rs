@@ -510,6 +510,7 @@ impl Indices {
             orders_index: self.name("wazuh-commands"),
             agents_index: self.name("wazuh-agents"),
             archive_index: self.name("wazuh-commands-archive"),
+            requests_index: self.name("wazuh-commands-requests"),
             ..cm_adapter_opensearch::OpenSearchSettings::default()
         }
     }
@@ -530,6 +531,10 @@ impl Indices {
                 "CM_STORAGE__OPENSEARCH__ARCHIVE_INDEX",
                 self.name("wazuh-commands-archive"),
             ),
+            (
+                "CM_STORAGE__OPENSEARCH__REQUESTS_INDEX",
+                self.name("wazuh-commands-requests"),
+            ),
         ]
     }
 }
@@ -538,16 +543,22 @@ impl Drop for Indices {
     fn drop(&mut self) {
         let urls = [
             format!(
-                "{}/{},{},{}?ignore_unavailable=true",
+                "{}/{},{},{},{}?ignore_unavailable=true",
                 self.node,
                 self.name("wazuh-commands"),
                 self.name("wazuh-agents"),
-                self.name("wazuh-commands-archive")
+                self.name("wazuh-commands-archive"),
+                self.name("wazuh-commands-requests")
             ),
             format!(
                 "{}/_index_template/{}",
                 self.node,
                 self.name("wazuh-commands")
+            ),
+            format!(
+                "{}/_index_template/{}",
+                self.node,
+                self.name("wazuh-commands-requests")
             ),
         ];
         // `Drop` runs inside the test's runtime: delete from a thread with a runtime of its own.

@@ -855,68 +855,6 @@ fn settings_section(p: &mut String, runs: &[BackendRun]) {
     p.push('\n');
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_are_written_for_people() {
-        assert_eq!(count(1_234_567.4), "1,234,567");
-        assert_eq!(count(999.0), "999");
-        assert_eq!(ratio(1.234), "1.23×");
-        assert_eq!(ratio(42.0), "42.0×");
-        assert_eq!(secs(0.0042), "4.20 ms");
-        assert_eq!(secs(1.5), "1.500 s");
-        assert_eq!(human_ns(1500.0), "1.50 µs");
-    }
-
-    fn latency(p50_ms: f64, p99_ms: f64) -> crate::stats::Latency {
-        crate::stats::Latency {
-            samples: 200,
-            p50_ms,
-            p99_ms,
-            max_ms: p99_ms + 1.0,
-        }
-    }
-
-    #[test]
-    fn the_relay_is_shown_beside_the_fanout_and_the_single_agent_poll() {
-        let run = BackendRun {
-            backend: "sqlite".to_owned(),
-            relay: Some(crate::results::Relay {
-                agents: 10_000,
-                limit: 1000,
-                wait_secs: 600,
-                fanout_secs: 1.25,
-                claimed_secs: 1.5,
-                claims: 12,
-                reported_secs: 2.0,
-                wake: latency(3.0, 60.0),
-                late: 0,
-            }),
-            delivery: vec![crate::results::Delivery {
-                topology: "one instance".to_owned(),
-                latency: latency(2.0, 8.0),
-                late: 0,
-            }],
-            ..BackendRun::default()
-        };
-        let runs = [run];
-        let mut p = String::new();
-        relay_section(&mut p, &runs);
-        assert!(p.contains("| relay has claimed every order (from the submit) | 1.500 s |"));
-        assert!(
-            p.contains("| fan-out to the 10,000 while the relay claims: submit → 201 | 1.250 s |")
-        );
-        assert!(p.contains("| relay's wake-up: p50 / p99 / max (ms) | 3.00 / 60.0 / 61.0 |"));
-        assert!(p.contains("| 2.00 / 8.00 / 9.00 |"), "{p}");
-        let mut t = String::new();
-        targets_section(&mut t, &runs);
-        assert!(t.contains("**missed** (60.0 ms)"), "{t}");
-        assert!(t.contains("**sqlite relay wake-up**: p99 60.0 ms"), "{t}");
-    }
-}
-
 fn requests_section(p: &mut String, runs: &[BackendRun]) {
     let cols = columns(runs);
     let _ = writeln!(
@@ -982,4 +920,66 @@ fn requests_section(p: &mut String, runs: &[BackendRun]) {
     );
     failures(p, &cols, "requests");
     p.push('\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_for_people() {
+        assert_eq!(count(1_234_567.4), "1,234,567");
+        assert_eq!(count(999.0), "999");
+        assert_eq!(ratio(1.234), "1.23×");
+        assert_eq!(ratio(42.0), "42.0×");
+        assert_eq!(secs(0.0042), "4.20 ms");
+        assert_eq!(secs(1.5), "1.500 s");
+        assert_eq!(human_ns(1500.0), "1.50 µs");
+    }
+
+    fn latency(p50_ms: f64, p99_ms: f64) -> crate::stats::Latency {
+        crate::stats::Latency {
+            samples: 200,
+            p50_ms,
+            p99_ms,
+            max_ms: p99_ms + 1.0,
+        }
+    }
+
+    #[test]
+    fn the_relay_is_shown_beside_the_fanout_and_the_single_agent_poll() {
+        let run = BackendRun {
+            backend: "sqlite".to_owned(),
+            relay: Some(crate::results::Relay {
+                agents: 10_000,
+                limit: 1000,
+                wait_secs: 600,
+                fanout_secs: 1.25,
+                claimed_secs: 1.5,
+                claims: 12,
+                reported_secs: 2.0,
+                wake: latency(3.0, 60.0),
+                late: 0,
+            }),
+            delivery: vec![crate::results::Delivery {
+                topology: "one instance".to_owned(),
+                latency: latency(2.0, 8.0),
+                late: 0,
+            }],
+            ..BackendRun::default()
+        };
+        let runs = [run];
+        let mut p = String::new();
+        relay_section(&mut p, &runs);
+        assert!(p.contains("| relay has claimed every order (from the submit) | 1.500 s |"));
+        assert!(
+            p.contains("| fan-out to the 10,000 while the relay claims: submit → 201 | 1.250 s |")
+        );
+        assert!(p.contains("| relay's wake-up: p50 / p99 / max (ms) | 3.00 / 60.0 / 61.0 |"));
+        assert!(p.contains("| 2.00 / 8.00 / 9.00 |"), "{p}");
+        let mut t = String::new();
+        targets_section(&mut t, &runs);
+        assert!(t.contains("**missed** (60.0 ms)"), "{t}");
+        assert!(t.contains("**sqlite relay wake-up**: p99 60.0 ms"), "{t}");
+    }
 }
