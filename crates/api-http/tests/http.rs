@@ -2061,3 +2061,16 @@ async fn a_bulk_registration_with_one_bad_item_writes_nothing_and_names_it() {
         .await
         .names_field("agents");
 }
+
+#[tokio::test]
+async fn schema_names_are_unique_so_each_answer_is_described_by_its_own_schema() {
+    let app = app();
+    let doc = get(&app, "/openapi.json").await.json();
+    let results = &doc["paths"]["/api/v1/requests/{request_id}/results"]["get"]["responses"]["200"]
+        ["content"]["application/json"]["schema"]["$ref"];
+    let name = results.as_str().unwrap().rsplit('/').next().unwrap();
+    assert!(
+        doc["components"]["schemas"][name]["properties"]["groups"].is_object(),
+        "{name}"
+    );
+}
