@@ -707,7 +707,8 @@ impl Client {
     // ---- agents -----------------------------------------------------------------------------
 
     /// `PUT /api/v1/agents/{id}`: registers or replaces its groups; `key` only for a new agent.
-    /// Retried (a repeat is an update, and the key is lost only if the first answer was).
+    /// Not retried: a key answered to a broken connection would be lost (a repeat is an
+    /// update, answered without a key).
     ///
     /// # Errors
     /// [`Error::Api`] 400.
