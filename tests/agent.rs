@@ -50,7 +50,8 @@ fn agent(
     env: &[(&str, &Path)],
 ) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_cm-agent"));
-    cmd.args(["--url", base, "--id", id, "--key", key, "--poll-wait", "5"])
+    cmd.args(["--url", base, "--id", id, "--poll-wait", "5"])
+        .arg(format!("--key={key}"))
         .arg("--handlers")
         .arg(handlers)
         .args(extra)

@@ -42,7 +42,9 @@ pub struct Args {
         long,
         env = "CM_KEY",
         conflicts_with = "key_file",
-        hide_env_values = true
+        hide_env_values = true,
+        // Keys are URL-safe base64: one may start with `-`.
+        allow_hyphen_values = true
     )]
     pub key: Option<String>,
     /// A file holding the agent's key (surrounding white space ignored).
@@ -458,5 +460,29 @@ impl Agent {
         log(&format!(
             "order {order_id}: giving up reporting; it is reported again when redelivered"
         ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::Args;
+
+    #[test]
+    fn a_key_may_start_with_a_hyphen() {
+        let a = Args::try_parse_from([
+            "cm-agent",
+            "--url",
+            "http://127.0.0.1:8080",
+            "--id",
+            "a1",
+            "--key",
+            "-lX_9",
+            "--handlers",
+            "/tmp",
+        ])
+        .unwrap();
+        assert_eq!(a.key.as_deref(), Some("-lX_9"));
     }
 }
