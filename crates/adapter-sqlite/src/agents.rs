@@ -147,6 +147,23 @@ impl AgentRegistry for SqliteBackend {
         .await
     }
 
+    async fn set_key_hashes(&self, hashes: &[(AgentId, KeyHash)]) -> Result<u64, StoreError> {
+        // One transaction: one synced commit for the whole batch.
+        let mut tx = self.write().await?;
+        let mut stored = 0;
+        for (id, hash) in hashes {
+            stored += sqlx::query("UPDATE agents SET key_hash = ?2 WHERE agent_id = ?1")
+                .bind(id.as_str())
+                .bind(hash.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(convert_sqlx_err)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(stored)
+    }
+
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         self.read_key_hash(
             "SELECT key_hash FROM agents WHERE agent_id = ?1",

@@ -390,6 +390,15 @@ impl AgentRegistry for InstrumentedAgents {
         )
     }
 
+    async fn set_key_hashes(&self, hashes: &[(AgentId, KeyHash)]) -> Result<u64, StoreError> {
+        observed!(
+            self,
+            StoreOp::AgentSetKeyHash,
+            self.inner.set_key_hashes(hashes),
+            agents = hashes.len()
+        )
+    }
+
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         observed!(
             self,

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use cm_domain::{Agent, AgentId, GroupName};
+use cm_domain::{Agent, AgentId, GroupName, KeyHash};
 use futures::future::try_join_all;
 
 use super::CommandManager;
@@ -23,7 +23,7 @@ pub struct Registered {
 /// The most agents [`CommandManager::put_agents`] registers in one call.
 pub const MAX_BULK_AGENTS: usize = 10_000;
 
-/// How many registry reads or key writes of one bulk registration are in flight at once.
+/// How many registry reads of one bulk registration are in flight at once.
 const BULK_CONCURRENCY: usize = 32;
 
 /// One agent of [`CommandManager::put_agents`]: whether it was new, and its key if so.
@@ -39,7 +39,9 @@ pub struct BulkRegistered {
 impl CommandManager {
     /// Registers many agents at once (ids unique, at most [`MAX_BULK_AGENTS`]; the caller
     /// validates): one [`AgentRegistry::upsert_many`](crate::store::AgentRegistry::upsert_many)
-    /// for all of them, then a key for each agent that was new. Answers in the order given.
+    /// for all of them, then one
+    /// [`AgentRegistry::set_key_hashes`](crate::store::AgentRegistry::set_key_hashes) with a key
+    /// for each agent that was new. Answers in the order given.
     ///
     /// Which agents are new is read before the upsert; an agent registered by someone else
     /// between the read and the upsert is counted as new here and gets a fresh key (its first
@@ -66,27 +68,30 @@ impl CommandManager {
             existed.extend(try_join_all(reads).await?);
         }
         self.ports.agents.upsert_many(agents).await?;
-        let mut stored: Vec<Option<AgentKey>> = Vec::with_capacity(agents.len());
-        let mut pending = agents.iter().zip(keys).zip(&existed).peekable();
-        while pending.peek().is_some() {
-            let writes = pending
-                .by_ref()
-                .take(BULK_CONCURRENCY)
-                .map(|((a, key), existed)| {
-                    let registry = Arc::clone(&self.ports.agents);
-                    let id = a.id().clone();
-                    let existed = *existed;
-                    async move {
-                        if existed {
-                            return Ok(None);
-                        }
-                        let stored = registry.set_key_hash(&id, &key.hash()).await?;
-                        Ok::<_, StoreError>(stored.then_some(key))
-                    }
-                })
-                .collect::<Vec<_>>();
-            stored.extend(try_join_all(writes).await?);
+        let hashes: Vec<(AgentId, KeyHash)> = agents
+            .iter()
+            .zip(&keys)
+            .zip(&existed)
+            .filter(|(_, existed)| !**existed)
+            .map(|((a, key), _)| (a.id().clone(), key.hash()))
+            .collect();
+        let stored = self.ports.agents.set_key_hashes(&hashes).await?;
+        // Each new agent's key was stored, unless one was deleted again meanwhile: then find
+        // out which, so that no key is handed out that does not work.
+        let all_stored = stored == hashes.len() as u64;
+        let mut stored_keys: Vec<Option<AgentKey>> = Vec::with_capacity(agents.len());
+        for ((a, key), existed) in agents.iter().zip(keys).zip(&existed) {
+            let kept = if *existed {
+                None
+            } else if all_stored {
+                Some(key)
+            } else {
+                let hash = self.ports.agents.key_hash(a.id()).await?;
+                (hash == Some(key.hash())).then_some(key)
+            };
+            stored_keys.push(kept);
         }
+        let stored = stored_keys;
         Ok(agents
             .iter()
             .zip(existed)
