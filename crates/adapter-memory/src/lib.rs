@@ -652,6 +652,18 @@ impl AgentRegistry for MemoryAgents {
         Ok(stored)
     }
 
+    async fn registered(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
+        let s = self.lock();
+        let mut found: Vec<AgentId> = ids
+            .iter()
+            .filter(|id| s.by_id.contains_key(*id))
+            .cloned()
+            .collect();
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         Ok(self.lock().keys.get(id).cloned())
     }

@@ -126,6 +126,19 @@ impl AgentRegistry for PostgresBackend {
         Ok(done.rows_affected())
     }
 
+    async fn registered(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
+        let list: Vec<&str> = ids.iter().map(AgentId::as_str).collect();
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT agent_id FROM agents WHERE agent_id = ANY($1)")
+                .bind(&list)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(convert_sqlx_err)?;
+        rows.iter()
+            .map(|raw| AgentId::parse(raw, "agent_id").map_err(corrupt))
+            .collect()
+    }
+
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         let stored: Option<Option<String>> =
             sqlx::query_scalar("SELECT key_hash FROM agents WHERE agent_id = $1")

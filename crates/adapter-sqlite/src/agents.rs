@@ -183,6 +183,34 @@ impl AgentRegistry for SqliteBackend {
         doc.as_deref().map(decode).transpose()
     }
 
+    async fn registered(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("SELECT agent_id FROM agents WHERE agent_id IN (");
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str().to_owned());
+            }
+            qb.push(")");
+            let rows: Vec<String> = qb
+                .build_query_scalar()
+                .persistent(false)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(convert_sqlx_err)?;
+            for raw in rows {
+                found.push(
+                    AgentId::parse(&raw, "agent_id")
+                        .map_err(|_| StoreError::Corrupt(format!("malformed agent id {raw:?}")))?,
+                );
+            }
+        }
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
     async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {
         let mut tx = self.write().await?;
         sqlx::query("DELETE FROM agent_groups WHERE agent_id = ?1")

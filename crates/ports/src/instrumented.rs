@@ -412,6 +412,15 @@ impl AgentRegistry for InstrumentedAgents {
         observed!(self, StoreOp::AgentGet, self.inner.get(id), agent = %id)
     }
 
+    async fn registered(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
+        observed!(
+            self,
+            StoreOp::AgentGet,
+            self.inner.registered(ids),
+            agents = ids.len()
+        )
+    }
+
     async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {
         observed!(
             self,

@@ -708,6 +708,22 @@ pub trait AgentRegistry: Send + Sync + 'static {
     /// [`StoreError`] when the backend cannot answer.
     async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError>;
 
+    /// Which of `ids` are registered, in any order, each once. What a bulk registration reads
+    /// to tell new agents from existing ones in one query: the default asks for each in turn; a
+    /// backend with queries over sets answers them together.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn registered(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
+        let mut found = Vec::new();
+        for id in ids {
+            if self.get(id).await?.is_some() && !found.contains(id) {
+                found.push(id.clone());
+            }
+        }
+        Ok(found)
+    }
+
     /// Removes an agent; `false` when it was not registered. Its orders stay.
     ///
     /// # Errors

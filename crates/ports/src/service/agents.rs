@@ -1,9 +1,8 @@
 //! The agents registry, as managers see it, and agents' keys.
 
-use std::sync::Arc;
+use std::collections::HashSet;
 
 use cm_domain::{Agent, AgentId, GroupName, KeyHash};
-use futures::future::try_join_all;
 
 use super::CommandManager;
 use super::orders::MAX_PAGE_SIZE;
@@ -23,9 +22,6 @@ pub struct Registered {
 /// The most agents [`CommandManager::put_agents`] registers in one call.
 pub const MAX_BULK_AGENTS: usize = 10_000;
 
-/// How many registry reads of one bulk registration are in flight at once.
-const BULK_CONCURRENCY: usize = 32;
-
 /// One agent of [`CommandManager::put_agents`]: whether it was new, and its key if so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BulkRegistered {
@@ -43,7 +39,8 @@ impl CommandManager {
     /// [`AgentRegistry::set_key_hashes`](crate::store::AgentRegistry::set_key_hashes) with a key
     /// for each agent that was new. Answers in the order given.
     ///
-    /// Which agents are new is read before the upsert; an agent registered by someone else
+    /// Which agents are new is read before the upsert, in one
+    /// [`AgentRegistry::registered`](crate::store::AgentRegistry::registered); an agent registered by someone else
     /// between the read and the upsert is counted as new here and gets a fresh key (its first
     /// key stops working), as a key rotation would do.
     ///
@@ -58,15 +55,15 @@ impl CommandManager {
             .iter()
             .map(|_| AgentKey::generate())
             .collect::<Result<Vec<_>, _>>()?;
-        let mut existed = Vec::with_capacity(agents.len());
-        for chunk in agents.chunks(BULK_CONCURRENCY) {
-            let reads = chunk.iter().map(|a| {
-                let registry = Arc::clone(&self.ports.agents);
-                let id = a.id().clone();
-                async move { registry.get(&id).await.map(|g| g.is_some()) }
-            });
-            existed.extend(try_join_all(reads).await?);
-        }
+        let ids: Vec<AgentId> = agents.iter().map(|a| a.id().clone()).collect();
+        let registered: HashSet<AgentId> = self
+            .ports
+            .agents
+            .registered(&ids)
+            .await?
+            .into_iter()
+            .collect();
+        let existed: Vec<bool> = ids.iter().map(|id| registered.contains(id)).collect();
         self.ports.agents.upsert_many(agents).await?;
         let hashes: Vec<(AgentId, KeyHash)> = agents
             .iter()

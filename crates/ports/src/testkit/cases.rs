@@ -1110,6 +1110,31 @@ pub async fn many_key_hashes_are_stored_at_once_for_registered_agents_only(b: Ba
     );
 }
 
+pub async fn registered_tells_which_ids_are_agents_in_one_call(b: Backend) {
+    b.agents
+        .upsert_many(&[agent("r1", &["Test"]), agent("r3", &[])])
+        .await
+        .expect("upsert");
+    let mut found = b
+        .agents
+        .registered(&[
+            agent_id("r3"),
+            agent_id("ghost"),
+            agent_id("r1"),
+            agent_id("r3"),
+        ])
+        .await
+        .expect("registered");
+    found.sort();
+    assert_eq!(found, [agent_id("r1"), agent_id("r3")]);
+    assert!(b.agents.registered(&[]).await.expect("none").is_empty());
+    let many: Vec<cm_domain::AgentId> = (0..2500).map(|i| agent_id(&format!("x{i}"))).collect();
+    assert_eq!(
+        b.agents.registered(&many).await.expect("many"),
+        Vec::<cm_domain::AgentId>::new()
+    );
+}
+
 pub async fn group_members_are_paged_in_id_order(b: Backend) {
     let mut fleet = Vec::new();
     for i in 0..25 {
