@@ -8,6 +8,8 @@ use support::Service;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_serves_the_console_beside_the_api() {
     let svc = Service::start(&[("CM_STORAGE__BACKEND", "memory")]);
+    // ring, the workspace's one TLS crypto provider: a client panics without one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::new();
     let page = http.get(svc.url("/")).send().await.expect("console");
     assert_eq!(page.status(), 200);
@@ -48,6 +50,7 @@ async fn console_enabled_false_serves_no_page() {
         ("CM_STORAGE__BACKEND", "memory"),
         ("CM_CONSOLE__ENABLED", "false"),
     ]);
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let page = reqwest::get(svc.url("/")).await.expect("answer");
     assert_eq!(page.status(), 404);
     svc.stop();

@@ -44,6 +44,29 @@ async fn fresh_database() -> String {
     format!("{server}/{name}")
 }
 
+/// A TLS failure stops start-up with its cause printed (`serve` and `migrate`); the adapter's
+/// TLS tests (`crates/adapter-postgres/tests/tls.rs`) run every cause against a server with TLS.
+#[test]
+fn sslmode_require_against_a_server_without_tls_stops_start_up_saying_so() {
+    let url = format!("{}?sslmode=require", server_url());
+    for command in ["serve", "migrate"] {
+        let out = std::process::Command::new(support::binary())
+            .arg(command)
+            .env_remove("RUST_LOG")
+            .env("CM_HTTP__LISTEN", "127.0.0.1:0")
+            .env("CM_STORAGE__BACKEND", "postgres")
+            .env("CM_STORAGE__POSTGRES__URL", &url)
+            .output()
+            .expect("run command-manager");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {err}");
+        assert!(
+            err.contains("does not support TLS") && err.contains("sslmode=require"),
+            "{command}: {err}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_command_loop_on_postgres_survives_a_restart() {
     let url = fresh_database().await;

@@ -23,8 +23,9 @@ commands:
               crate graph (xtask/src/lint.rs), cargo clippy on every target and feature
   test        run every test, starting and stopping the backends they need
               [--heavy] [-- <arguments for cargo test>]
-  postgres    run a throwaway PostgreSQL in the foreground [--port P] [--data DIR]; prints
-              `postgres ready <URL>`; with --data its cluster is kept in DIR and reused
+  postgres    run a throwaway PostgreSQL in the foreground [--port P] [--data DIR] [--tls DIR];
+              prints `postgres ready <URL>`; with --data its cluster is kept in DIR and reused;
+              with --tls it serves TLS only, with DIR/server.crt and DIR/server.key
   opensearch  run a throwaway single-node OpenSearch in the foreground [--port P] [--data DIR];
               prints `opensearch ready <URL>`
   fuzz        fuzz request parsing and domain validation [--secs N] [--target T]

@@ -3,7 +3,10 @@
 //! server and removes the directory when dropped; a small watchdog process does the same if
 //! this process dies without dropping it (Ctrl-C, a killed test run). [`start_with`] can keep
 //! the cluster in a directory of the caller's instead, to stop and start a server on the same
-//! data (the outage tests do).
+//! data (the outage tests do), and can serve TLS with a certificate of the caller's (the TLS
+//! tests do): [`TLS_CERT`] and [`TLS_KEY`] of a directory, copied next to the server with the
+//! owner and mode PostgreSQL demands of a key, and TCP connections without TLS refused, as a
+//! managed service that forces TLS would.
 //!
 //! PostgreSQL refuses to run as root. When we are root, the directory is handed to the
 //! `postgres` system user (created by Debian's `postgresql` package) and the server binaries
@@ -27,6 +30,11 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a fast shutdown may take before the server is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The server's certificate (chain) in PEM, in the directory given to `--tls`.
+pub(crate) const TLS_CERT: &str = "server.crt";
+/// The server's private key in PEM, in the directory given to `--tls`.
+pub(crate) const TLS_KEY: &str = "server.key";
+
 const INSTALL_HINT: &str = "PostgreSQL server binaries (initdb, postgres) not found on PATH or \
     in /usr/lib/postgresql/*/bin: install them with `apt-get install -y postgresql`";
 
@@ -37,6 +45,8 @@ pub(crate) struct PgServer {
     dir: PathBuf,
     data: PathBuf,
     bin: PathBuf,
+    /// `postgres -c` settings of TLS, when it serves TLS.
+    tls_settings: Vec<String>,
     server: Option<Child>,
     watchdog: Option<Child>,
 }
@@ -82,17 +92,24 @@ pub(crate) fn check() -> Result<(), String> {
 /// # Errors
 /// A message saying what is missing or what failed (with the server's log).
 pub(crate) fn start(port: Option<u16>) -> Result<PgServer, String> {
-    start_with(port, None)
+    start_with(port, None, None)
 }
 
 /// As [`start`], with the cluster in `data` when given: initialised there when `data` holds
 /// none yet, reused as it is otherwise, and kept when the server stops (only the temporary
 /// directory of the socket and log is removed). When we are root, [`SERVER_USER`] must be
-/// able to reach `data` (every parent directory searchable).
+/// able to reach `data` (every parent directory searchable). With `tls`, a directory holding
+/// [`TLS_CERT`] and [`TLS_KEY`], the server speaks TLS with them and refuses TCP connections
+/// without it.
 ///
 /// # Errors
-/// As [`start`]; also when `data` cannot be created or handed to [`SERVER_USER`].
-pub(crate) fn start_with(port: Option<u16>, data: Option<&Path>) -> Result<PgServer, String> {
+/// As [`start`]; also when `data` cannot be created or handed to [`SERVER_USER`], or the
+/// certificate and key cannot be copied.
+pub(crate) fn start_with(
+    port: Option<u16>,
+    data: Option<&Path>,
+    tls: Option<&Path>,
+) -> Result<PgServer, String> {
     let bin = find_bin_dir().ok_or_else(|| INSTALL_HINT.to_owned())?;
     let as_root = is_root();
     let data = match data {
@@ -110,6 +127,7 @@ pub(crate) fn start_with(port: Option<u16>, data: Option<&Path>) -> Result<PgSer
         data: data.clone().unwrap_or_else(|| dir.join("data")),
         dir,
         bin,
+        tls_settings: Vec::new(),
         server: None,
         watchdog: None,
     };
@@ -143,6 +161,9 @@ pub(crate) fn start_with(port: Option<u16>, data: Option<&Path>) -> Result<PgSer
     if !server.data.join("PG_VERSION").is_file() {
         initdb(&server, as_root)?;
     }
+    if let Some(tls) = tls {
+        server.tls_settings = install_tls(&server.dir, tls, as_root)?;
+    }
     let attempts = if port.is_some() { 1 } else { 3 };
     let mut last_error = String::new();
     for _ in 0..attempts {
@@ -159,6 +180,59 @@ pub(crate) fn start_with(port: Option<u16>, data: Option<&Path>) -> Result<PgSer
         }
     }
     Err(last_error)
+}
+
+/// Copies the certificate and key of `from` into `dir` (the server's own directory), owned by
+/// the user that runs the server and the key readable by it alone (PostgreSQL refuses a key
+/// others can read), writes an `hba_file` that lets TCP clients in only over TLS, and returns
+/// the `-c` settings that use them.
+fn install_tls(dir: &Path, from: &Path, as_root: bool) -> Result<Vec<String>, String> {
+    let cert = dir.join(TLS_CERT);
+    let key = dir.join(TLS_KEY);
+    let hba = dir.join("pg_hba_tls.conf");
+    for (name, to) in [(TLS_CERT, &cert), (TLS_KEY, &key)] {
+        let source = from.join(name);
+        fs::copy(&source, to).map_err(|e| {
+            format!(
+                "--tls {}: cannot copy {}: {e} (the directory must hold {TLS_CERT} and                  {TLS_KEY}, in PEM)",
+                from.display(),
+                source.display()
+            )
+        })?;
+    }
+    fs::write(
+        &hba,
+        "# Written by xtask: TCP only over TLS.\n\
+         local all all trust\n\
+         hostssl all all 127.0.0.1/32 trust\n",
+    )
+    .map_err(|e| format!("cannot write {}: {e}", hba.display()))?;
+    let mode = |path: &Path, mode: u32| {
+        fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| format!("cannot chmod {}: {e}", path.display()))
+    };
+    mode(&cert, 0o644)?;
+    mode(&key, 0o600)?;
+    mode(&hba, 0o644)?;
+    if as_root {
+        let status = Command::new("chown")
+            .arg(format!("{SERVER_USER}:"))
+            .args([&cert, &key, &hba])
+            .status()
+            .map_err(|e| format!("cannot run chown: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "cannot hand the TLS files in {} to user {SERVER_USER}",
+                dir.display()
+            ));
+        }
+    }
+    Ok(vec![
+        "ssl=on".to_owned(),
+        format!("ssl_cert_file={}", cert.display()),
+        format!("ssl_key_file={}", key.display()),
+        format!("hba_file={}", hba.display()),
+    ])
 }
 
 /// The directory of `initdb` and `postgres`: from `PATH` (resolving symlinks, so Debian's
@@ -292,6 +366,9 @@ fn spawn_server(s: &mut PgServer, port: u16, as_root: bool) -> Result<(), String
     ] {
         cmd.args(["-c", setting]);
     }
+    for setting in &s.tls_settings {
+        cmd.args(["-c", setting]);
+    }
     // Its own process group: Ctrl-C in the terminal reaches us (and the watchdog cleans up),
     // not the server directly.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
@@ -349,12 +426,24 @@ fn is_ready(s: &PgServer, port: u16) -> bool {
     status_ready && std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok()
 }
 
-/// `cargo xtask postgres [--port P] [--data DIR]`: runs a server in the foreground until
-/// Ctrl-C or the end of standard input; with `--data`, on the cluster in DIR (initialised on
-/// first use, kept and reused: stop and start it again on the same data).
+/// `cargo xtask postgres [--port P] [--data DIR] [--tls DIR]`: runs a server in the
+/// foreground until Ctrl-C or the end of standard input; with `--data`, on the cluster in DIR
+/// (initialised on first use, kept and reused: stop and start it again on the same data); with
+/// `--tls`, speaking TLS only, with the [`TLS_CERT`] and [`TLS_KEY`] of DIR.
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
-    let (port, data) = process::server_args("postgres", args)?;
-    let server = start_with(port, data.as_deref())?;
+    let mut tls = None;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        if arg == "--tls" {
+            let dir = it.next().ok_or("--tls needs a directory")?;
+            tls = Some(PathBuf::from(dir));
+        } else {
+            rest.push(arg.clone());
+        }
+    }
+    let (port, data) = process::server_args("postgres", &rest)?;
+    let server = start_with(port, data.as_deref(), tls.as_deref())?;
     println!("postgres ready {}", server.url());
     eprintln!(
         "export CM_TEST_POSTGRES_URL={} ; stop with Ctrl-C or end of input (Ctrl-D)",
@@ -411,14 +500,14 @@ mod tests {
         let parent = process::temp_dir("postgres").expect("temporary directory");
         let data = parent.join("cluster");
         let port = free_port().expect("a free port");
-        let first = start_with(Some(port), Some(&data)).unwrap_or_else(|e| panic!("{e}"));
+        let first = start_with(Some(port), Some(&data), None).unwrap_or_else(|e| panic!("{e}"));
         psql(
             &first,
             "CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)",
         );
         drop(first);
         assert!(data.join("PG_VERSION").is_file(), "the cluster is kept");
-        let second = start_with(Some(port), Some(&data)).unwrap_or_else(|e| panic!("{e}"));
+        let second = start_with(Some(port), Some(&data), None).unwrap_or_else(|e| panic!("{e}"));
         assert!(
             second.url().contains(&format!(":{port}/")),
             "{}",

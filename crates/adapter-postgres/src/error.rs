@@ -63,7 +63,9 @@ pub(crate) fn convert_sqlx_err(err: sqlx::Error) -> StoreError {
         | E::TypeNotFound { .. }
         | E::RowNotFound => StoreError::Corrupt(err.to_string()),
         E::Migrate(m) => convert_migrate_err(*m),
-        other => StoreError::Unavailable(other.to_string()),
+        other => StoreError::Unavailable(
+            crate::tls::describe(&other).unwrap_or_else(|| other.to_string()),
+        ),
     }
 }
 

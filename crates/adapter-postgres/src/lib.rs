@@ -24,6 +24,7 @@ mod orders;
 mod requests;
 mod rows;
 mod settings;
+mod tls;
 
 use std::fmt;
 use std::str::FromStr;
@@ -69,15 +70,32 @@ impl fmt::Debug for PostgresBackend {
     }
 }
 
+/// The options of `settings.url`, TLS included (`sslmode`, `sslrootcert`: see the `tls`
+/// module).
 fn connect_options(settings: &PostgresSettings) -> Result<PgConnectOptions, StoreError> {
-    PgConnectOptions::from_str(&settings.url)
+    let redacted = settings::redact_url(&settings.url);
+    let options = PgConnectOptions::from_str(&settings.url)
         .map(|o| o.application_name(APPLICATION_NAME))
         .map_err(|e| {
             StoreError::Unavailable(format!(
-                "storage.postgres.url {} is not a PostgreSQL URL: {e}",
-                settings::redact_url(&settings.url)
+                "storage.postgres.url {redacted} is not a PostgreSQL URL: {e}"
             ))
-        })
+        })?;
+    tls::apply_libpq_rules(options, &settings.url)
+}
+
+/// A failure to connect at start-up, saying to what and how: the server's address and the
+/// `sslmode`, besides the cause (a refused connection, a TLS certificate problem).
+fn connect_err(err: sqlx::Error, options: &PgConnectOptions) -> StoreError {
+    match convert_sqlx_err(err) {
+        StoreError::Unavailable(why) => StoreError::Unavailable(format!(
+            "cannot connect to postgres at {}:{} (sslmode={}): {why}",
+            options.get_host(),
+            options.get_port(),
+            tls::mode_name(options.get_ssl_mode()),
+        )),
+        other => other,
+    }
 }
 
 fn connect_timeout(settings: &PostgresSettings) -> Duration {
@@ -100,7 +118,7 @@ impl PostgresBackend {
             .acquire_timeout(connect_timeout)
             .connect_with(options.clone())
             .await
-            .map_err(convert_sqlx_err)?;
+            .map_err(|e| connect_err(e, &options))?;
         MIGRATOR.run(&pool).await.map_err(convert_migrate_err)?;
         tracing::info!(
             database = options.get_database().unwrap_or_default(),
@@ -127,7 +145,7 @@ impl PostgresBackend {
         )
         .await
         .map_err(|_| StoreError::Unavailable("timed out connecting to postgres".to_owned()))?
-        .map_err(convert_sqlx_err)?;
+        .map_err(|e| connect_err(e, &options))?;
         // Held across counting and running, so a concurrent migrator cannot skew the count
         // (the migrator takes the same advisory lock again: it is re-entrant).
         conn.lock().await.map_err(convert_migrate_err)?;

@@ -373,7 +373,7 @@ pub(crate) async fn one(
     responses(
         (status = 200, description = "One page of the request's orders", body = OrderPage),
         (status = 400, description = "A parameter out of its rule, or an unknown parameter", body = ErrorBody),
-        (status = 404, description = "No order has this request id", body = ErrorBody),
+        (status = 404, description = "No request has this id (no record and no order)", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
     )
 )]

@@ -190,10 +190,12 @@ impl CommandManager {
             ..OrderFilter::default()
         };
         let page = self.orders(&filter, size, after).await?;
-        // Only an empty first page can mean an unknown request.
+        // Only an empty first page can mean an unknown request; a request with a record is
+        // known even when none of its orders is left (aborted, or purged by retention).
         if page.items.is_empty()
             && after.is_none()
             && self.ports.orders.progress(request).await?.total() == 0
+            && self.ports.requests.get(request).await?.is_none()
         {
             return Ok(None);
         }

@@ -269,6 +269,15 @@ pub async fn orders_of_a_request_go_out_only_while_its_record_delivers(b: Backen
     let legacy = OrderSpec::agent("g1").timeout(3600).build();
     insert(&b, std::slice::from_ref(&legacy)).await;
     assert_eq!(claim().await.expect("claim").len(), 1);
+    // ... and still answer their progress, without a record.
+    let view = b
+        .service(Settings::default())
+        .request(legacy.request_id())
+        .await
+        .expect("request")
+        .expect("known by its orders");
+    assert_eq!(view.record, None);
+    assert_eq!((view.counts.total(), view.counts.sent), (1, 1));
 }
 
 pub async fn held_orders_neither_go_out_nor_expire_until_released_lowest_position_first(
