@@ -38,13 +38,6 @@ pub(crate) enum Role {
     Driver,
     /// Runs on the agents' or the operators' side (client library, cli, agent): the domain and
     /// other client-side crates only.
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "no client-side crate yet: the first one goes in ROLES"
-        )
-    )]
     ClientSide,
     /// Measures the service from outside, over HTTP: no workspace crate.
     Outside,
@@ -79,6 +72,9 @@ pub(crate) const ROLES: &[(&str, Role)] = &[
     ("cm-scheduler", Role::Driver),
     ("cm-console", Role::Driver),
     ("cm-bench", Role::Outside),
+    ("cm-client", Role::ClientSide),
+    ("cmctl", Role::ClientSide),
+    ("cm-agent", Role::ClientSide),
     ("command-manager", Role::Assembly),
     ("xtask", Role::Assembly),
 ];

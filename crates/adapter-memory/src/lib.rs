@@ -640,6 +640,30 @@ impl AgentRegistry for MemoryAgents {
         Ok(true)
     }
 
+    async fn set_key_hashes(&self, hashes: &[(AgentId, KeyHash)]) -> Result<u64, StoreError> {
+        let mut s = self.lock();
+        let mut stored = 0;
+        for (id, hash) in hashes {
+            if s.by_id.contains_key(id) {
+                s.keys.insert(id.clone(), hash.clone());
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn registered(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
+        let s = self.lock();
+        let mut found: Vec<AgentId> = ids
+            .iter()
+            .filter(|id| s.by_id.contains_key(*id))
+            .cloned()
+            .collect();
+        found.sort();
+        found.dedup();
+        Ok(found)
+    }
+
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         Ok(self.lock().keys.get(id).cloned())
     }

@@ -108,6 +108,37 @@ impl AgentRegistry for PostgresBackend {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn set_key_hashes(&self, hashes: &[(AgentId, KeyHash)]) -> Result<u64, StoreError> {
+        let ids: Vec<&str> = hashes.iter().map(|(id, _)| id.as_str()).collect();
+        let keys: Vec<&str> = hashes.iter().map(|(_, h)| h.as_str()).collect();
+        // One statement; an id given twice keeps one of its hashes.
+        let done = sqlx::query(
+            "UPDATE agents SET key_hash = v.key_hash, updated_at = now() \
+             FROM (SELECT DISTINCT ON (agent_id) agent_id, key_hash \
+                   FROM UNNEST($1::text[], $2::text[]) AS u(agent_id, key_hash)) AS v \
+             WHERE agents.agent_id = v.agent_id",
+        )
+        .bind(&ids)
+        .bind(&keys)
+        .execute(&self.pool)
+        .await
+        .map_err(convert_sqlx_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn registered(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
+        let list: Vec<&str> = ids.iter().map(AgentId::as_str).collect();
+        let rows: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT agent_id FROM agents WHERE agent_id = ANY($1)")
+                .bind(&list)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(convert_sqlx_err)?;
+        rows.iter()
+            .map(|raw| AgentId::parse(raw, "agent_id").map_err(corrupt))
+            .collect()
+    }
+
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         let stored: Option<Option<String>> =
             sqlx::query_scalar("SELECT key_hash FROM agents WHERE agent_id = $1")

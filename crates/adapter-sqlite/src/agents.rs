@@ -147,6 +147,23 @@ impl AgentRegistry for SqliteBackend {
         .await
     }
 
+    async fn set_key_hashes(&self, hashes: &[(AgentId, KeyHash)]) -> Result<u64, StoreError> {
+        // One transaction: one synced commit for the whole batch.
+        let mut tx = self.write().await?;
+        let mut stored = 0;
+        for (id, hash) in hashes {
+            stored += sqlx::query("UPDATE agents SET key_hash = ?2 WHERE agent_id = ?1")
+                .bind(id.as_str())
+                .bind(hash.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(convert_sqlx_err)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(stored)
+    }
+
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         self.read_key_hash(
             "SELECT key_hash FROM agents WHERE agent_id = ?1",
@@ -164,6 +181,34 @@ impl AgentRegistry for SqliteBackend {
                 .await
                 .map_err(convert_sqlx_err)?;
         doc.as_deref().map(decode).transpose()
+    }
+
+    async fn registered(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            let mut qb =
+                QueryBuilder::<Sqlite>::new("SELECT agent_id FROM agents WHERE agent_id IN (");
+            let mut list = qb.separated(", ");
+            for id in chunk {
+                list.push_bind(id.as_str().to_owned());
+            }
+            qb.push(")");
+            let rows: Vec<String> = qb
+                .build_query_scalar()
+                .persistent(false)
+                .fetch_all(&self.reader)
+                .await
+                .map_err(convert_sqlx_err)?;
+            for raw in rows {
+                found.push(
+                    AgentId::parse(&raw, "agent_id")
+                        .map_err(|_| StoreError::Corrupt(format!("malformed agent id {raw:?}")))?,
+                );
+            }
+        }
+        found.sort();
+        found.dedup();
+        Ok(found)
     }
 
     async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {

@@ -361,6 +361,55 @@ pub(crate) fn agent(id: AgentId, body: &Value) -> Result<Agent, FieldError> {
     Ok(Agent::new(id, groups))
 }
 
+/// The fields of one item of a bulk registration.
+pub(crate) const BULK_AGENT_FIELDS: &[&str] = &["id", "groups"];
+
+/// A bulk registration, `{"agents": [{"id", "groups"}, ...]}` with 1 to `max` items, checked
+/// as a whole. An id given twice is registered once, with the groups of its last item, at the
+/// place of its first.
+///
+/// # Errors
+/// A [`FieldError`] naming the first item at fault (`agents[17].id`).
+pub(crate) fn agents_bulk(body: &Value, max: usize) -> Result<Vec<Agent>, FieldError> {
+    let o = Obj::new(body, "", &["agents"]).map_err(at_body)?;
+    let items = o.array("agents")?;
+    if items.is_empty() || items.len() > max {
+        return Err(FieldError::new(
+            "agents",
+            format!("must hold 1 to {max} agents"),
+        ));
+    }
+    let mut agents: Vec<Agent> = Vec::with_capacity(items.len());
+    let mut index: std::collections::HashMap<AgentId, usize> =
+        std::collections::HashMap::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("agents[{i}]");
+        let a = Obj::new(item, &path, BULK_AGENT_FIELDS)?;
+        let id = AgentId::parse(a.string("id")?, &a.at("id"))?;
+        let groups = a
+            .array("groups")?
+            .iter()
+            .enumerate()
+            .map(|(j, g)| {
+                let field = format!("{path}.groups[{j}]");
+                let raw = g
+                    .as_str()
+                    .ok_or_else(|| FieldError::new(field.as_str(), "must be a string"))?;
+                GroupName::parse(raw, &field)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let agent = Agent::new(id.clone(), groups);
+        match index.get(&id) {
+            Some(&at) => agents[at] = agent,
+            None => {
+                index.insert(id, agents.len());
+                agents.push(agent);
+            }
+        }
+    }
+    Ok(agents)
+}
+
 /// A stable text form of `value`: object keys sorted, no insignificant whitespace. Equal JSON
 /// bodies give equal fingerprints however their keys were ordered or spaced.
 pub(crate) fn fingerprint(value: &Value) -> String {

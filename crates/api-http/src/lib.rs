@@ -316,7 +316,10 @@ pub fn router(state: AppState) -> Router {
         .route(REQUEST_ORDERS_ROUTE, get(handlers::requests::orders))
         .route(REQUEST_CANCEL_ROUTE, post(handlers::requests::cancel))
         .route(REQUEST_RETRY_ROUTE, post(handlers::requests::retry))
-        .route("/api/v1/agents", get(handlers::agents::list))
+        .route(
+            "/api/v1/agents",
+            get(handlers::agents::list).put(handlers::agents::put_many),
+        )
         .route(
             "/api/v1/agents/{agent_id}",
             put(handlers::agents::put)

@@ -32,6 +32,7 @@ use crate::handlers::delivery::PollBounds;
         handlers::requests::cancel,
         handlers::requests::retry,
         handlers::agents::put,
+        handlers::agents::put_many,
         handlers::agents::one,
         handlers::agents::list,
         handlers::agents::delete,
@@ -713,6 +714,26 @@ pub(crate) mod schema {
         groups: Vec<Name>,
     }
 
+    /// One agent of a bulk registration.
+    #[derive(Serialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    #[schema(example = json!({"id": "a1", "groups": ["web"]}))]
+    pub(crate) struct BulkAgentBody {
+        #[schema(format = "name")]
+        id: String,
+        /// The agent's groups (repeats are kept once).
+        groups: Vec<Name>,
+    }
+
+    /// A bulk registration: 1 to 10,000 agents. An id given twice is registered once, with
+    /// the groups of its last item.
+    #[derive(Serialize, ToSchema)]
+    #[serde(deny_unknown_fields)]
+    pub(crate) struct AgentsBody {
+        #[schema(min_items = 1, max_items = 10_000)]
+        agents: Vec<BulkAgentBody>,
+    }
+
     /// A registered agent.
     #[derive(Serialize, ToSchema)]
     pub(crate) struct Agent {
@@ -854,6 +875,8 @@ mod tests {
             "RateControlBody",
             "ReportBody",
             "AgentBody",
+            "AgentsBody",
+            "BulkAgentBody",
         ] {
             assert_eq!(
                 doc["components"]["schemas"][schema]["additionalProperties"],
@@ -872,6 +895,10 @@ mod tests {
             sorted(dto::RATE_CONTROL_FIELDS)
         );
         assert_eq!(properties(&doc, "AgentBody"), sorted(dto::AGENT_FIELDS));
+        assert_eq!(
+            properties(&doc, "BulkAgentBody"),
+            sorted(dto::BULK_AGENT_FIELDS)
+        );
     }
 
     #[test]

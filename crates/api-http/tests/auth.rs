@@ -244,6 +244,13 @@ async fn every_route_answers_each_kind_of_credentials_with_its_expected_status()
         ),
         row(
             Method::PUT,
+            "/api/v1/agents",
+            "/api/v1/agents",
+            Some(json!({"agents": [{"id": "bulk1", "groups": ["g"]}]})),
+            manager_only(200),
+        ),
+        row(
+            Method::PUT,
             "/api/v1/agents/{agent_id}",
             "/api/v1/agents/a3",
             Some(json!({"groups": []})),

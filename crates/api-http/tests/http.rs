@@ -1791,7 +1791,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
         ("/api/v1/requests/{request_id}/resume", &["post"]),
         ("/api/v1/requests/{request_id}/cancel", &["post"]),
         ("/api/v1/requests/{request_id}/retry", &["post"]),
-        ("/api/v1/agents", &["get"]),
+        ("/api/v1/agents", &["get", "put"]),
         ("/api/v1/agents/{agent_id}", &["put", "get", "delete"]),
         ("/api/v1/agents/{agent_id}/key", &["post"]),
         ("/api/v1/agents/{agent_id}/poll", &["post"]),
@@ -1823,7 +1823,7 @@ async fn the_openapi_document_is_valid_json_listing_every_route() {
     operation_ids.sort_unstable();
     operation_ids.dedup();
     assert_eq!(operation_ids.len(), count, "operation ids are unique");
-    assert_eq!(count, 31);
+    assert_eq!(count, 32);
     let schemas = doc["components"]["schemas"].as_object().unwrap();
     for name in [
         "ErrorBody",
@@ -1983,5 +1983,94 @@ async fn serve_answers_over_tcp_and_ends_open_long_polls_promptly_on_shutdown() 
     assert!(
         started.elapsed() < LONG_WAIT,
         "ended by the shutdown, not by its wait"
+    );
+}
+
+#[tokio::test]
+async fn a_bulk_registration_gives_a_key_to_each_new_agent_only() {
+    let app = app();
+    assert_eq!(
+        put(&app, "/api/v1/agents/old", &json!({"groups": ["g"]}))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let a = put(
+        &app,
+        "/api/v1/agents",
+        &json!({"agents": [
+            {"id": "new1", "groups": ["g", "h"]},
+            {"id": "old", "groups": ["h"]},
+            {"id": "new2", "groups": []},
+        ]}),
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text());
+    assert_eq!(a.headers[header::CACHE_CONTROL], "no-store");
+    let body = a.json();
+    let agents = body["agents"].as_array().unwrap();
+    let ids: Vec<&str> = agents.iter().map(|x| x["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["new1", "old", "new2"]);
+    assert_eq!(agents[0]["created"], json!(true));
+    assert!(agents[0]["key"].as_str().is_some_and(|k| !k.is_empty()));
+    assert_eq!(agents[1]["created"], json!(false));
+    assert!(agents[1].get("key").is_none(), "{body}");
+    assert_eq!(agents[2]["created"], json!(true));
+    assert_ne!(agents[0]["key"], agents[2]["key"]);
+    assert_eq!(
+        get(&app, "/api/v1/agents/old").await.json()["groups"],
+        json!(["h"])
+    );
+    assert_eq!(
+        get(&app, "/api/v1/agents/new1").await.json()["groups"],
+        json!(["g", "h"])
+    );
+}
+
+#[tokio::test]
+async fn a_bulk_registration_with_one_bad_item_writes_nothing_and_names_it() {
+    let app = app();
+    let a = put(
+        &app,
+        "/api/v1/agents",
+        &json!({"agents": [
+            {"id": "fine", "groups": ["g"]},
+            {"id": "..", "groups": ["g"]},
+        ]}),
+    )
+    .await;
+    a.names_field("agents[1].id");
+    assert_eq!(
+        get(&app, "/api/v1/agents/fine").await.status,
+        StatusCode::NOT_FOUND
+    );
+    put(
+        &app,
+        "/api/v1/agents",
+        &json!({"agents": [{"id": "x", "groups": ["g"], "extra": 1}]}),
+    )
+    .await
+    .names_field("agents[0].extra");
+    put(&app, "/api/v1/agents", &json!({"agents": []}))
+        .await
+        .names_field("agents");
+    let many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"id": format!("a{i}"), "groups": []}))
+        .collect();
+    put(&app, "/api/v1/agents", &json!({"agents": many}))
+        .await
+        .names_field("agents");
+}
+
+#[tokio::test]
+async fn schema_names_are_unique_so_each_answer_is_described_by_its_own_schema() {
+    let app = app();
+    let doc = get(&app, "/openapi.json").await.json();
+    let results = &doc["paths"]["/api/v1/requests/{request_id}/results"]["get"]["responses"]["200"]
+        ["content"]["application/json"]["schema"]["$ref"];
+    let name = results.as_str().unwrap().rsplit('/').next().unwrap();
+    assert!(
+        doc["components"]["schemas"][name]["properties"]["groups"].is_object(),
+        "{name}"
     );
 }

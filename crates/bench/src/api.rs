@@ -96,16 +96,22 @@ impl Api {
         Self::expect_json(resp, path).await
     }
 
-    /// `PUT /api/v1/agents/{id}`.
-    pub(crate) async fn put_agent(&self, id: &str, groups: &[&str]) -> Result<()> {
+    /// `PUT /api/v1/agents`: registers up to 10,000 agents in one call.
+    pub(crate) async fn put_agents(&self, agents: &[(String, Vec<String>)]) -> Result<()> {
+        let body: Vec<Value> = agents
+            .iter()
+            .map(|(id, groups)| json!({"id": id, "groups": groups}))
+            .collect();
         let resp = self
             .http
-            .put(self.url(&format!("/api/v1/agents/{id}")))
-            .json(&json!({ "groups": groups }))
+            .put(self.url("/api/v1/agents"))
+            .json(&json!({ "agents": body }))
             .send()
             .await
-            .with_context(|| format!("register {id}"))?;
-        Self::expect_json(resp, "register an agent").await.map(drop)
+            .context("register agents in bulk")?;
+        Self::expect_json(resp, "register agents in bulk")
+            .await
+            .map(drop)
     }
 
     /// `POST /api/v1/commands` with one command; answers its request id and order ids.

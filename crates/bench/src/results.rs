@@ -37,7 +37,7 @@ pub(crate) struct BackendRun {
     pub(crate) errors: BTreeMap<String, String>,
 }
 
-/// Agents registered through `PUT /api/v1/agents/{id}` before the scenarios (not a target).
+/// Agents registered through `PUT /api/v1/agents` before the scenarios.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Registration {
     pub(crate) agents: u64,

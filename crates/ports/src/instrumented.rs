@@ -390,6 +390,15 @@ impl AgentRegistry for InstrumentedAgents {
         )
     }
 
+    async fn set_key_hashes(&self, hashes: &[(AgentId, KeyHash)]) -> Result<u64, StoreError> {
+        observed!(
+            self,
+            StoreOp::AgentSetKeyHash,
+            self.inner.set_key_hashes(hashes),
+            agents = hashes.len()
+        )
+    }
+
     async fn key_hash(&self, id: &AgentId) -> Result<Option<KeyHash>, StoreError> {
         observed!(
             self,
@@ -401,6 +410,15 @@ impl AgentRegistry for InstrumentedAgents {
 
     async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError> {
         observed!(self, StoreOp::AgentGet, self.inner.get(id), agent = %id)
+    }
+
+    async fn registered(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
+        observed!(
+            self,
+            StoreOp::AgentGet,
+            self.inner.registered(ids),
+            agents = ids.len()
+        )
     }
 
     async fn delete(&self, id: &AgentId) -> Result<bool, StoreError> {

@@ -28,10 +28,10 @@ pub use instrumented::{
 };
 pub use notify::{LocalNotifier, Notifier, Subscription, WakeHub};
 pub use service::{
-    CancelError, CommandManager, DryRunPlan, Idempotency, ItemOutcome, MAX_PAGE_SIZE,
-    MAX_RELAY_CONSUMERS, MAX_RELAY_LIMIT, MAX_RELAY_SERVERS, MAX_RESULTS_PER_CALL, Ports,
-    Registered, ReportError, Reporter, RequestError, RequestView, ResultItem, RetryError, Settings,
-    SubmitError, SubmitRequest, SubmittedRequest,
+    BulkRegistered, CancelError, CommandManager, DryRunPlan, Idempotency, ItemOutcome,
+    MAX_BULK_AGENTS, MAX_PAGE_SIZE, MAX_RELAY_CONSUMERS, MAX_RELAY_LIMIT, MAX_RELAY_SERVERS,
+    MAX_RESULTS_PER_CALL, Ports, Registered, ReportError, Reporter, RequestError, RequestView,
+    ResultItem, RetryError, Settings, SubmitError, SubmitRequest, SubmittedRequest,
 };
 pub use store::{
     AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,

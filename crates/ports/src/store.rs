@@ -680,6 +680,23 @@ pub trait AgentRegistry: Send + Sync + 'static {
     /// [`StoreError`] when the change may not be durable.
     async fn set_key_hash(&self, id: &AgentId, hash: &KeyHash) -> Result<bool, StoreError>;
 
+    /// Stores many agents' key hashes at once, each as [`Self::set_key_hash`] would (an agent
+    /// that is not registered is skipped); returns how many were stored. What a bulk
+    /// registration uses, so that it costs one write rather than one per agent: the default
+    /// stores them one by one; a backend with transactions stores them in one.
+    ///
+    /// # Errors
+    /// [`StoreError`] when any change may not be durable (those before it may be).
+    async fn set_key_hashes(&self, hashes: &[(AgentId, KeyHash)]) -> Result<u64, StoreError> {
+        let mut stored = 0;
+        for (id, hash) in hashes {
+            if self.set_key_hash(id, hash).await? {
+                stored += 1;
+            }
+        }
+        Ok(stored)
+    }
+
     /// The hash of `id`'s key; `None` when the agent is unknown or has no key. Deleting an agent
     /// deletes its key.
     ///
@@ -690,6 +707,22 @@ pub trait AgentRegistry: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError`] when the backend cannot answer.
     async fn get(&self, id: &AgentId) -> Result<Option<Agent>, StoreError>;
+
+    /// Which of `ids` are registered, in any order, each once. What a bulk registration reads
+    /// to tell new agents from existing ones in one query: the default asks for each in turn; a
+    /// backend with queries over sets answers them together.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn registered(&self, ids: &[AgentId]) -> Result<Vec<AgentId>, StoreError> {
+        let mut found = Vec::new();
+        for id in ids {
+            if self.get(id).await?.is_some() && !found.contains(id) {
+                found.push(id.clone());
+            }
+        }
+        Ok(found)
+    }
 
     /// Removes an agent; `false` when it was not registered. Its orders stay.
     ///

@@ -40,6 +40,24 @@ pub(crate) struct RegisteredAgent {
     key: Option<String>,
 }
 
+/// One agent of a bulk registration's answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BulkAgent {
+    #[schema(value_type = String, format = "name")]
+    id: AgentId,
+    /// Whether the agent was new.
+    created: bool,
+    /// The new agent's key, shown only here, once. Absent when the agent already existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+/// The answer of a bulk registration: one entry per distinct id, in the order given.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct BulkAgents {
+    agents: Vec<BulkAgent>,
+}
+
 /// An agent's new key.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct IssuedKey {
@@ -90,6 +108,42 @@ pub(crate) async fn put(
         key: registered.key.as_ref().map(|k| k.expose().to_owned()),
     };
     Ok(uncached(status, body))
+}
+
+/// Registers up to 10,000 agents in one call, or replaces their groups. The body is checked as
+/// a whole before anything is written; each new agent gets its key in the answer, once.
+#[utoipa::path(
+    put,
+    path = "/api/v1/agents",
+    operation_id = "put_agents",
+    tag = "agents",
+    request_body(content = schema::AgentsBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Registered; each new agent's key is shown only this once", body = BulkAgents),
+        (status = 400, description = "Malformed JSON, an item out of its rule (`agents[17].id`), or a query parameter; nothing was written", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Body is not JSON", body = ErrorBody),
+        (status = 503, description = "Storage unavailable; the agents written before it stay registered", body = ErrorBody),
+    )
+)]
+pub(crate) async fn put_many(
+    State(state): State<AppState>,
+    _: NoQuery,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let agents = dto::agents_bulk(&body, cm_ports::MAX_BULK_AGENTS)?;
+    let registered = state.manager().put_agents(&agents).await?;
+    let body = BulkAgents {
+        agents: registered
+            .into_iter()
+            .map(|r| BulkAgent {
+                id: r.id,
+                created: r.created,
+                key: r.key.as_ref().map(|k| k.expose().to_owned()),
+            })
+            .collect(),
+    };
+    Ok(uncached(StatusCode::OK, body))
 }
 
 /// Issues a new key for an agent; its previous key stops working at once. Also gives a first

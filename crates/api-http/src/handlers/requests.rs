@@ -134,7 +134,7 @@ pub(crate) struct ResultGroupBody {
 /// What went wrong (and right): the finished orders grouped by status, result code and message,
 /// largest group first, at most 100 groups.
 #[derive(Debug, Serialize, ToSchema)]
-pub(crate) struct ResultsBody {
+pub(crate) struct ResultGroupsBody {
     groups: Vec<ResultGroupBody>,
 }
 
@@ -277,7 +277,7 @@ pub(crate) async fn resume(
     tag = "requests",
     params(("request_id" = String, Path, format = "uuid", description = "The request's id")),
     responses(
-        (status = 200, description = "The result groups", body = ResultsBody),
+        (status = 200, description = "The result groups", body = ResultGroupsBody),
         (status = 400, description = "`request_id` is not a UUID, or a query parameter was given", body = ErrorBody),
         (status = 404, description = "No request has this id", body = ErrorBody),
         (status = 503, description = "Storage unavailable", body = ErrorBody),
@@ -287,13 +287,13 @@ pub(crate) async fn results(
     State(state): State<AppState>,
     Param(id): Param<RequestId>,
     _: NoQuery,
-) -> Result<Json<ResultsBody>, ApiError> {
+) -> Result<Json<ResultGroupsBody>, ApiError> {
     let groups = state
         .manager()
         .request_results(&id)
         .await?
         .ok_or_else(|| unknown(&id))?;
-    Ok(Json(ResultsBody {
+    Ok(Json(ResultGroupsBody {
         groups: groups.into_iter().map(ResultGroupBody::from).collect(),
     }))
 }

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use cm_domain::DeliveryPolicy;
 
-pub use self::agents::Registered;
+pub use self::agents::{BulkRegistered, MAX_BULK_AGENTS, Registered};
 pub use self::consumers::{
     ItemOutcome, MAX_RELAY_CONSUMERS, MAX_RELAY_LIMIT, MAX_RELAY_SERVERS, MAX_RESULTS_PER_CALL,
     Reporter, ResultItem,

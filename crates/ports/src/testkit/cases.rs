@@ -1070,6 +1070,71 @@ pub async fn a_key_hash_for_an_unknown_agent_is_not_stored(b: Backend) {
     );
 }
 
+pub async fn many_key_hashes_are_stored_at_once_for_registered_agents_only(b: Backend) {
+    b.agents
+        .upsert_many(&[agent("k1", &["Test"]), agent("k2", &[])])
+        .await
+        .expect("upsert");
+    let stored = b
+        .agents
+        .set_key_hashes(&[
+            (agent_id("k1"), key_hash('a')),
+            (agent_id("ghost"), key_hash('b')),
+            (agent_id("k2"), key_hash('c')),
+        ])
+        .await
+        .expect("set");
+    assert_eq!(stored, 2);
+    assert_eq!(
+        b.agents.key_hash(&agent_id("k1")).await.expect("key"),
+        Some(key_hash('a'))
+    );
+    assert_eq!(
+        b.agents.key_hash(&agent_id("k2")).await.expect("key"),
+        Some(key_hash('c'))
+    );
+    assert_eq!(
+        b.agents.key_hash(&agent_id("ghost")).await.expect("key"),
+        None
+    );
+    assert_eq!(b.agents.get(&agent_id("ghost")).await.expect("get"), None);
+    assert_eq!(
+        b.agents.set_key_hashes(&[]).await.expect("nothing"),
+        0,
+        "an empty batch stores nothing"
+    );
+    assert_eq!(
+        b.agents.get(&agent_id("k1")).await.expect("get"),
+        Some(agent("k1", &["Test"])),
+        "storing a key changes no group"
+    );
+}
+
+pub async fn registered_tells_which_ids_are_agents_in_one_call(b: Backend) {
+    b.agents
+        .upsert_many(&[agent("r1", &["Test"]), agent("r3", &[])])
+        .await
+        .expect("upsert");
+    let mut found = b
+        .agents
+        .registered(&[
+            agent_id("r3"),
+            agent_id("ghost"),
+            agent_id("r1"),
+            agent_id("r3"),
+        ])
+        .await
+        .expect("registered");
+    found.sort();
+    assert_eq!(found, [agent_id("r1"), agent_id("r3")]);
+    assert!(b.agents.registered(&[]).await.expect("none").is_empty());
+    let many: Vec<cm_domain::AgentId> = (0..2500).map(|i| agent_id(&format!("x{i}"))).collect();
+    assert_eq!(
+        b.agents.registered(&many).await.expect("many"),
+        Vec::<cm_domain::AgentId>::new()
+    );
+}
+
 pub async fn group_members_are_paged_in_id_order(b: Backend) {
     let mut fleet = Vec::new();
     for i in 0..25 {

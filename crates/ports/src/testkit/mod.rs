@@ -321,6 +321,8 @@ macro_rules! conformance_suite {
             upsert_many_registers_in_bulk_and_counts_the_new_ones,
             an_agents_key_hash_is_kept_across_upserts_and_deleted_with_the_agent,
             a_key_hash_for_an_unknown_agent_is_not_stored,
+            many_key_hashes_are_stored_at_once_for_registered_agents_only,
+            registered_tells_which_ids_are_agents_in_one_call,
             a_20000_agent_group_expands_completely,
             notify_wakes_a_subscribed_poll,
             notify_for_another_agent_does_not_wake,
