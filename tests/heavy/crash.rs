@@ -220,11 +220,16 @@ async fn crash_and_recover(label: &str, env: Vec<(&'static str, String)>) {
         "{label}: an order of the unacknowledged submit was handed out"
     );
     // The scheduler runs every second; the grace period is 2 s.
+    let waiting = std::time::Instant::now();
     let aborted = loop {
         let r = request(&http, &svc.base, &second).await;
         if r["state"] == json!("aborted") && r["total"] == json!(0) {
             break r;
         }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(300),
+            "{label}: the unacknowledged request was not aborted with its orders removed: {r}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert_eq!(

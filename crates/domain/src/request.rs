@@ -705,7 +705,10 @@ impl RequestRecord {
             // A submit in flight, or settled already: the submit or the grace period decides.
             RequestState::Writing => none,
             _ if self.is_settled() => none,
-            RequestState::Completed | RequestState::Aborted => Step {
+            // An aborted request is settled by whoever removes its orders (its counts are then
+            // zero), never with counts read while they are being removed.
+            RequestState::Aborted => none,
+            RequestState::Completed => Step {
                 record: Some(self.settle(*counts, now)),
                 ..none
             },

@@ -463,6 +463,9 @@ impl CommandManager {
                     continue;
                 }
                 self.abort_record(record.clone()).await?
+            } else if before == RequestState::Aborted {
+                // Aborted, but its orders not yet removed (the remover died): finish it.
+                self.abort_record(record.clone()).await?
             } else {
                 self.advance_record(record.clone()).await?.0.state()
             };
