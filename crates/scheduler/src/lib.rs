@@ -176,10 +176,12 @@ impl Scheduler {
     }
 
     /// Runs the jobs every interval, the first time right away, until `shutdown` resolves.
-    /// A run that takes longer than the interval delays the next one instead of bunching runs
-    /// up. On shutdown the run in flight (if any) is dropped at its next await point: a long
-    /// backlog is left for the next start (or another instance) rather than waited for. With
-    /// `enabled = false` this only waits for `shutdown`.
+    /// The order jobs (expiry, no-result, retention) run one after the other on one ticker;
+    /// the requests job runs on a ticker of its own, so a long pass over many requests never
+    /// delays an expiry. A run that takes longer than the interval delays its next one instead
+    /// of bunching runs up. On shutdown the runs in flight are dropped at their next await
+    /// point: a long backlog is left for the next start (or another instance) rather than
+    /// waited for. With `enabled = false` this only waits for `shutdown`.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
         let mut shutdown = std::pin::pin!(shutdown);
         if !self.settings.enabled {
@@ -189,24 +191,53 @@ impl Scheduler {
         }
         let every = self.settings.interval();
         tracing::info!(interval_secs = every.as_secs(), "scheduler started");
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                biased;
-                () = &mut shutdown => break,
-                _ = ticks.tick() => {}
+        let ticker = || {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            ticks
+        };
+        let mut order_ticks = ticker();
+        let mut request_ticks = ticker();
+        let orders = async {
+            loop {
+                order_ticks.tick().await;
+                // Each outcome is logged and counted by `job`.
+                let _ = self.run_order_jobs().await;
             }
-            tokio::select! {
-                biased;
-                () = &mut shutdown => {
-                    tracing::info!("scheduler stopped during a run; the rest is left for the next run");
-                    return;
-                }
-                _ = self.run_once() => {}
+        };
+        let requests = async {
+            loop {
+                request_ticks.tick().await;
+                self.job(Job::Requests, self.manager.advance_requests())
+                    .await
+                    .ok();
             }
+        };
+        tokio::select! {
+            biased;
+            () = &mut shutdown => {}
+            () = orders => {}
+            () = requests => {}
         }
         tracing::info!("scheduler stopped");
+    }
+
+    /// The order jobs once: expiry, no-result and retention, one after the other.
+    async fn run_order_jobs(
+        &self,
+    ) -> (
+        Result<u64, StoreError>,
+        Result<u64, StoreError>,
+        Result<u64, StoreError>,
+    ) {
+        let expired = self.job(Job::Expiry, self.manager.expire_overdue()).await;
+        let gave_up = self
+            .job(Job::NoResult, self.manager.give_up_unreported())
+            .await;
+        let purged = self
+            .job(Job::Retention, self.manager.apply_retention())
+            .await;
+        (expired, gave_up, purged)
     }
 
     /// Runs every job once, now: expiry, no-result and retention one after the other, the
@@ -214,16 +245,7 @@ impl Scheduler {
     pub async fn run_once(&self) -> RunReport {
         // The requests job reads the counts of every request it looks at: it runs beside the
         // order jobs, so a long pass over many requests never delays an expiry.
-        let orders = async {
-            let expired = self.job(Job::Expiry, self.manager.expire_overdue()).await;
-            let gave_up = self
-                .job(Job::NoResult, self.manager.give_up_unreported())
-                .await;
-            let purged = self
-                .job(Job::Retention, self.manager.apply_retention())
-                .await;
-            (expired, gave_up, purged)
-        };
+        let orders = self.run_order_jobs();
         let requests = self.job(Job::Requests, self.manager.advance_requests());
         let ((expired, gave_up, purged), requests) = tokio::join!(orders, requests);
         RunReport {
