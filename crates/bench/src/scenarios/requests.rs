@@ -1,7 +1,8 @@
 //! Scenario 7: requests as records, as an operator reads them (docs/requests.md).
 //!
 //! 1. The stream is topped up with group fan-outs until it holds `stream_orders` orders (the
-//!    sum of every request's `total`, as the listing reports it); then `GET
+//!    sum of every request's `total`, as the listing reports it), and with single-agent
+//!    commands until it holds at least 50 requests; then `GET
 //!    /api/v1/requests?size=50` (50 records, each with its live or frozen counts) is read
 //!    [`READS`] times: p50 / p99 / max.
 //! 2. The results breakdown (`GET /api/v1/requests/{id}/results`) of the expiry scenario's
@@ -42,6 +43,14 @@ pub(crate) async fn run(
             .await
             .context("top up the stream")?;
         orders += submitted.order_ids.len() as u64;
+        requests += 1;
+    }
+    // A page of 50 needs 50 requests (a run of only some scenarios may have fewer).
+    while requests < PAGE as u64 {
+        api.submit(&command("agent", &super::fleet_agent(requests), 3600))
+            .await
+            .context("top up the requests")?;
+        orders += 1;
         requests += 1;
     }
     eprintln!(
