@@ -92,7 +92,7 @@ fn plan(rng: &mut Rng) -> Vec<Vec<Planned>> {
 }
 
 /// Every order the service holds: id → (status, result message).
-async fn all_orders(http: &Http, base: &str) -> BTreeMap<String, (String, String)> {
+pub(crate) async fn all_orders(http: &Http, base: &str) -> BTreeMap<String, (String, String)> {
     let mut out = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {

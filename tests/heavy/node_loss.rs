@@ -16,7 +16,7 @@
 //! failure fails the test; a node killed and back gets requests again
 //! (`cm_opensearch_requests_total{node}` grows on both instances). The figures are printed.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 
 use crate::ONE_AT_A_TIME;
 use crate::http::{Http, Rng, command, counter_sum, order_ids};
+use crate::instances::all_orders;
 use crate::servers::{ScratchDir, xtask_command};
 use crate::support::Service;
 
@@ -356,37 +357,6 @@ async fn metric_of(http: &Http, base: &str, name: &str) -> u64 {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     counter_sum(m.body.as_str().unwrap_or_default(), name, &[])
-}
-
-/// Every order the service holds: id → (status, result message).
-async fn all_orders(http: &Http, base: &str) -> BTreeMap<String, (String, String)> {
-    let mut out = BTreeMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let url = match &after {
-            Some(a) => format!("{base}/api/v1/orders?size=1000&after={a}"),
-            None => format!("{base}/api/v1/orders?size=1000"),
-        };
-        let a = http.get(&url).await.unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(a.status, 200, "list orders: {}", a.body);
-        for o in a.body["orders"].as_array().expect("orders") {
-            let c = &o["command"];
-            out.insert(
-                c["order_id"].as_str().expect("order_id").to_owned(),
-                (
-                    c["status"].as_str().unwrap_or_default().to_owned(),
-                    c["result"]["message"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned(),
-                ),
-            );
-        }
-        match a.body["next"].as_str() {
-            Some(n) => after = Some(n.to_owned()),
-            None => return out,
-        }
-    }
 }
 
 fn kill_now(pid: u32) {
