@@ -553,6 +553,32 @@ impl OrderStore for MemoryOrders {
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
     }
+
+    async fn first_due(
+        &self,
+        agents: &[AgentId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StoreError> {
+        let s = self.lock();
+        let records = self.requests.lock();
+        Ok(agents
+            .iter()
+            .map(|agent| {
+                let open = s.open_by_consumer.get(&Consumer::Agent(agent.clone()))?;
+                open.iter()
+                    .filter_map(|(_, id)| s.by_id.get(id))
+                    .filter(|o| MemoryRequests::delivers(&records, o.request_id()))
+                    .filter_map(|o| {
+                        if o.is_deliverable(now) {
+                            Some(now)
+                        } else {
+                            o.becomes_deliverable_after(now)
+                        }
+                    })
+                    .min()
+            })
+            .collect())
+    }
 }
 
 /// The agents registry, in memory.

@@ -1061,6 +1061,107 @@ impl OrderStore for OpenSearchBackend {
             status => Err(OsError::from_answer(status, &answer.body).into()),
         }
     }
+
+    async fn first_due(
+        &self,
+        agents: &[AgentId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StoreError> {
+        if agents.is_empty() {
+            return Ok(Vec::new());
+        }
+        // What a claim would see: others' orders once the index refreshed after them, this
+        // instance's own written since through realtime reads (as `next_due` does).
+        self.make_fresh(Fresh::IfOlder(self.inner.poll_interval))
+            .await?;
+        // Read before the search (as `claim` does), so that a refresh in between cannot leave
+        // an order out of both.
+        let recent: Vec<String> = self
+            .visibility()
+            .recent(&Consumers::new(agents.to_vec(), Vec::new()))
+            .iter()
+            .map(doc_id)
+            .collect();
+        let field = self.inner.fields.order_agent.as_str();
+        let ids: Vec<&str> = agents.iter().map(AgentId::as_str).collect();
+        let pending = term(Fields::STATUS, Status::Pending.as_str());
+        let min_of = |field: &str| json!({"t": {"min": {"field": field}}});
+        // Per agent: does it have an order deliverable now, and else the earliest instant one
+        // becomes deliverable by itself (the kinds of `next_due`, without the request gate).
+        let body = json!({
+            "size": 0,
+            "track_total_hits": false,
+            "query": {"bool": {
+                "filter": [{"terms": {field: ids}}],
+                "must_not": [{"ids": {"values": recent}}, held()]
+            }},
+            "aggs": {"agent": {
+                "terms": {"field": field, "size": agents.len()},
+                "aggs": {
+                    "now": {"filter": deliverable_at(now)},
+                    "not_before": {
+                        "filter": {"bool": {"filter": [
+                            pending.clone(),
+                            range(Fields::NOT_BEFORE, "gt", now)
+                        ]}},
+                        "aggs": min_of(Fields::NOT_BEFORE)
+                    },
+                    "created": {
+                        "filter": {"bool": {
+                            "filter": [pending, range(Fields::CREATED, "gt", now)],
+                            "must_not": [{"exists": {"field": Fields::NOT_BEFORE}}]
+                        }},
+                        "aggs": min_of(Fields::CREATED)
+                    },
+                    "redeliver": {
+                        "filter": {"bool": {"filter": [
+                            term(Fields::STATUS, Status::Sent.as_str()),
+                            range(Fields::REDELIVER_AT, "gt", now)
+                        ]}},
+                        "aggs": min_of(Fields::REDELIVER_AT)
+                    }
+                }
+            }}
+        });
+        let answer = self.search_answer(body).await?;
+        let buckets = answer["aggregations"]["agent"]["buckets"]
+            .as_array()
+            .ok_or_else(|| corrupt(format!("first_due answer without buckets: {answer}")))?;
+        let mut due: HashMap<String, DateTime<Utc>> = HashMap::with_capacity(buckets.len());
+        for b in buckets {
+            let Some(agent) = b["key"].as_str() else {
+                return Err(corrupt(format!("first_due bucket without an agent: {b}")));
+            };
+            let t = if b["now"]["doc_count"].as_u64().unwrap_or(0) > 0 {
+                Some(now)
+            } else {
+                ["not_before", "created", "redeliver"]
+                    .iter()
+                    .filter_map(|kind| min_value(&b[*kind]))
+                    .min()
+            };
+            if let Some(t) = t {
+                due.insert(agent.to_owned(), t);
+            }
+        }
+        for v in self.mget(&recent).await? {
+            let order = &v.order;
+            let t = if order.is_deliverable(now) {
+                Some(now)
+            } else {
+                order.becomes_deliverable_after(now)
+            };
+            if let (Some(agent), Some(t)) = (order.agent_id(), t) {
+                due.entry(agent.as_str().to_owned())
+                    .and_modify(|d| *d = (*d).min(t))
+                    .or_insert(t);
+            }
+        }
+        Ok(agents
+            .iter()
+            .map(|a| due.get(a.as_str()).copied())
+            .collect())
+    }
 }
 
 impl OpenSearchBackend {

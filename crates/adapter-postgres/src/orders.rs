@@ -6,7 +6,7 @@
 //! Rust, and write all of them back with one `UPDATE … FROM UNNEST(…)` that is still
 //! conditional on the status the transition started from, all in one transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -122,6 +122,22 @@ SELECT LEAST(
     request_gate!(),
     "))"
 );
+
+/// The first look of many agents' polls (`OrderStore::first_due`), `$1` their ids: per agent,
+/// the earliest start of a pending (not held) order and the earliest redelivery of a sent one,
+/// past or future, from the indexes of [`NEXT_DUE`], without the request gate or the deadline
+/// (an answer may be early, never late).
+const FIRST_DUE: &str = "
+SELECT agent_id, min(t) FROM (
+    SELECT agent_id, min(available_at) AS t FROM orders
+    WHERE agent_id = ANY($1::text[]) AND status = 'pending' AND NOT held
+    GROUP BY agent_id
+    UNION ALL
+    SELECT agent_id, min(redeliver_at) AS t FROM orders
+    WHERE agent_id = ANY($1::text[]) AND status = 'sent' AND redeliver_at IS NOT NULL
+    GROUP BY agent_id
+) due
+GROUP BY agent_id";
 
 /// A consumer set as the two text arrays the claim and next-due queries bind.
 fn consumer_arrays(consumers: &Consumers) -> (Vec<&str>, Vec<&str>) {
@@ -795,5 +811,30 @@ impl OrderStore for PostgresBackend {
             .map(drop)
             // Whatever made `SELECT 1` fail, the backend is not usable now.
             .map_err(|e| StoreError::Unavailable(convert_sqlx_err(e).to_string()))
+    }
+
+    async fn first_due(
+        &self,
+        agents: &[AgentId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StoreError> {
+        if agents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = agents.iter().map(AgentId::as_str).collect();
+        let rows: Vec<(String, Option<DateTime<Utc>>)> = sqlx::query_as(FIRST_DUE)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let due: HashMap<String, DateTime<Utc>> = rows
+            .into_iter()
+            .filter_map(|(agent, t)| t.map(|t| (agent, t)))
+            .collect();
+        // A start or redelivery already past is answered as `now`: the agent's poll claims.
+        Ok(agents
+            .iter()
+            .map(|a| due.get(a.as_str()).map(|&t| t.max(now)))
+            .collect())
     }
 }

@@ -1,6 +1,6 @@
 //! [`OrderStore`] over the `orders` and `orders_archive` tables.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -110,6 +110,21 @@ const NEXT_DUE: &str = concat!(
     request_gate!(),
     ")"
 );
+
+/// The first look of many agents' polls (`OrderStore::first_due`), `?1` the JSON array of their
+/// ids: per agent, the earliest start of a pending (not held) order and the earliest redelivery
+/// of a sent one, past or future. Both from the covering indexes of [`NEXT_DUE`], without the
+/// request gate or the deadline (an answer may be early, never late).
+const FIRST_DUE: &str = "SELECT agent_id, MIN(t) FROM ( \
+      SELECT agent_id, MIN(available_ms) AS t FROM orders INDEXED BY orders_available \
+      WHERE agent_id IN (SELECT value FROM json_each(?1)) AND status = 'pending' AND held = 0 \
+      GROUP BY agent_id \
+      UNION ALL \
+      SELECT agent_id, MIN(redeliver_ms) AS t FROM orders INDEXED BY orders_redeliver \
+      WHERE agent_id IN (SELECT value FROM json_each(?1)) AND status = 'sent' \
+        AND redeliver_ms IS NOT NULL \
+      GROUP BY agent_id) \
+    GROUP BY agent_id";
 
 /// The JSON arrays of a consumer set's agent ids and component names (`?1`, `?2` of
 /// [`CLAIM_CANDIDATES`] and [`NEXT_DUE`]): one bound value each, however many consumers.
@@ -771,6 +786,41 @@ impl OrderStore for SqliteBackend {
             .map_err(convert_sqlx_err)?;
         Ok(())
     }
+
+    async fn first_due(
+        &self,
+        agents: &[AgentId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StoreError> {
+        if agents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = serde_json::to_string(&agents.iter().map(AgentId::as_str).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Corrupt(format!("agents cannot be encoded: {e}")))?;
+        let rows: Vec<(String, Option<i64>)> = sqlx::query_as(FIRST_DUE)
+            .bind(ids)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let due: HashMap<String, i64> = rows
+            .into_iter()
+            .filter_map(|(agent, t)| t.map(|t| (agent, t)))
+            .collect();
+        // A start or redelivery already past is answered as `now`: the agent's poll claims.
+        let now_ms = now.timestamp_millis();
+        agents
+            .iter()
+            .map(|a| {
+                due.get(a.as_str())
+                    .map(|&ms| {
+                        DateTime::from_timestamp_millis(ms.max(now_ms)).ok_or_else(|| {
+                            StoreError::Corrupt(format!("time out of range: {ms} ms"))
+                        })
+                    })
+                    .transpose()
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -825,6 +875,17 @@ mod tests {
                 "{p}"
             );
         }
+        // The first look of many polls: one seek per agent into each covering index.
+        let p = plan(&store, FIRST_DUE).await;
+        assert!(
+            p.contains("USING COVERING INDEX orders_available (agent_id=?)"),
+            "{p}"
+        );
+        assert!(
+            p.contains("USING COVERING INDEX orders_redeliver (agent_id=?"),
+            "{p}"
+        );
+        assert!(!p.contains("SCAN orders"), "{p}");
         let p = plan(&store, RESULT_GROUPS).await;
         assert!(p.contains("orders_request (request_id=?)"), "{p}");
         assert!(!p.contains("SCAN orders"), "{p}");

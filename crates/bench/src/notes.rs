@@ -117,6 +117,13 @@ pub(crate) fn misses(cols: &[&BackendRun]) -> Vec<String> {
                         / 1e3
                 ));
             }
+            if o.established_secs >= OPEN_POLLS_ADMISSION_TARGET_SECS {
+                out.push(format!(
+                    "**{} open long-polls**: all 10,000 open after {:.1} s (target \
+                     {OPEN_POLLS_ADMISSION_TARGET_SECS} s). {OPEN_POLLS_ADMISSION}",
+                    r.backend, o.established_secs
+                ));
+            }
             if o.refused > 0 {
                 out.push(format!(
                     "**{} open long-polls** (not a target, but worth knowing): {} polls were \
@@ -137,19 +144,41 @@ pub(crate) fn misses(cols: &[&BackendRun]) -> Vec<String> {
     out
 }
 
+/// How soon every poll of a reconnecting fleet should be held.
+const OPEN_POLLS_ADMISSION_TARGET_SECS: f64 = 5.0;
+
+/// How an opening poll reaches storage, for a slow admission.
+const OPEN_POLLS_ADMISSION: &str = "An opening poll subscribes, then looks in storage once \
+    before it waits. Polls that open while another is looking share that look: one \
+    `OrderStore::first_due` query (a `GROUP BY` over the agents' indexes in SQL, one search \
+    with a `terms` aggregation on OpenSearch) answers up to 1,000 of them, and only the agents \
+    with an order deliverable now claim. Before that, each poll made a claim and a `next_due` of \
+    its own (on OpenSearch two searches, on SQLite a write transaction): a quick run on this \
+    machine went from 25.5 s to 3.4 s on OpenSearch, 4.4 s to 2.3 s on SQLite and 6.0 s to \
+    3.9 s on PostgreSQL. What remains is the ramp itself (the load generator keeps at most \
+    1,000 polls unanswered) and HTTP on two cores shared with the backend.";
+
 /// What the held polls' memory is made of (profiled), and what was fixed.
 const OPEN_POLLS_MEMORY: &str = "Profiled with `valgrind --tool=massif` (1,000 held polls): \
     the heap while holding them is about 35 KB a poll on the memory backend and 37.5 KB on \
     OpenSearch, of which hyper's read buffer per connection (grown to 16 KB) and its connection \
-    state (8 KB) are the largest parts, then the boxed futures of the middleware stack and the \
-    task. Two fixes came from profiling: one shared route table instead of a copy per connection \
-    (`cm_api_http::serve` serves `into_make_service()`; 14 KB a poll), and OpenSearch request \
-    bodies turned into text before waiting for a connection (the heap peak of 1,000 polls \
-    opening went from 56 MB to 37.5 MB: each claim's query, a `serde_json::Value` tree, had \
-    been held while thousands of claims queued for `max_connections`). What PostgreSQL and \
-    OpenSearch hold beyond the memory backend in resident memory is freed memory the allocator \
-    keeps after the burst of 10,000 opening claims: it is the same with jemalloc (memory \
-    backend 301 MB, OpenSearch 373 MB; `LD_PRELOAD` experiment) as with glibc's malloc.";
+    state (8 KB, its header write buffer) are the largest parts, then the boxed futures of the \
+    middleware stack and the task. Two fixes came from profiling: one shared route table \
+    instead of a copy per connection (`cm_api_http::serve` serves `into_make_service()`; 14 KB \
+    a poll), and OpenSearch request bodies turned into text before waiting for a connection \
+    (the heap peak of 1,000 polls opening went from 56 MB to 37.5 MB: each claim's query, a \
+    `serde_json::Value` tree, had been held while thousands of claims queued for \
+    `max_connections`). What the SQL and OpenSearch backends held beyond the memory backend \
+    was freed memory the allocator kept after the burst of opening claims (the same with \
+    jemalloc, `LD_PRELOAD` experiment: memory backend 301 MB, OpenSearch 373 MB). Coalescing \
+    the first looks of opening polls (one `first_due` query for up to 1,000 of them instead of \
+    a claim and a `next_due` each) shrank that burst: in a quick run PostgreSQL went from \
+    303 MB to 266 MB, OpenSearch from 296 MB to 282 MB and SQLite from 272 MB to 268 MB, \
+    beside 264 MB on the memory backend, which has no such burst: about 23 KB a held poll, \
+    hyper's per-connection buffers the largest part, and those its HTTP/1 server builder \
+    cannot shrink (hyper 1.12: `max_buf_size` only caps growth, reads reserve 8 KB at a time, \
+    and the 8 KB header write buffer is allocated when the connection opens). Fewer glibc arenas (`MALLOC_ARENA_MAX=2`) changed nothing (266 MB against \
+    263 MB on the memory backend).";
 
 /// What limits the fan-out of one backend against its raw write.
 fn fanout_limit(backend: &str) -> &'static str {

@@ -337,6 +337,19 @@ impl OrderStore for InstrumentedOrders {
     async fn ping(&self) -> Result<(), StoreError> {
         observed!(self, StoreOp::Ping, self.inner.ping())
     }
+
+    async fn first_due(
+        &self,
+        agents: &[AgentId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StoreError> {
+        observed!(
+            self,
+            StoreOp::FirstDue,
+            self.inner.first_due(agents, now),
+            agents = agents.len()
+        )
+    }
 }
 
 /// An [`AgentRegistry`] that traces, times and logs every operation of the one it wraps.

@@ -595,6 +595,30 @@ pub trait OrderStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] otherwise.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// The first look of many agents' opening long-polls in one query, changing nothing: for
+    /// each of `agents` (answered in the same order, one entry each), `Some(t)` with `t <= now`
+    /// when one of its orders may be deliverable at `now` (its poll then claims), `Some(t)` with
+    /// `t` after `now` when none is but one becomes deliverable by itself at `t` (as
+    /// [`Self::next_due`]), `None` when neither.
+    ///
+    /// An answer may be earlier than the truth but never later, so a poll that waits on it
+    /// misses nothing: it sees every order [`Self::claim`] would at `now`, and may leave out the
+    /// request gate and the delivery deadline (a poll that claims and finds nothing, or wakes
+    /// early, only costs a query). Held and finished orders are nobody's due. The default
+    /// answers `Some(now)` for every agent (each poll claims on its own, as if there were no
+    /// coalescing); the conformance suite holds an adapter to exact answers where no gate or
+    /// deadline is involved.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the backend cannot answer.
+    async fn first_due(
+        &self,
+        agents: &[AgentId],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<DateTime<Utc>>>, StoreError> {
+        Ok(vec![Some(now); agents.len()])
+    }
 }
 
 /// The request records (docs/requests.md): one per command of a submit, written before its orders

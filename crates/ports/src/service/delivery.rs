@@ -1,16 +1,21 @@
 //! Delivery: agents long-poll their orders and report results.
 
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use cm_domain::{
     AgentId, ComponentName, Order, OrderId, Report, ReportOutcome, ReportStatus, Status,
 };
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::CommandManager;
 use super::cas::Changed;
 use super::consumers::Reporter;
 use crate::metric::{self, Metric, ResultOutcome, Via, count_transition};
+use crate::notify::Subscription;
 use crate::store::{Consumers, StoreError};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -49,6 +54,84 @@ impl Drop for OpenPoll {
 pub(super) enum Claimer {
     Poll,
     Relay,
+}
+
+/// Most agents one coalesced first look asks storage about.
+const LOOK_BATCH: usize = 1_000;
+/// Most coalesced first looks in storage at once.
+const LOOKS_IN_FLIGHT: usize = 2;
+
+/// What a poll waiting in the queue of first looks is told.
+#[derive(Debug)]
+enum LookMessage {
+    /// Its agent's `OrderStore::first_due`.
+    Answer(Result<Option<DateTime<Utc>>, StoreError>),
+    /// The look before ended with polls still queued: lead the next one.
+    Lead,
+}
+
+/// The first looks of agents' opening long-polls, coalesced: a poll that opens while another
+/// is making its first look joins a queue, and one storage query
+/// ([`crate::OrderStore::first_due`]) answers up to [`LOOK_BATCH`] queued agents at once. An
+/// agent with nothing deliverable then waits without a claim and a `next_due` of its own; the
+/// others claim as usual. A reconnecting fleet thus costs storage a query per thousand polls
+/// instead of two per poll.
+///
+/// No task of its own: the poll that finds fewer than [`LOOKS_IN_FLIGHT`] looks in flight
+/// leads one (for itself and the queue); when it ends, however (its poll may be dropped by a
+/// client going away), it hands the lead to the next queued poll. A queued poll whose look was
+/// dropped unanswered claims on its own.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FirstLooks(Arc<Mutex<LookQueue>>);
+
+#[derive(Debug, Default)]
+struct LookQueue {
+    /// Polls claiming on their own for their first look (nobody else was opening).
+    alone: usize,
+    /// Looks in flight (each led by one poll).
+    in_flight: usize,
+    queued: VecDeque<(AgentId, oneshot::Sender<LookMessage>)>,
+}
+
+impl FirstLooks {
+    fn lock(&self) -> MutexGuard<'_, LookQueue> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How a poll's first look goes.
+enum FirstLook {
+    /// Claim now (and look for the next due order when there is none), as every later look
+    /// does. Holds the count of polls opening alone, if this is one.
+    Claim(Option<Alone>),
+    /// Nothing of the agent's is deliverable: wait, until this instant at most when one
+    /// becomes deliverable by itself.
+    Wait(Option<DateTime<Utc>>),
+}
+
+/// A poll making its first look alone (counted in [`LookQueue::alone`] while it lives).
+struct Alone(FirstLooks);
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        self.0.lock().alone -= 1;
+    }
+}
+
+/// A look in flight: when it ends, the lead passes to the next queued poll still waiting, or
+/// the look is no longer counted.
+struct Leading(FirstLooks);
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        let mut q = self.0.lock();
+        while let Some((_, next)) = q.queued.pop_front() {
+            if next.send(LookMessage::Lead).is_ok() {
+                return;
+            }
+        }
+        q.in_flight -= 1;
+    }
 }
 
 impl CommandManager {
@@ -104,7 +187,28 @@ impl CommandManager {
         // wakes us.
         let mut subscription = self.ports.notifier.subscribe(consumers);
         let mut open = None;
+        let (mut alone, mut waiting) = match consumers.agents() {
+            [agent] if by == Claimer::Poll && consumers.components().is_empty() => {
+                match self.first_look(agent).await? {
+                    FirstLook::Claim(alone) => (alone, None),
+                    FirstLook::Wait(due) => (None, Some(due)),
+                }
+            }
+            _ => (None, None),
+        };
         loop {
+            // The first look found nothing deliverable: wait without a claim of our own.
+            if let Some(due) = waiting.take() {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Ok(Vec::new());
+                }
+                let until =
+                    due.map(|due| (due - self.ports.clock.now()).to_std().unwrap_or_default());
+                self.wait_for_orders(&mut subscription, &mut open, by, deadline, until)
+                    .await;
+                continue;
+            }
             let orders = self
                 .ports
                 .orders
@@ -129,33 +233,115 @@ impl CommandManager {
                 }
                 return Ok(orders);
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if Instant::now() >= deadline {
                 return Ok(Vec::new());
             }
-            let mut wake_at = self
-                .ports
-                .notifier
-                .recheck_interval()
-                .map_or(deadline, |every| deadline.min(now + every));
             // A scheduled order (or a redelivery) that becomes due during the wait wakes us
             // without any notification.
             let clock_now = self.ports.clock.now();
-            if let Some(due) = self.ports.orders.next_due(consumers, clock_now).await? {
-                let until = (due - clock_now).to_std().unwrap_or_default();
-                wake_at = wake_at.min(now + until);
-            }
-            open.get_or_insert_with(|| {
-                OpenPoll::start(match by {
-                    Claimer::Poll => &metric::OPEN_LONG_POLLS,
-                    Claimer::Relay => &metric::OPEN_RELAY_CLAIMS,
-                })
-            });
-            tokio::select! {
-                () = subscription.notified() => {}
-                () = tokio::time::sleep_until(wake_at) => {}
-            }
+            let until = self
+                .ports
+                .orders
+                .next_due(consumers, clock_now)
+                .await?
+                .map(|due| (due - clock_now).to_std().unwrap_or_default());
+            drop(alone.take());
+            self.wait_for_orders(&mut subscription, &mut open, by, deadline, until)
+                .await;
         }
+    }
+
+    /// Waits (counted open) for a wake-up of `subscription`, until `deadline`, the notifier's
+    /// re-check, or `until` from now (when one of the consumers' orders becomes due), whichever
+    /// comes first.
+    async fn wait_for_orders(
+        &self,
+        subscription: &mut Subscription,
+        open: &mut Option<OpenPoll>,
+        by: Claimer,
+        deadline: Instant,
+        until: Option<Duration>,
+    ) {
+        let now = Instant::now();
+        let mut wake_at = self
+            .ports
+            .notifier
+            .recheck_interval()
+            .map_or(deadline, |every| deadline.min(now + every));
+        if let Some(until) = until {
+            wake_at = wake_at.min(now + until);
+        }
+        open.get_or_insert_with(|| {
+            OpenPoll::start(match by {
+                Claimer::Poll => &metric::OPEN_LONG_POLLS,
+                Claimer::Relay => &metric::OPEN_RELAY_CLAIMS,
+            })
+        });
+        tokio::select! {
+            () = subscription.notified() => {}
+            () = tokio::time::sleep_until(wake_at) => {}
+        }
+    }
+
+    /// The first look of an agent's opening poll (see [`FirstLooks`]): alone when no other poll
+    /// is opening, else coalesced with the others into one storage query.
+    async fn first_look(&self, agent: &AgentId) -> Result<FirstLook, StoreError> {
+        let waiting = {
+            let mut q = self.looks.lock();
+            if q.alone == 0 && q.in_flight == 0 {
+                q.alone += 1;
+                return Ok(FirstLook::Claim(Some(Alone(self.looks.clone()))));
+            }
+            if q.in_flight < LOOKS_IN_FLIGHT {
+                q.in_flight += 1;
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                q.queued.push_back((agent.clone(), tx));
+                Some(rx)
+            }
+        };
+        let answer = match waiting {
+            None => self.lead_look(agent).await,
+            Some(rx) => match rx.await {
+                Ok(LookMessage::Answer(answer)) => answer,
+                Ok(LookMessage::Lead) => self.lead_look(agent).await,
+                // The look that took us was dropped unanswered: claim on our own.
+                Err(_) => return Ok(FirstLook::Claim(None)),
+            },
+        }?;
+        Ok(match answer {
+            Some(due) if due <= self.ports.clock.now() => FirstLook::Claim(None),
+            due => FirstLook::Wait(due),
+        })
+    }
+
+    /// Leads one coalesced look: for `agent` and up to [`LOOK_BATCH`] - 1 queued polls, whose
+    /// answers it sends; answers `agent`'s.
+    async fn lead_look(&self, agent: &AgentId) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let _leading = Leading(self.looks.clone());
+        let batch: Vec<(AgentId, oneshot::Sender<LookMessage>)> = {
+            let mut q = self.looks.lock();
+            let n = q.queued.len().min(LOOK_BATCH - 1);
+            q.queued.drain(..n).collect()
+        };
+        let mut agents = Vec::with_capacity(batch.len() + 1);
+        agents.push(agent.clone());
+        agents.extend(batch.iter().map(|(a, _)| a.clone()));
+        let now = self.ports.clock.now();
+        let answer = self.ports.orders.first_due(&agents, now).await;
+        let mut answers: Vec<Result<Option<DateTime<Utc>>, StoreError>> = match answer {
+            Ok(due) if due.len() == agents.len() => due.into_iter().map(Ok).collect(),
+            // An answer of the wrong length tells nothing: every poll claims.
+            Ok(_) => vec![Ok(Some(now)); agents.len()],
+            Err(e) => vec![Err(e); agents.len()],
+        };
+        let others = answers.split_off(1);
+        for ((_, tx), answer) in batch.into_iter().zip(others) {
+            // A poll that went away meanwhile needs no answer.
+            let _ = tx.send(LookMessage::Answer(answer));
+        }
+        answers.pop().unwrap_or(Ok(Some(now)))
     }
 
     /// Records a report on one order. The `reporter` must be allowed to report for the order
@@ -246,5 +432,44 @@ impl CommandManager {
                 Err(ReportError::Conflict(current.status()))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(id: &str) -> AgentId {
+        AgentId::parse(id, "agent").expect("agent id")
+    }
+
+    #[test]
+    fn a_look_that_ends_hands_the_lead_to_the_next_poll_still_waiting() {
+        let looks = FirstLooks::default();
+        let (gone_tx, gone_rx) = oneshot::channel();
+        let (next_tx, mut next_rx) = oneshot::channel();
+        let (later_tx, mut later_rx) = oneshot::channel();
+        {
+            let mut q = looks.lock();
+            q.in_flight = LOOKS_IN_FLIGHT;
+            q.queued.push_back((agent("gone"), gone_tx));
+            q.queued.push_back((agent("next"), next_tx));
+            q.queued.push_back((agent("later"), later_tx));
+        }
+        // The first queued poll went away: the lead skips it.
+        drop(gone_rx);
+        drop(Leading(looks.clone()));
+        assert!(matches!(next_rx.try_recv(), Ok(LookMessage::Lead)));
+        assert!(later_rx.try_recv().is_err(), "only one poll leads");
+        assert_eq!(
+            looks.lock().in_flight,
+            LOOKS_IN_FLIGHT,
+            "the look passed on"
+        );
+        assert_eq!(looks.lock().queued.len(), 1);
+        // With nobody left waiting, the look is no longer counted.
+        looks.lock().queued.clear();
+        drop(Leading(looks.clone()));
+        assert_eq!(looks.lock().in_flight, LOOKS_IN_FLIGHT - 1);
     }
 }

@@ -110,6 +110,8 @@ pub struct CommandManager {
     ports: Ports,
     settings: Arc<Settings>,
     advancing: records::Advancing,
+    /// The coalesced first looks of opening long-polls.
+    looks: delivery::FirstLooks,
     /// Where the scheduler's next pass over unsettled requests starts.
     requests_cursor: Arc<std::sync::Mutex<Option<crate::store::RequestCursor>>>,
 }
@@ -121,6 +123,7 @@ impl CommandManager {
             ports,
             settings: Arc::new(settings),
             advancing: records::Advancing::default(),
+            looks: delivery::FirstLooks::default(),
             requests_cursor: Arc::default(),
         }
     }

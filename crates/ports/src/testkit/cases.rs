@@ -466,6 +466,71 @@ pub async fn next_due_is_the_earliest_scheduled_start_or_redelivery(b: Backend) 
     );
 }
 
+pub async fn first_due_answers_each_agent_now_when_due_or_when_next_due(b: Backend) {
+    let look = |agents: Vec<cm_domain::AgentId>, now| {
+        let b = b.clone();
+        async move {
+            let answer = b.orders.first_due(&agents, now).await.expect("first_due");
+            assert_eq!(answer.len(), agents.len(), "one answer per agent, in order");
+            answer
+        }
+    };
+    let [a1, a2, a3, a4, a5] = ["a1", "a2", "a3", "a4", "a5"].map(agent_id);
+    assert_eq!(
+        look(vec![a1.clone(), a2.clone()], at(0)).await,
+        vec![None, None]
+    );
+    assert_eq!(
+        look(Vec::new(), at(0)).await,
+        Vec::<Option<DateTime<Utc>>>::new()
+    );
+    let ready = OrderSpec::agent("a1").build();
+    let scheduled = OrderSpec::agent("a2")
+        .timeout(1000)
+        .not_before(at(200))
+        .build();
+    let held = OrderSpec::agent("a3").position(1, true).build();
+    let sent = OrderSpec::agent("a4").build();
+    insert(&b, &[ready.clone(), scheduled, held, sent.clone()]).await;
+    // Delivered at +1 s (policy: redeliver after 60 s).
+    deliver(&b, &sent, at(1)).await;
+    let all = vec![
+        a1.clone(),
+        a2.clone(),
+        a3.clone(),
+        a4.clone(),
+        a5.clone(),
+        a1.clone(),
+    ];
+    let now = look(all.clone(), at(10)).await;
+    assert!(
+        now[0].is_some_and(|t| t <= at(10)),
+        "a deliverable order: {now:?}"
+    );
+    assert_eq!(now[5], now[0], "the same agent twice, the same answer");
+    // Not yet deliverable: when it becomes so by itself, never later.
+    assert_eq!(now[1], Some(at(200)), "a scheduled start: {now:?}");
+    assert_eq!(now[2], None, "a held order waits for its release: {now:?}");
+    assert_eq!(now[3], Some(at(61)), "a redelivery: {now:?}");
+    assert_eq!(now[4], None, "no orders: {now:?}");
+    let later = look(all.clone(), at(100)).await;
+    assert!(
+        later[3].is_some_and(|t| t <= at(100)),
+        "redelivery due: {later:?}"
+    );
+    let later = look(all, at(250)).await;
+    assert!(
+        later[1].is_some_and(|t| t <= at(250)),
+        "start due: {later:?}"
+    );
+    // A finished order is nobody's due.
+    b.orders
+        .end_pending(ready.request_id(), PendingEnd::Cancelled, at(300), 10)
+        .await
+        .expect("end_pending");
+    assert_eq!(look(vec![a1, a5], at(300)).await, vec![None, None]);
+}
+
 pub async fn cancel_pending_cancels_only_the_pending_orders_of_the_request(b: Backend) {
     let request = RequestId::from_uuid(Uuid::now_v7());
     let orders: Vec<Order> = (0..25)
@@ -1312,6 +1377,50 @@ pub async fn long_poll_returns_as_soon_as_an_order_is_submitted(b: Backend) {
         waited < super::LONG_WAIT,
         "woken, not at the end of its wait ({waited:?})"
     );
+}
+
+pub async fn polls_opening_together_each_claim_their_own_orders_or_wait_for_them(b: Backend) {
+    // 60 polls open at once (the first looks of all but one are coalesced): the 20 agents with
+    // an order get it at once, each exactly its own; the 40 others wait, and an order created
+    // for each while the polls open or wait reaches it.
+    let service = b.service(super::long_wait_settings());
+    let now = crate::SystemClock.now();
+    let name = |i: usize| format!("storm{i:02}");
+    let ready: Vec<Order> = (0..20)
+        .map(|i| OrderSpec::agent(&name(i)).created(now).timeout(300).build())
+        .collect();
+    insert(&b, &ready).await;
+    let polls: Vec<_> = (0..60)
+        .map(|i| {
+            let service = service.clone();
+            let agent = agent_id(&name(i));
+            tokio::spawn(async move { service.poll(&agent, 10, super::LONG_WAIT).await })
+        })
+        .collect();
+    for i in 20..60 {
+        b.agents
+            .upsert(&agent(&name(i), &["Storm"]))
+            .await
+            .expect("upsert");
+    }
+    let submitted = service
+        .submit(SubmitRequest {
+            commands: (20..60)
+                .map(|i| command(TargetType::Agent, &name(i)))
+                .collect(),
+            idempotency: None,
+        })
+        .await
+        .expect("submit");
+    for (i, poll) in polls.into_iter().enumerate() {
+        let got = poll.await.expect("task").expect("poll");
+        let want = if i < 20 {
+            vec![*ready[i].order_id()]
+        } else {
+            submitted[i - 20].order_ids.clone()
+        };
+        assert_eq!(ids(&got), want, "the poll of {}", name(i));
+    }
 }
 
 pub async fn long_poll_returns_a_scheduled_order_when_it_becomes_due(b: Backend) {
