@@ -51,7 +51,8 @@ SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
 const INSERT: &str = insert_unnest!("");
 
 /// [`INSERT`], leaving out the orders that exist already (by id).
-const INSERT_SKIPPING_EXISTING: &str = insert_unnest!(" ON CONFLICT (order_id) DO NOTHING");
+pub(crate) const INSERT_SKIPPING_EXISTING: &str =
+    insert_unnest!(" ON CONFLICT (order_id) DO NOTHING");
 
 /// The request gate of claims and next_due (`RequestState::delivers`): an order whose request
 /// has a record goes out only while that record is `scheduled` or `running`; an order without a
@@ -326,37 +327,48 @@ async fn write_back(
         .collect()
 }
 
+/// Writes `orders` with `insert` ([`INSERT`] or [`INSERT_SKIPPING_EXISTING`]) inside the
+/// caller's transaction, [`INSERT_CHUNK`] rows a statement. Returns how many rows were created.
+pub(crate) async fn insert_chunks(
+    conn: &mut PgConnection,
+    orders: &[Order],
+    insert: &'static str,
+) -> sqlx::Result<u64> {
+    let mut created = 0;
+    for chunk in orders.chunks(INSERT_CHUNK) {
+        let c = Columns::of(chunk);
+        debug_assert_eq!(c.len(), chunk.len());
+        let done = sqlx::query(insert)
+            .bind(&c.order_id)
+            .bind(&c.request_id)
+            .bind(&c.agent_id)
+            .bind(&c.target_type)
+            .bind(&c.target_id)
+            .bind(&c.action)
+            .bind(&c.status)
+            .bind(&c.created_at)
+            .bind(&c.deadline)
+            .bind(&c.available_at)
+            .bind(&c.redeliver_at)
+            .bind(&c.result_deadline)
+            .bind(&c.finished_at)
+            .bind(&c.doc)
+            .bind(&c.held)
+            .bind(&c.position)
+            .execute(&mut *conn)
+            .await?;
+        created += done.rows_affected();
+    }
+    Ok(created)
+}
+
 impl PostgresBackend {
     /// Writes `orders` with `insert` ([`INSERT`] or [`INSERT_SKIPPING_EXISTING`]) in one
     /// transaction, [`INSERT_CHUNK`] rows a statement: the batch becomes visible (and durable)
     /// all at once. Returns how many rows were created.
     async fn insert_batch(&self, orders: &[Order], insert: &'static str) -> sqlx::Result<u64> {
         let mut tx = self.pool.begin().await?;
-        let mut created = 0;
-        for chunk in orders.chunks(INSERT_CHUNK) {
-            let c = Columns::of(chunk);
-            debug_assert_eq!(c.len(), chunk.len());
-            let done = sqlx::query(insert)
-                .bind(&c.order_id)
-                .bind(&c.request_id)
-                .bind(&c.agent_id)
-                .bind(&c.target_type)
-                .bind(&c.target_id)
-                .bind(&c.action)
-                .bind(&c.status)
-                .bind(&c.created_at)
-                .bind(&c.deadline)
-                .bind(&c.available_at)
-                .bind(&c.redeliver_at)
-                .bind(&c.result_deadline)
-                .bind(&c.finished_at)
-                .bind(&c.doc)
-                .bind(&c.held)
-                .bind(&c.position)
-                .execute(&mut *tx)
-                .await?;
-            created += done.rows_affected();
-        }
+        let created = insert_chunks(&mut tx, orders, insert).await?;
         tx.commit().await?;
         Ok(created)
     }

@@ -1,19 +1,24 @@
 //! [`RequestStore`] over the `requests` table: each record as its document (`jsonb`) plus the
 //! columns the listing, the scheduler's work list and retention filter and sort on.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cm_domain::time::truncate_to_millis;
 use cm_domain::{RequestId, RequestRecord};
 use cm_ports::{
     Page, ReplaceError, RequestCursor, RequestFilter, RequestPageRequest, RequestStore, StoreError,
+    WholeOutcome, WholeRequest,
 };
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
+use uuid::Uuid;
 
 use crate::PostgresBackend;
 use crate::error::convert_sqlx_err;
+use crate::orders::{INSERT_SKIPPING_EXISTING, insert_chunks};
 
 /// A new record, unless one with its id exists.
 const CREATE: &str = "
@@ -21,6 +26,16 @@ INSERT INTO requests (request_id, created_at, state, action, user_name, source, 
                       target_id, settled, finished_at, revision, doc)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (request_id) DO NOTHING";
+
+/// New records, one array per column, leaving out ids that exist; returns the ids written.
+const CREATE_MANY: &str = "
+INSERT INTO requests (request_id, created_at, state, action, user_name, source, target_type,
+                      target_id, settled, finished_at, revision, doc)
+SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                     $6::text[], $7::text[], $8::text[], $9::bool[], $10::timestamptz[],
+                     $11::int8[], $12::jsonb[])
+ON CONFLICT (request_id) DO NOTHING
+RETURNING request_id";
 
 /// Compare-and-set of record `$1` against its revision `$2`, in one statement; also says whether
 /// the record exists at all. The id stays the stored record's.
@@ -238,5 +253,84 @@ impl RequestStore for PostgresBackend {
             .await
             .map_err(convert_sqlx_err)?;
         Ok(done.rows_affected())
+    }
+
+    /// One transaction whatever the number of requests: the records in one statement, then
+    /// the orders of those written, [`crate::orders`]' chunks; one commit.
+    async fn write_whole(
+        &self,
+        requests: &[WholeRequest],
+    ) -> Result<Option<Vec<WholeOutcome>>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let records: Vec<&RequestRecord> = requests.iter().map(|w| &w.record).collect();
+        let mut tx = self.pool.begin().await.map_err(convert_sqlx_err)?;
+        let written: HashSet<Uuid> = sqlx::query_scalar(CREATE_MANY)
+            .bind(
+                records
+                    .iter()
+                    .map(|r| *r.request_id().as_uuid())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| truncate_to_millis(r.created_at()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.state().as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.action().name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(records.iter().map(|r| r.user()).collect::<Vec<_>>())
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.source().as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.target().kind().as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(records.iter().map(|r| r.target().id()).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| r.is_settled()).collect::<Vec<_>>())
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.finished_at().map(truncate_to_millis))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(records.iter().map(|r| revision_of(r)).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| Json(*r)).collect::<Vec<_>>())
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?
+            .into_iter()
+            .collect();
+        let mut out = Vec::with_capacity(requests.len());
+        for w in requests {
+            if written.contains(w.record.request_id().as_uuid()) {
+                let created = insert_chunks(&mut tx, &w.orders, INSERT_SKIPPING_EXISTING)
+                    .await
+                    .map_err(convert_sqlx_err)?;
+                out.push(WholeOutcome::Written { created });
+            } else {
+                out.push(WholeOutcome::Exists);
+            }
+        }
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(Some(out))
     }
 }

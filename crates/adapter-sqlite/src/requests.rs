@@ -6,11 +6,13 @@ use chrono::{DateTime, Utc};
 use cm_domain::{RequestId, RequestRecord};
 use cm_ports::{
     Page, ReplaceError, RequestCursor, RequestFilter, RequestPageRequest, RequestStore, StoreError,
+    WholeOutcome, WholeRequest,
 };
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::SqliteBackend;
 use crate::error::{convert_sqlx_err, corrupt_document};
+use crate::orders::{insert_rows, rows_of};
 
 /// A record as a row, in the order the `INSERT` lists the columns.
 struct RecordRow {
@@ -142,35 +144,41 @@ const PURGE_SETTLED: &str = "DELETE FROM requests WHERE request_id IN ( \
     WHERE settled = 1 AND finished_ms <= ?1 \
     ORDER BY finished_ms, request_id LIMIT ?2)";
 
+/// Inserts record `r` inside the caller's write transaction; `false` when its id is stored.
+async fn insert_record(conn: &mut SqliteConnection, r: RecordRow) -> Result<bool, StoreError> {
+    let created = sqlx::query(
+        "INSERT INTO requests (request_id, created_ms, state, action, user_name, source, \
+         target_type, target_id, settled, finished_ms, revision, document) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(r.request_id)
+    .bind(r.created_ms)
+    .bind(r.state)
+    .bind(r.action)
+    .bind(r.user_name)
+    .bind(r.source)
+    .bind(r.target_type)
+    .bind(r.target_id)
+    .bind(r.settled)
+    .bind(r.finished_ms)
+    .bind(r.revision)
+    .bind(r.document)
+    .execute(&mut *conn)
+    .await
+    .map_err(convert_sqlx_err)?
+    .rows_affected();
+    Ok(created == 1)
+}
+
 #[async_trait]
 impl RequestStore for SqliteBackend {
     async fn create(&self, record: &RequestRecord) -> Result<bool, StoreError> {
         let r = RecordRow::of(record)?;
         let mut tx = self.write().await?;
-        let created = sqlx::query(
-            "INSERT INTO requests (request_id, created_ms, state, action, user_name, source, \
-             target_type, target_id, settled, finished_ms, revision, document) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-             ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(r.request_id)
-        .bind(r.created_ms)
-        .bind(r.state)
-        .bind(r.action)
-        .bind(r.user_name)
-        .bind(r.source)
-        .bind(r.target_type)
-        .bind(r.target_id)
-        .bind(r.settled)
-        .bind(r.finished_ms)
-        .bind(r.revision)
-        .bind(r.document)
-        .execute(&mut *tx)
-        .await
-        .map_err(convert_sqlx_err)?
-        .rows_affected();
+        let created = insert_record(&mut tx, r).await?;
         tx.commit().await.map_err(convert_sqlx_err)?;
-        Ok(created == 1)
+        Ok(created)
     }
 
     async fn get(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
@@ -282,6 +290,30 @@ impl RequestStore for SqliteBackend {
             .rows_affected();
         tx.commit().await.map_err(convert_sqlx_err)?;
         Ok(removed)
+    }
+
+    /// Everything in one write transaction: one commit, one fsync, for every submit that
+    /// joined the group.
+    async fn write_whole(
+        &self,
+        requests: &[WholeRequest],
+    ) -> Result<Option<Vec<WholeOutcome>>, StoreError> {
+        let encoded = requests
+            .iter()
+            .map(|w| Ok((RecordRow::of(&w.record)?, rows_of(&w.orders)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut tx = self.write().await?;
+        let mut out = Vec::with_capacity(encoded.len());
+        for (record, rows) in encoded {
+            if insert_record(&mut tx, record).await? {
+                let created = insert_rows(&mut tx, rows).await?;
+                out.push(WholeOutcome::Written { created });
+            } else {
+                out.push(WholeOutcome::Exists);
+            }
+        }
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(Some(out))
     }
 }
 

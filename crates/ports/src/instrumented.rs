@@ -32,7 +32,7 @@ use crate::store::{
     AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,
     OrderPageRequest, OrderStore, Page, ReplaceError, RequestCursor, RequestFilter,
     RequestPageRequest, RequestStore, ResultGroup, RetentionMode, StatusCounts, StoreError,
-    Upserted,
+    Upserted, WholeOutcome, WholeRequest,
 };
 
 impl Ports {
@@ -613,6 +613,18 @@ impl RequestStore for InstrumentedRequests {
             StoreOp::RequestPurgeSettled,
             self.inner.purge_settled(cutoff, limit),
             limit
+        )
+    }
+
+    async fn write_whole(
+        &self,
+        requests: &[WholeRequest],
+    ) -> Result<Option<Vec<WholeOutcome>>, StoreError> {
+        observed!(
+            self,
+            StoreOp::RequestWriteWhole,
+            self.inner.write_whole(requests),
+            requests = requests.len()
         )
     }
 }
