@@ -51,17 +51,17 @@ SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],
 const INSERT: &str = insert_unnest!("");
 
 /// [`INSERT`], leaving out the orders that exist already (by id).
-pub(crate) const INSERT_SKIPPING_EXISTING: &str =
-    insert_unnest!(" ON CONFLICT (order_id) DO NOTHING");
+const INSERT_SKIPPING_EXISTING: &str = insert_unnest!(" ON CONFLICT (order_id) DO NOTHING");
 
 /// The request gate of claims and next_due (`RequestState::delivers`): an order whose request
 /// has a record goes out only while that record is `scheduled` or `running`; an order without a
 /// record (written before records existed) always does.
 ///
 /// Read in the claim's own statement, under READ COMMITTED: the statement's snapshot is safe
-/// because a record is always committed before any of its orders is inserted (a submit creates
-/// the record, then writes the orders in later transactions), so any order the statement sees
-/// has its record visible to it too, never mistaken for an order without one. A state change
+/// because a record is always committed no later than its orders (a large submit creates the
+/// record, then writes the orders in later transactions; a small one writes both in one
+/// statement, `RequestStore::write_whole`), so any order the statement sees has its record
+/// visible to it too, never mistaken for an order without one. A state change
 /// committed after the snapshot was taken is ordered after this claim, as if it came later.
 macro_rules! request_gate {
     () => {
@@ -329,7 +329,7 @@ async fn write_back(
 
 /// Writes `orders` with `insert` ([`INSERT`] or [`INSERT_SKIPPING_EXISTING`]) inside the
 /// caller's transaction, [`INSERT_CHUNK`] rows a statement. Returns how many rows were created.
-pub(crate) async fn insert_chunks(
+async fn insert_chunks(
     conn: &mut PgConnection,
     orders: &[Order],
     insert: &'static str,

@@ -412,14 +412,7 @@ pub(crate) async fn insert_rows(
         if chunk.is_empty() {
             return Ok(created);
         }
-        let mut qb = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, \
-             action, status, created_ms, deadline_ms, available_ms, redeliver_ms, \
-             result_deadline_ms, finished_ms, held, position, document) ",
-        );
-        qb.push_values(chunk, |mut b, r| r.bind(&mut b));
-        qb.push(" ON CONFLICT (order_id) DO NOTHING");
-        created += qb
+        created += insert_sql(chunk, "")
             .build()
             .persistent(false)
             .execute(&mut *conn)
@@ -427,6 +420,41 @@ pub(crate) async fn insert_rows(
             .map_err(convert_sqlx_err)?
             .rows_affected();
     }
+}
+
+/// [`insert_rows`], answering the request id of each order created.
+pub(crate) async fn insert_rows_returning_requests(
+    conn: &mut SqliteConnection,
+    rows: Vec<Row>,
+) -> Result<Vec<String>, StoreError> {
+    let mut created = Vec::with_capacity(rows.len());
+    let mut rows = rows.into_iter();
+    loop {
+        let chunk: Vec<Row> = rows.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(created);
+        }
+        let ids: Vec<String> = insert_sql(chunk, " RETURNING request_id")
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(convert_sqlx_err)?;
+        created.extend(ids);
+    }
+}
+
+/// The `INSERT` of `chunk`, skipping ids stored already, then `tail`.
+fn insert_sql(chunk: Vec<Row>, tail: &'static str) -> QueryBuilder<Sqlite> {
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, \
+         action, status, created_ms, deadline_ms, available_ms, redeliver_ms, \
+         result_deadline_ms, finished_ms, held, position, document) ",
+    );
+    qb.push_values(chunk, |mut b, r| r.bind(&mut b));
+    qb.push(" ON CONFLICT (order_id) DO NOTHING");
+    qb.push(tail);
+    qb
 }
 
 impl SqliteBackend {
