@@ -686,7 +686,11 @@ pub trait RequestStore: Send + Sync + 'static {
 /// One request for [`RequestStore::write_whole`]: its committed record and all its orders.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WholeRequest {
+    /// The record to store: committed (`running` or `scheduled`).
     pub record: RequestRecord,
+    /// The same record as the submit opened it (`writing`), for a backend without transactions
+    /// that writes it before the orders and replaces it by `record` after them.
+    pub opened: RequestRecord,
     pub orders: Vec<Order>,
 }
 

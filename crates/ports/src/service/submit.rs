@@ -249,7 +249,11 @@ impl CommandManager {
                 request_id,
                 order_ids: orders.iter().map(|o| *o.order_id()).collect(),
             });
-            whole.push(WholeRequest { record, orders });
+            whole.push(WholeRequest {
+                record,
+                opened,
+                orders,
+            });
         }
         let states: Vec<RequestState> = whole.iter().map(|w| w.record.state()).collect();
         let outcomes = match self

@@ -915,6 +915,7 @@ fn whole(agents: &[&str], created: chrono::DateTime<chrono::Utc>) -> crate::Whol
         .collect();
     crate::WholeRequest {
         record: committed(&opened),
+        opened,
         orders,
     }
 }
