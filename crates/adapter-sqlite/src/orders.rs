@@ -12,7 +12,7 @@ use cm_ports::{
     ResultGroup, RetentionMode, StatusCounts, StoreError,
 };
 use sqlx::query_builder::Separated;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::SqliteBackend;
 use crate::error::{convert_sqlx_err, corrupt_document};
@@ -500,6 +500,23 @@ impl OrderStore for SqliteBackend {
         }
         let rows = orders.iter().map(Row::of).collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.write().await?;
+        let created = insert_rows(&mut tx, rows).await?;
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(created)
+    }
+
+    /// [`Self::insert`] on the staged connection ([`SqliteBackend::staged`]): no fsync of its
+    /// own.
+    async fn insert_staged(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        if orders.is_empty() {
+            return Ok(0);
+        }
+        let rows = rows_of(orders)?;
+        let mut conn = self.staged().await?;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(convert_sqlx_err)?;
         let created = insert_rows(&mut tx, rows).await?;
         tx.commit().await.map_err(convert_sqlx_err)?;
         Ok(created)

@@ -168,6 +168,15 @@ impl OrderStore for InstrumentedOrders {
         )
     }
 
+    async fn insert_staged(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        observed!(
+            self,
+            StoreOp::Insert,
+            self.inner.insert_staged(orders),
+            orders = orders.len()
+        )
+    }
+
     async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {
         observed!(self, StoreOp::Get, self.inner.get(id), order_id = %id)
     }

@@ -448,6 +448,20 @@ pub trait OrderStore: Send + Sync + 'static {
     /// written; the batch may be retried as a whole.
     async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError>;
 
+    /// [`Self::insert`] for orders that nobody can claim before a later write of this backend
+    /// commits (the orders of a request whose record is `writing`): their durability may wait
+    /// for that later write, which the caller makes before anything is acknowledged. A backend
+    /// whose log is written strictly in order (SQLite's and PostgreSQL's write-ahead logs)
+    /// skips the flush of each staged batch, since the flush of the later commit covers every
+    /// record before it; after a crash, a staged batch is there only if every write before it
+    /// is. The default is [`Self::insert`].
+    ///
+    /// # Errors
+    /// As [`Self::insert`].
+    async fn insert_staged(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        self.insert(orders).await
+    }
+
     /// # Errors
     /// [`StoreError`] when the backend cannot answer.
     async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;

@@ -531,7 +531,7 @@ impl CommandManager {
         let mut slot = 0u64;
         let mut writing: Vec<Order> = Vec::new();
         loop {
-            let write = insert_batch(self, &writing);
+            let write = insert_batch(self, &writing, writer.staged());
             let fill = async {
                 while writer.buffer.len() < batch {
                     let Some(request) = next.take() else { break };
@@ -560,12 +560,23 @@ impl CommandManager {
     }
 }
 
-/// Writes `orders` (nothing when empty) and counts what was created.
-async fn insert_batch(manager: &CommandManager, orders: &[Order]) -> Result<(), StoreError> {
+/// Writes `orders` (nothing when empty) and counts what was created. `staged` when every
+/// record of the submit is still `writing`: nobody can claim them before the record's commit,
+/// which is durable and comes before the answer, so their own flush can wait for it
+/// ([`crate::OrderStore::insert_staged`]).
+async fn insert_batch(
+    manager: &CommandManager,
+    orders: &[Order],
+    staged: bool,
+) -> Result<(), StoreError> {
     if orders.is_empty() {
         return Ok(());
     }
-    let created = manager.ports.orders.insert(orders).await?;
+    let created = if staged {
+        manager.ports.orders.insert_staged(orders).await?
+    } else {
+        manager.ports.orders.insert(orders).await?
+    };
     metrics::counter!(metric::ORDERS_CREATED.name).increment(created);
     Ok(())
 }
@@ -601,6 +612,15 @@ impl<'a> Writer<'a> {
         self.flush_full_batches().await
     }
 
+    /// Whether the orders written now may be staged: every record opened so far is still
+    /// `writing` (a keyed retry of a committed request writes durably at once, since its
+    /// commit writes nothing).
+    fn staged(&self) -> bool {
+        self.records
+            .iter()
+            .all(|r| r.state() == RequestState::Writing)
+    }
+
     /// Buffers `order` without writing anything yet.
     pub(super) fn stage(&mut self, order: Order, ids: &mut Vec<OrderId>) {
         ids.push(*order.order_id());
@@ -614,14 +634,14 @@ impl<'a> Writer<'a> {
     pub(super) async fn flush_full_batches(&mut self) -> Result<(), StoreError> {
         let batch = self.manager.settings.write_batch.max(1);
         while self.buffer.len() >= batch {
-            insert_batch(self.manager, &self.buffer[..batch]).await?;
+            insert_batch(self.manager, &self.buffer[..batch], self.staged()).await?;
             self.buffer.drain(..batch);
         }
         Ok(())
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), StoreError> {
-        insert_batch(self.manager, &self.buffer).await?;
+        insert_batch(self.manager, &self.buffer, self.staged()).await?;
         self.buffer.clear();
         Ok(())
     }
