@@ -317,11 +317,12 @@ pub enum StoreOp {
     RequestList,
     RequestUnsettled,
     RequestPurgeSettled,
+    RequestWriteWhole,
     FirstDue,
 }
 
 impl StoreOp {
-    pub const ALL: [Self; 36] = [
+    pub const ALL: [Self; 37] = [
         Self::Insert,
         Self::Get,
         Self::Query,
@@ -357,6 +358,7 @@ impl StoreOp {
         Self::RequestList,
         Self::RequestUnsettled,
         Self::RequestPurgeSettled,
+        Self::RequestWriteWhole,
         Self::FirstDue,
     ];
 
@@ -398,6 +400,7 @@ impl StoreOp {
             Self::RequestList => "request_list",
             Self::RequestUnsettled => "request_unsettled",
             Self::RequestPurgeSettled => "request_purge_settled",
+            Self::RequestWriteWhole => "request_write_whole",
             Self::FirstDue => "first_due",
         }
     }

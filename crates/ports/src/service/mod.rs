@@ -5,6 +5,7 @@ mod agents;
 mod cas;
 mod consumers;
 mod delivery;
+mod group;
 mod maintenance;
 mod orders;
 mod records;
@@ -114,6 +115,8 @@ pub struct CommandManager {
     looks: delivery::FirstLooks,
     /// Where the scheduler's next pass over unsettled requests starts.
     requests_cursor: Arc<std::sync::Mutex<Option<crate::store::RequestCursor>>>,
+    /// Concurrent submits written together.
+    group: Arc<group::GroupCommit>,
 }
 
 impl CommandManager {
@@ -125,6 +128,7 @@ impl CommandManager {
             advancing: records::Advancing::default(),
             looks: delivery::FirstLooks::default(),
             requests_cursor: Arc::default(),
+            group: Arc::default(),
         }
     }
 
