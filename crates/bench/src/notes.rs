@@ -250,8 +250,9 @@ const OPEN_POLLS_MEMORY: &str = "Profiled with `valgrind --tool=massif` (1,000 h
     beside 264 MB on the memory backend, which has no such burst: about 23 KB a held poll, \
     hyper's per-connection buffers the largest part, and those its HTTP/1 server builder \
     cannot shrink (hyper 1.12: `max_buf_size` only caps growth, reads reserve 8 KB at a time, \
-    and the 8 KB header write buffer is allocated when the connection opens). Fewer glibc arenas (`MALLOC_ARENA_MAX=2`) changed nothing (266 MB against \
-    263 MB on the memory backend).";
+    and the 8 KB header write buffer is allocated when the connection opens). Fewer glibc \
+    arenas (`MALLOC_ARENA_MAX=2`) changed nothing (266 MB against 263 MB on the memory \
+    backend).";
 
 /// What limits the fan-out of one backend against its raw write.
 fn fanout_limit(backend: &str) -> &'static str {
