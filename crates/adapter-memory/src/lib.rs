@@ -19,16 +19,27 @@ use cm_ports::{
     AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,
     OrderPageRequest, OrderStore, Page, ReplaceError, RequestCursor, RequestFilter,
     RequestPageRequest, RequestStore, ResultGroup, RetentionMode, StatusCounts, StoreError,
-    Upserted,
+    Upserted, WholeOutcome, WholeRequest,
 };
 
 type Key = (DateTime<Utc>, OrderId);
 
 /// The orders stream, in memory, with the indexes the hot operations need.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryOrders {
-    state: Mutex<Orders>,
+    state: Arc<Mutex<Orders>>,
     requests: MemoryRequests,
+}
+
+impl Default for MemoryOrders {
+    fn default() -> Self {
+        let state = Arc::<Mutex<Orders>>::default();
+        let requests = MemoryRequests {
+            records: Arc::default(),
+            orders: Some(Arc::clone(&state)),
+        };
+        Self { state, requests }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +189,9 @@ impl MemoryOrders {
 #[derive(Debug, Default, Clone)]
 pub struct MemoryRequests {
     records: Arc<Mutex<HashMap<RequestId, RequestRecord>>>,
+    /// The orders of [`MemoryOrders::requests`], which [`RequestStore::write_whole`] writes
+    /// into; `None` for records kept on their own (`default()`), which then cannot.
+    orders: Option<Arc<Mutex<Orders>>>,
 }
 
 impl MemoryRequests {
@@ -276,6 +290,36 @@ impl RequestStore for MemoryRequests {
             records.remove(id);
         }
         Ok(due.len() as u64)
+    }
+
+    async fn write_whole(
+        &self,
+        requests: &[WholeRequest],
+    ) -> Result<Option<Vec<WholeOutcome>>, StoreError> {
+        let Some(orders) = &self.orders else {
+            return Ok(None);
+        };
+        // The claim's lock order: orders, then records. Both held, so the whole batch appears
+        // at once.
+        let mut s = orders.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut records = self.lock();
+        let mut out = Vec::with_capacity(requests.len());
+        for w in requests {
+            if records.contains_key(w.record.request_id()) {
+                out.push(WholeOutcome::Exists);
+                continue;
+            }
+            records.insert(*w.record.request_id(), w.record.clone());
+            let mut created = 0;
+            for o in &w.orders {
+                if !s.by_id.contains_key(o.order_id()) {
+                    s.put(o.clone());
+                    created += 1;
+                }
+            }
+            out.push(WholeOutcome::Written { created });
+        }
+        Ok(Some(out))
     }
 }
 

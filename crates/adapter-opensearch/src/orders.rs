@@ -479,14 +479,18 @@ fn min_value(agg: &Value) -> Option<DateTime<Utc>> {
     Utc.timestamp_millis_opt(millis).single()
 }
 
-#[async_trait]
-impl OrderStore for OpenSearchBackend {
-    async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
+impl OpenSearchBackend {
+    /// [`OrderStore::insert`], answering the orders created (those stored already are left as
+    /// they are).
+    pub(crate) async fn insert_orders<'a>(
+        &self,
+        orders: &[&'a Order],
+    ) -> Result<Vec<&'a Order>, StoreError> {
         if let Some(refused) = self
             .inner
             .fields
             .args_indexed
-            .then(|| orders.iter().find_map(unindexable))
+            .then(|| orders.iter().copied().find_map(unindexable))
             .flatten()
         {
             return Err(refused);
@@ -494,7 +498,7 @@ impl OrderStore for OpenSearchBackend {
         // Each order goes straight into the NDJSON body: its id (serialised as `doc_id` writes
         // it) and its serde form.
         let mut ops = Ops::with_capacity(orders.len(), ORDER_BYTES);
-        for o in orders {
+        for o in orders.iter().copied() {
             ops.push(
                 Op::Create,
                 &Meta::new(&self.inner.orders, o.order_id()),
@@ -505,7 +509,7 @@ impl OrderStore for OpenSearchBackend {
         let mut created = Vec::new();
         let mut failed = Vec::new();
         if let Ok(outcomes) = &result {
-            for (o, outcome) in orders.iter().zip(outcomes) {
+            for (o, outcome) in orders.iter().copied().zip(outcomes) {
                 match outcome {
                     ItemOutcome::Done { .. } => created.push(o),
                     // Already stored: left as it is, not counted.
@@ -542,7 +546,15 @@ impl OrderStore for OpenSearchBackend {
                 StoreError::Unavailable(message)
             });
         }
-        Ok(created.len() as u64)
+        Ok(created)
+    }
+}
+
+#[async_trait]
+impl OrderStore for OpenSearchBackend {
+    async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        let orders: Vec<&Order> = orders.iter().collect();
+        Ok(self.insert_orders(&orders).await?.len() as u64)
     }
 
     async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError> {

@@ -1,16 +1,18 @@
 //! [`RequestStore`] over the requests index, and the request gate claims apply.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use cm_domain::{RequestId, RequestRecord, RequestState};
+use cm_domain::{Order, RequestId, RequestRecord, RequestState};
 use cm_ports::{
     Page, ReplaceError, RequestCursor, RequestFilter, RequestPageRequest, RequestStore, StoreError,
+    WholeOutcome, WholeRequest,
 };
 use opensearch::http::Method;
 use serde_json::{Value, json};
 
+use crate::bulk::{Applied, ItemOutcome, Meta, Need, Op, Ops};
 use crate::error::{OsError, corrupt, error_of, kind};
 use crate::mapping::Fields;
 use crate::visibility::Fresh;
@@ -215,6 +217,14 @@ impl OpenSearchBackend {
     }
 }
 
+/// The commit of [`RequestStore::write_whole`]: the stored record becomes `params.record` only
+/// while it is still `writing` (otherwise the update is a no-op).
+const COMMIT_IF_WRITING: &str = "if (ctx._source.state == 'writing') { \
+    ctx._source.clear(); ctx._source.putAll(params.record) } else { ctx.op = 'none' }";
+
+/// About the bytes of one record's bulk lines.
+const RECORD_BYTES: usize = 768;
+
 #[async_trait]
 impl RequestStore for OpenSearchBackend {
     async fn create(&self, record: &RequestRecord) -> Result<bool, StoreError> {
@@ -358,5 +368,97 @@ impl RequestStore for OpenSearchBackend {
             )));
         }
         Ok(answer["deleted"].as_u64().unwrap_or(0))
+    }
+
+    /// Without transactions, in three bulks for the whole group, each record's step-by-step
+    /// protocol: the records as opened (`writing`: the gate holds their orders back), then the
+    /// orders of those created, then each record replaced by its committed form, only while it
+    /// is still `writing` (a script, the compare-and-set). A failure leaves the records
+    /// `writing`: a keyed retry completes them, or the scheduler aborts them.
+    async fn write_whole(
+        &self,
+        requests: &[WholeRequest],
+    ) -> Result<Option<Vec<WholeOutcome>>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut opened = Ops::with_capacity(requests.len(), RECORD_BYTES);
+        for w in requests {
+            opened.push(
+                Op::Create,
+                &Meta::new(&self.inner.requests, w.opened.request_id()),
+                Some(&w.opened),
+            )?;
+        }
+        let outcomes = self.bulk(&opened, Need::Failures).await;
+        self.wrote_record();
+        let mut created_records = Vec::with_capacity(requests.len());
+        for (w, outcome) in requests.iter().zip(outcomes?) {
+            match outcome {
+                ItemOutcome::Done { .. } => created_records.push(true),
+                other if other.is_conflict() => created_records.push(false),
+                other => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the record of request {} was not written: {}",
+                        w.record.request_id(),
+                        other.describe()
+                    )));
+                }
+            }
+        }
+        let orders: Vec<&Order> = requests
+            .iter()
+            .zip(&created_records)
+            .filter(|(_, created)| **created)
+            .flat_map(|(w, _)| w.orders.iter())
+            .collect();
+        let mut created: HashMap<RequestId, u64> = HashMap::new();
+        for o in self.insert_orders(&orders).await? {
+            *created.entry(*o.request_id()).or_default() += 1;
+        }
+        let mut commits = Ops::with_capacity(requests.len(), RECORD_BYTES * 2);
+        for w in requests
+            .iter()
+            .zip(&created_records)
+            .filter(|(_, c)| **c)
+            .map(|(w, _)| w)
+        {
+            commits.push(
+                Op::Update,
+                &Meta::new(&self.inner.requests, w.record.request_id()),
+                Some(&json!({
+                    "script": {
+                        "lang": "painless",
+                        "source": COMMIT_IF_WRITING,
+                        "params": {"record": &w.record},
+                    }
+                })),
+            )?;
+        }
+        let outcomes = self.bulk(&commits, Need::Results).await;
+        self.wrote_record();
+        let mut outcomes = outcomes?.into_iter();
+        let mut out = Vec::with_capacity(requests.len());
+        for (w, was_created) in requests.iter().zip(created_records) {
+            if !was_created {
+                out.push(WholeOutcome::Exists);
+                continue;
+            }
+            match outcomes.next() {
+                Some(ItemOutcome::Done {
+                    result: Some(Applied::Updated),
+                }) => out.push(WholeOutcome::Written {
+                    created: created.get(w.record.request_id()).copied().unwrap_or(0),
+                }),
+                other => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the record of request {} was not committed: {}",
+                        w.record.request_id(),
+                        other.map_or_else(|| "no answer".to_owned(), |o| o.describe())
+                    )));
+                }
+            }
+        }
+        Ok(Some(out))
     }
 }

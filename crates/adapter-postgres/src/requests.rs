@@ -1,19 +1,24 @@
 //! [`RequestStore`] over the `requests` table: each record as its document (`jsonb`) plus the
 //! columns the listing, the scheduler's work list and retention filter and sort on.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cm_domain::time::truncate_to_millis;
 use cm_domain::{RequestId, RequestRecord};
 use cm_ports::{
     Page, ReplaceError, RequestCursor, RequestFilter, RequestPageRequest, RequestStore, StoreError,
+    WholeOutcome, WholeRequest,
 };
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Row};
+use uuid::Uuid;
 
 use crate::PostgresBackend;
 use crate::error::convert_sqlx_err;
+use crate::rows::Columns;
 
 /// A new record, unless one with its id exists.
 const CREATE: &str = "
@@ -21,6 +26,38 @@ INSERT INTO requests (request_id, created_at, state, action, user_name, source, 
                       target_id, settled, finished_at, revision, doc)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (request_id) DO NOTHING";
+
+/// Whole requests in one statement, so one round trip and its own transaction: the records
+/// (`$1`…`$12`, one array per column) leaving out ids that exist, then the orders (`$13`…`$28`,
+/// in [`crate::orders`]' column order) of the records written, leaving out order ids that
+/// exist; answers each record written with how many of its orders were created.
+const WRITE_WHOLE: &str = "
+WITH written AS (
+    INSERT INTO requests (request_id, created_at, state, action, user_name, source, target_type,
+                          target_id, settled, finished_at, revision, doc)
+    SELECT * FROM UNNEST($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::text[],
+                         $6::text[], $7::text[], $8::text[], $9::bool[], $10::timestamptz[],
+                         $11::int8[], $12::jsonb[])
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING request_id
+), created AS (
+    INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, action, status,
+                        created_at, deadline, available_at, redeliver_at, result_deadline,
+                        finished_at, doc, held, position)
+    SELECT o.* FROM UNNEST($13::uuid[], $14::uuid[], $15::text[], $16::text[], $17::text[],
+                           $18::text[], $19::text[], $20::timestamptz[], $21::timestamptz[],
+                           $22::timestamptz[], $23::timestamptz[], $24::timestamptz[],
+                           $25::timestamptz[], $26::jsonb[], $27::bool[], $28::int8[])
+        AS o(order_id, request_id, agent_id, target_type, target_id, action, status, created_at,
+             deadline, available_at, redeliver_at, result_deadline, finished_at, doc, held,
+             position)
+    WHERE o.request_id IN (SELECT request_id FROM written)
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING request_id
+)
+SELECT w.request_id, count(c.request_id) AS created
+FROM written w LEFT JOIN created c USING (request_id)
+GROUP BY w.request_id";
 
 /// Compare-and-set of record `$1` against its revision `$2`, in one statement; also says whether
 /// the record exists at all. The id stays the stored record's.
@@ -238,5 +275,99 @@ impl RequestStore for PostgresBackend {
             .await
             .map_err(convert_sqlx_err)?;
         Ok(done.rows_affected())
+    }
+
+    /// One statement whatever the number of requests ([`WRITE_WHOLE`]): one round trip.
+    async fn write_whole(
+        &self,
+        requests: &[WholeRequest],
+    ) -> Result<Option<Vec<WholeOutcome>>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let records: Vec<&RequestRecord> = requests.iter().map(|w| &w.record).collect();
+        let c = Columns::of(requests.iter().flat_map(|w| w.orders.iter()));
+        let rows = sqlx::query(WRITE_WHOLE)
+            .bind(
+                records
+                    .iter()
+                    .map(|r| *r.request_id().as_uuid())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| truncate_to_millis(r.created_at()))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.state().as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.action().name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(records.iter().map(|r| r.user()).collect::<Vec<_>>())
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.source().as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.target().kind().as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(records.iter().map(|r| r.target().id()).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| r.is_settled()).collect::<Vec<_>>())
+            .bind(
+                records
+                    .iter()
+                    .map(|r| r.finished_at().map(truncate_to_millis))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(records.iter().map(|r| revision_of(r)).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| Json(*r)).collect::<Vec<_>>())
+            .bind(&c.order_id)
+            .bind(&c.request_id)
+            .bind(&c.agent_id)
+            .bind(&c.target_type)
+            .bind(&c.target_id)
+            .bind(&c.action)
+            .bind(&c.status)
+            .bind(&c.created_at)
+            .bind(&c.deadline)
+            .bind(&c.available_at)
+            .bind(&c.redeliver_at)
+            .bind(&c.result_deadline)
+            .bind(&c.finished_at)
+            .bind(&c.doc)
+            .bind(&c.held)
+            .bind(&c.position)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(convert_sqlx_err)?;
+        let mut written: HashMap<Uuid, u64> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let id: Uuid = row.try_get("request_id").map_err(convert_sqlx_err)?;
+            let created: i64 = row.try_get("created").map_err(convert_sqlx_err)?;
+            written.insert(id, u64::try_from(created).unwrap_or(0));
+        }
+        Ok(Some(
+            records
+                .iter()
+                .map(|r| match written.get(r.request_id().as_uuid()) {
+                    Some(created) => WholeOutcome::Written { created: *created },
+                    None => WholeOutcome::Exists,
+                })
+                .collect(),
+        ))
     }
 }

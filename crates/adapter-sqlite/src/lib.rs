@@ -29,10 +29,13 @@ mod requests;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cm_ports::StoreError;
 use sqlx::migrate::{Migrate, Migrator};
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::{Sqlite, Transaction};
 
@@ -99,6 +102,11 @@ pub struct SqliteBackend {
     writer: SqlitePool,
     /// `query_only` connections for reads.
     reader: SqlitePool,
+    synchronous: SqliteSynchronous,
+    /// Set while the write connection runs a staged insert with `synchronous = NORMAL`; the
+    /// pool restores the configured level when the connection comes back, before anyone else
+    /// can use it (see [`SqliteBackend::staged`]).
+    relaxed: Arc<AtomicBool>,
 }
 
 impl SqliteBackend {
@@ -109,7 +117,8 @@ impl SqliteBackend {
     /// [`StoreError::Corrupt`] when it is not a database of this service or a migration fails.
     #[tracing::instrument(skip_all, fields(path = %settings.path.display()))]
     pub async fn open(settings: &SqliteSettings) -> Result<Self, StoreError> {
-        let writer = writer_pool(settings).await?;
+        let relaxed = Arc::new(AtomicBool::new(false));
+        let writer = writer_pool(settings, Arc::clone(&relaxed)).await?;
         let applied = match apply_migrations(&writer).await {
             Ok(n) => n,
             Err(e) => {
@@ -134,7 +143,12 @@ impl SqliteBackend {
             }
         };
         tracing::info!(migrations_applied = applied, "sqlite storage opened");
-        Ok(Self { writer, reader })
+        Ok(Self {
+            writer,
+            reader,
+            synchronous: settings.synchronous,
+            relaxed,
+        })
     }
 
     /// Applies pending migrations only (`command-manager migrate`), creating the file if
@@ -144,7 +158,7 @@ impl SqliteBackend {
     /// As [`SqliteBackend::open`].
     #[tracing::instrument(skip_all, fields(path = %settings.path.display()))]
     pub async fn migrate(settings: &SqliteSettings) -> Result<usize, StoreError> {
-        let writer = writer_pool(settings).await?;
+        let writer = writer_pool(settings, Arc::new(AtomicBool::new(false))).await?;
         let applied = apply_migrations(&writer).await;
         writer.close().await;
         let applied = applied?;
@@ -167,6 +181,25 @@ impl SqliteBackend {
             .await
             .map_err(convert_sqlx_err)
     }
+
+    /// The write connection for a staged write ([`cm_ports::OrderStore::insert_staged`]):
+    /// with `synchronous = FULL` configured, switched to `NORMAL`, so its commit appends to
+    /// the write-ahead log without syncing it. The next `FULL` commit syncs the log file, and
+    /// with it every frame before its own: the log is replayed only up to its first
+    /// incomplete frame, so a staged commit can never survive without the writes before it,
+    /// nor be lost once a later commit was acknowledged. Dropping the connection hands it back
+    /// to the pool, which restores `FULL` first.
+    async fn staged(&self) -> Result<PoolConnection<Sqlite>, StoreError> {
+        let mut conn = self.writer.acquire().await.map_err(convert_sqlx_err)?;
+        if self.synchronous == SqliteSynchronous::Full {
+            self.relaxed.store(true, Ordering::SeqCst);
+            sqlx::query("PRAGMA synchronous = NORMAL")
+                .execute(&mut *conn)
+                .await
+                .map_err(convert_sqlx_err)?;
+        }
+        Ok(conn)
+    }
 }
 
 fn base_options(settings: &SqliteSettings) -> SqliteConnectOptions {
@@ -178,12 +211,31 @@ fn base_options(settings: &SqliteSettings) -> SqliteConnectOptions {
 }
 
 /// The single write connection; it also switches the file to WAL mode, which is persistent.
-async fn writer_pool(settings: &SqliteSettings) -> Result<SqlitePool, StoreError> {
+async fn writer_pool(
+    settings: &SqliteSettings,
+    relaxed: Arc<AtomicBool>,
+) -> Result<SqlitePool, StoreError> {
+    let level = match settings.synchronous {
+        SqliteSynchronous::Full => "PRAGMA synchronous = FULL",
+        SqliteSynchronous::Normal => "PRAGMA synchronous = NORMAL",
+    };
     SqlitePoolOptions::new()
         .max_connections(1)
         .min_connections(1)
         .idle_timeout(None)
         .max_lifetime(None)
+        // A staged write lowered `synchronous` (`SqliteBackend::staged`): back to the
+        // configured level before the connection serves anyone else, or closed (a new one
+        // starts with the configured level).
+        .after_release(move |conn, _| {
+            let relaxed = Arc::clone(&relaxed);
+            Box::pin(async move {
+                if relaxed.swap(false, Ordering::SeqCst) {
+                    return Ok(sqlx::query(level).execute(&mut *conn).await.is_ok());
+                }
+                Ok(true)
+            })
+        })
         .connect_with(
             base_options(settings)
                 .create_if_missing(true)
@@ -253,7 +305,48 @@ mod testing {
 
 #[cfg(test)]
 mod tests {
+    use cm_ports::OrderStore;
+    use cm_ports::testkit::OrderSpec;
+
     use super::*;
+
+    /// `PRAGMA synchronous` of the write connection: 2 is FULL, 1 NORMAL.
+    async fn write_level(store: &SqliteBackend) -> i64 {
+        sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&store.writer)
+            .await
+            .expect("pragma")
+    }
+
+    #[tokio::test]
+    async fn a_staged_insert_skips_its_sync_and_every_other_write_syncs_again() {
+        let (store, _dir) = testing::open().await;
+        assert_eq!(write_level(&store).await, 2, "FULL as configured");
+        let orders = OrderSpec::agent("a1").many(3);
+        assert_eq!(store.insert_staged(&orders).await.expect("staged"), 3);
+        assert_eq!(
+            write_level(&store).await,
+            2,
+            "the connection is back at FULL before anyone else writes"
+        );
+        {
+            let mut conn = store.staged().await.expect("staged connection");
+            let level: i64 = sqlx::query_scalar("PRAGMA synchronous")
+                .fetch_one(&mut *conn)
+                .await
+                .expect("pragma");
+            assert_eq!(level, 1, "NORMAL while staged");
+            // Dropped without finishing, as when the caller goes away midway.
+        }
+        assert_eq!(write_level(&store).await, 2);
+        assert_eq!(
+            store
+                .insert(&OrderSpec::agent("a2").many(2))
+                .await
+                .expect("insert"),
+            2
+        );
+    }
 
     #[test]
     fn settings_default_to_a_file_in_the_working_directory() {

@@ -12,7 +12,7 @@ use cm_ports::{
     ResultGroup, RetentionMode, StatusCounts, StoreError,
 };
 use sqlx::query_builder::Separated;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::SqliteBackend;
 use crate::error::{convert_sqlx_err, corrupt_document};
@@ -228,7 +228,7 @@ const RESULT_GROUPS: &str = "WITH finished AS ( \
 type Versioned = (i64, String);
 
 /// An order as a row: its document and the columns projected from it.
-struct Row {
+pub(crate) struct Row {
     order_id: String,
     request_id: String,
     agent_id: Option<String>,
@@ -414,6 +414,69 @@ fn query_sql(filter: &OrderFilter, page: &OrderPageRequest) -> QueryBuilder<Sqli
     qb
 }
 
+/// Encodes `orders` as rows, before any transaction is opened.
+pub(crate) fn rows_of(orders: &[Order]) -> Result<Vec<Row>, StoreError> {
+    orders.iter().map(Row::of).collect()
+}
+
+/// Inserts `rows` inside the caller's write transaction, [`CHUNK`] a statement, skipping ids
+/// stored already; returns how many were created.
+pub(crate) async fn insert_rows(
+    conn: &mut SqliteConnection,
+    rows: Vec<Row>,
+) -> Result<u64, StoreError> {
+    let mut created = 0;
+    let mut rows = rows.into_iter();
+    loop {
+        let chunk: Vec<Row> = rows.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(created);
+        }
+        created += insert_sql(chunk, "")
+            .build()
+            .persistent(false)
+            .execute(&mut *conn)
+            .await
+            .map_err(convert_sqlx_err)?
+            .rows_affected();
+    }
+}
+
+/// [`insert_rows`], answering the request id of each order created.
+pub(crate) async fn insert_rows_returning_requests(
+    conn: &mut SqliteConnection,
+    rows: Vec<Row>,
+) -> Result<Vec<String>, StoreError> {
+    let mut created = Vec::with_capacity(rows.len());
+    let mut rows = rows.into_iter();
+    loop {
+        let chunk: Vec<Row> = rows.by_ref().take(CHUNK).collect();
+        if chunk.is_empty() {
+            return Ok(created);
+        }
+        let ids: Vec<String> = insert_sql(chunk, " RETURNING request_id")
+            .build_query_scalar()
+            .persistent(false)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(convert_sqlx_err)?;
+        created.extend(ids);
+    }
+}
+
+/// The `INSERT` of `chunk`, skipping ids stored already, then `tail`.
+fn insert_sql(chunk: Vec<Row>, tail: &'static str) -> QueryBuilder<Sqlite> {
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, \
+         action, status, created_ms, deadline_ms, available_ms, redeliver_ms, \
+         result_deadline_ms, finished_ms, held, position, document) ",
+    );
+    qb.push_values(chunk, |mut b, r| r.bind(&mut b));
+    qb.push(" ON CONFLICT (order_id) DO NOTHING");
+    qb.push(tail);
+    qb
+}
+
 impl SqliteBackend {
     /// One state-change batch, in one write transaction: reads the candidates `select` returns
     /// (binding `key` as `?1` and `limit` as `?2`), moves each with `step` (a domain transition)
@@ -457,28 +520,24 @@ impl OrderStore for SqliteBackend {
         }
         let rows = orders.iter().map(Row::of).collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.write().await?;
-        let mut created = 0;
-        let mut rows = rows.into_iter();
-        loop {
-            let chunk: Vec<Row> = rows.by_ref().take(CHUNK).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO orders (order_id, request_id, agent_id, target_type, target_id, \
-                 action, status, created_ms, deadline_ms, available_ms, redeliver_ms, \
-                 result_deadline_ms, finished_ms, held, position, document) ",
-            );
-            qb.push_values(chunk, |mut b, r| r.bind(&mut b));
-            qb.push(" ON CONFLICT (order_id) DO NOTHING");
-            created += qb
-                .build()
-                .persistent(false)
-                .execute(&mut *tx)
-                .await
-                .map_err(convert_sqlx_err)?
-                .rows_affected();
+        let created = insert_rows(&mut tx, rows).await?;
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(created)
+    }
+
+    /// [`Self::insert`] on the staged connection ([`SqliteBackend::staged`]): no fsync of its
+    /// own.
+    async fn insert_staged(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        if orders.is_empty() {
+            return Ok(0);
         }
+        let rows = rows_of(orders)?;
+        let mut conn = self.staged().await?;
+        let mut tx = conn
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(convert_sqlx_err)?;
+        let created = insert_rows(&mut tx, rows).await?;
         tx.commit().await.map_err(convert_sqlx_err)?;
         Ok(created)
     }

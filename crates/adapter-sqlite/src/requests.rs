@@ -1,16 +1,20 @@
 //! [`RequestStore`] over the `requests` table: each record as its document plus the columns the
 //! listing, the scheduler's work list and retention filter and sort on.
 
+use std::collections::{HashMap, HashSet};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cm_domain::{RequestId, RequestRecord};
 use cm_ports::{
     Page, ReplaceError, RequestCursor, RequestFilter, RequestPageRequest, RequestStore, StoreError,
+    WholeOutcome, WholeRequest,
 };
-use sqlx::{QueryBuilder, Sqlite};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 use crate::SqliteBackend;
 use crate::error::{convert_sqlx_err, corrupt_document};
+use crate::orders::{insert_rows_returning_requests, rows_of};
 
 /// A record as a row, in the order the `INSERT` lists the columns.
 struct RecordRow {
@@ -61,6 +65,10 @@ fn decode(document: &str) -> Result<RequestRecord, StoreError> {
 fn decode_all(documents: &[String]) -> Result<Vec<RequestRecord>, StoreError> {
     documents.iter().map(|d| decode(d)).collect()
 }
+
+/// Records per `INSERT` of [`RequestStore::write_whole`]: 12 variables each, under SQLite's
+/// 32,766.
+const RECORD_CHUNK: usize = 1000;
 
 fn sql_int(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -142,35 +150,41 @@ const PURGE_SETTLED: &str = "DELETE FROM requests WHERE request_id IN ( \
     WHERE settled = 1 AND finished_ms <= ?1 \
     ORDER BY finished_ms, request_id LIMIT ?2)";
 
+/// Inserts record `r` inside the caller's write transaction; `false` when its id is stored.
+async fn insert_record(conn: &mut SqliteConnection, r: RecordRow) -> Result<bool, StoreError> {
+    let created = sqlx::query(
+        "INSERT INTO requests (request_id, created_ms, state, action, user_name, source, \
+         target_type, target_id, settled, finished_ms, revision, document) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(r.request_id)
+    .bind(r.created_ms)
+    .bind(r.state)
+    .bind(r.action)
+    .bind(r.user_name)
+    .bind(r.source)
+    .bind(r.target_type)
+    .bind(r.target_id)
+    .bind(r.settled)
+    .bind(r.finished_ms)
+    .bind(r.revision)
+    .bind(r.document)
+    .execute(&mut *conn)
+    .await
+    .map_err(convert_sqlx_err)?
+    .rows_affected();
+    Ok(created == 1)
+}
+
 #[async_trait]
 impl RequestStore for SqliteBackend {
     async fn create(&self, record: &RequestRecord) -> Result<bool, StoreError> {
         let r = RecordRow::of(record)?;
         let mut tx = self.write().await?;
-        let created = sqlx::query(
-            "INSERT INTO requests (request_id, created_ms, state, action, user_name, source, \
-             target_type, target_id, settled, finished_ms, revision, document) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-             ON CONFLICT (request_id) DO NOTHING",
-        )
-        .bind(r.request_id)
-        .bind(r.created_ms)
-        .bind(r.state)
-        .bind(r.action)
-        .bind(r.user_name)
-        .bind(r.source)
-        .bind(r.target_type)
-        .bind(r.target_id)
-        .bind(r.settled)
-        .bind(r.finished_ms)
-        .bind(r.revision)
-        .bind(r.document)
-        .execute(&mut *tx)
-        .await
-        .map_err(convert_sqlx_err)?
-        .rows_affected();
+        let created = insert_record(&mut tx, r).await?;
         tx.commit().await.map_err(convert_sqlx_err)?;
-        Ok(created == 1)
+        Ok(created)
     }
 
     async fn get(&self, id: &RequestId) -> Result<Option<RequestRecord>, StoreError> {
@@ -282,6 +296,84 @@ impl RequestStore for SqliteBackend {
             .rows_affected();
         tx.commit().await.map_err(convert_sqlx_err)?;
         Ok(removed)
+    }
+
+    /// Everything in one write transaction: one commit, one fsync, for every submit that
+    /// joined the group; the records in one statement, the orders of those written in
+    /// statements of [`crate::orders`]' chunk.
+    async fn write_whole(
+        &self,
+        requests: &[WholeRequest],
+    ) -> Result<Option<Vec<WholeOutcome>>, StoreError> {
+        if requests.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut records = Vec::with_capacity(requests.len());
+        let mut orders = Vec::with_capacity(requests.len());
+        for w in requests {
+            records.push(RecordRow::of(&w.record)?);
+            orders.push(rows_of(&w.orders)?);
+        }
+        let ids: Vec<String> = records.iter().map(|r| r.request_id.clone()).collect();
+        let mut tx = self.write().await?;
+        let mut written = HashSet::with_capacity(ids.len());
+        let mut records = records.into_iter();
+        loop {
+            let chunk: Vec<RecordRow> = records.by_ref().take(RECORD_CHUNK).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            let mut qb = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO requests (request_id, created_ms, state, action, user_name, source, \
+                 target_type, target_id, settled, finished_ms, revision, document) ",
+            );
+            qb.push_values(chunk, |mut b, r| {
+                b.push_bind(r.request_id)
+                    .push_bind(r.created_ms)
+                    .push_bind(r.state)
+                    .push_bind(r.action)
+                    .push_bind(r.user_name)
+                    .push_bind(r.source)
+                    .push_bind(r.target_type)
+                    .push_bind(r.target_id)
+                    .push_bind(r.settled)
+                    .push_bind(r.finished_ms)
+                    .push_bind(r.revision)
+                    .push_bind(r.document);
+            });
+            qb.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+            let created: Vec<String> = qb
+                .build_query_scalar()
+                .persistent(false)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(convert_sqlx_err)?;
+            written.extend(created);
+        }
+        let rows = ids
+            .iter()
+            .zip(orders)
+            .filter(|(id, _)| written.contains(*id))
+            .flat_map(|(_, rows)| rows)
+            .collect();
+        let mut created: HashMap<String, u64> = HashMap::new();
+        for id in insert_rows_returning_requests(&mut tx, rows).await? {
+            *created.entry(id).or_default() += 1;
+        }
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        Ok(Some(
+            ids.iter()
+                .map(|id| {
+                    if written.contains(id) {
+                        WholeOutcome::Written {
+                            created: created.get(id).copied().unwrap_or(0),
+                        }
+                    } else {
+                        WholeOutcome::Exists
+                    }
+                })
+                .collect(),
+        ))
     }
 }
 

@@ -1558,6 +1558,7 @@ fn failing_app() -> App {
     orders.expect_get().returning(|_| Err(down()));
     orders.expect_ping().returning(|| Err(down()));
     orders.expect_insert().returning(|_| Err(down()));
+    orders.expect_insert_staged().returning(|_| Err(down()));
     orders.expect_delete_request().returning(|_| Ok(0));
     orders.expect_query().returning(|_, _| Err(down()));
     app_over(

@@ -11,14 +11,32 @@ use crate::notes;
 use crate::results::{BackendRun, Delivery};
 use crate::stats::Latency;
 
-/// The fan-out target: ours within this factor of the raw write.
-pub(crate) const FANOUT_RATIO_TARGET: f64 = 1.5;
-/// The expiry target: a drain within this ratio of the backend's raw bulk update.
+/// The fan-out target (issue 18): ours within this factor of the raw write, with the request
+/// record included in ours, at every size measured, on the backends with a raw write to match
+/// (not memory, whose raw write is a `HashMap` insert).
+pub(crate) const FANOUT_RATIO_TARGET: f64 = 1.3;
+/// The delivery target: p99 on one instance under this many milliseconds, by backend.
+pub(crate) fn delivery_p99_target_ms(backend: &str) -> f64 {
+    if backend == "opensearch" { 25.0 } else { 10.0 }
+}
+/// The delivery target across two instances (PostgreSQL, which notifies): p99 under this.
+pub(crate) const DELIVERY_TWO_P99_TARGET_MS: f64 = 20.0;
+/// The relay's wake-up target (issue 13): p99 under this many milliseconds.
+pub(crate) const RELAY_P99_TARGET_MS: f64 = 50.0;
+/// The submit throughput target, orders/s with 32 clients, by backend.
+pub(crate) fn throughput_target(backend: &str) -> f64 {
+    if backend == "opensearch" {
+        3_000.0
+    } else {
+        5_000.0
+    }
+}
+/// The reconnect storm targets: every one of 10,000 polls admitted within this many seconds,
+/// held in under this much resident memory.
+pub(crate) const OPEN_POLLS_SECS_TARGET: f64 = 5.0;
+pub(crate) const OPEN_POLLS_RSS_TARGET_MB: f64 = 250.0;
+/// The expiry drain target: ours within this factor of the raw bulk update.
 pub(crate) const EXPIRY_RATIO_TARGET: f64 = 1.5;
-/// The delivery target: p99 on one instance under this many milliseconds.
-pub(crate) const DELIVERY_P99_TARGET_MS: f64 = 50.0;
-/// The open long-polls target: resident memory under this many MB.
-pub(crate) const OPEN_POLLS_RSS_TARGET_MB: f64 = 300.0;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct RenderArgs {
@@ -228,7 +246,7 @@ fn ms(v: f64) -> String {
 }
 
 /// A whole number with thousands separators.
-fn count(n: f64) -> String {
+pub(crate) fn count(n: f64) -> String {
     let digits = format!("{:.0}", n.max(0.0));
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
@@ -248,6 +266,11 @@ fn ratio(x: f64) -> String {
     } else {
         format!("{x:.2}×")
     }
+}
+
+/// Seconds with three decimals, without a unit.
+fn secs_plain(s: f64) -> String {
+    format!("{s:.3}")
 }
 
 fn mark(met: bool) -> &'static str {
@@ -270,34 +293,101 @@ fn targets_section(p: &mut String, runs: &[BackendRun]) {
     let cols = columns(runs);
     let _ = writeln!(p, "## Targets\n");
     header(p, "target", &cols);
+    let mut sizes: Vec<u64> = cols
+        .iter()
+        .flat_map(|r| r.fanout.iter().map(|f| f.agents))
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    for agents in sizes {
+        row(
+            p,
+            &format!(
+                "fan-out of {} agents within {FANOUT_RATIO_TARGET}× of the raw write, request \
+                 record included",
+                count(agents as f64)
+            ),
+            &cols,
+            "fan-out",
+            |r| {
+                let (ours, raw) = fanout_medians(r, agents)?;
+                let x = ours / raw;
+                Some(if r.backend == "memory" {
+                    format!("no target ({})", ratio(x))
+                } else {
+                    format!("{} ({})", mark(x <= FANOUT_RATIO_TARGET), ratio(x))
+                })
+            },
+        );
+    }
     row(
         p,
-        &format!("fan-out within {FANOUT_RATIO_TARGET}× of the raw write (10,000 agents)"),
-        &cols,
-        "fan-out",
-        |r| {
-            let (ours, raw) = fanout_medians(r, 10_000)?;
-            let x = ours / raw;
-            Some(format!("{} ({})", mark(x <= FANOUT_RATIO_TARGET), ratio(x)))
-        },
-    );
-    row(
-        p,
-        &format!("delivery p99 under {DELIVERY_P99_TARGET_MS} ms on one instance"),
+        "delivery p99 on one instance, under 10 ms (OpenSearch 25 ms)",
         &cols,
         "delivery latency",
         |r| {
             let d = r.delivery.iter().find(|d| d.topology == "one instance")?;
             Some(format!(
                 "{} ({} ms)",
-                mark(d.latency.p99_ms < DELIVERY_P99_TARGET_MS),
+                mark(d.latency.p99_ms < delivery_p99_target_ms(&r.backend)),
                 ms(d.latency.p99_ms)
             ))
         },
     );
     row(
         p,
-        &format!("10,000 open long-polls under {OPEN_POLLS_RSS_TARGET_MB} MB RSS"),
+        &format!(
+            "delivery p99 across two PostgreSQL instances, under {DELIVERY_TWO_P99_TARGET_MS} ms"
+        ),
+        &cols,
+        "delivery latency",
+        |r| {
+            let d = r.delivery.iter().find(|d| d.topology == "two instances")?;
+            Some(if r.backend == "postgres" {
+                format!(
+                    "{} ({} ms)",
+                    mark(d.latency.p99_ms < DELIVERY_TWO_P99_TARGET_MS),
+                    ms(d.latency.p99_ms)
+                )
+            } else {
+                format!("no target ({} ms)", ms(d.latency.p99_ms))
+            })
+        },
+    );
+    row(
+        p,
+        "submit throughput, 32 clients: 5,000 orders/s (OpenSearch 3,000)",
+        &cols,
+        "submit throughput",
+        |r| {
+            let t = r.throughput.as_ref()?;
+            let rate = t.orders as f64 / t.secs;
+            Some(format!(
+                "{} ({})",
+                mark(rate >= throughput_target(&r.backend)),
+                count(rate)
+            ))
+        },
+    );
+    row(
+        p,
+        &format!(
+            "10,000 long-polls opened at once, all admitted within {OPEN_POLLS_SECS_TARGET} s"
+        ),
+        &cols,
+        "open long-polls",
+        |r| {
+            let o = r.open_polls.as_ref()?;
+            Some(format!(
+                "{} ({} s)",
+                mark(o.established_secs < OPEN_POLLS_SECS_TARGET),
+                secs_plain(o.established_secs)
+            ))
+        },
+    );
+    row(
+        p,
+        &format!("… and held in under {OPEN_POLLS_RSS_TARGET_MB} MB RSS"),
         &cols,
         "open long-polls",
         |r| {
@@ -311,17 +401,30 @@ fn targets_section(p: &mut String, runs: &[BackendRun]) {
     );
     row(
         p,
-        &format!(
-            "a relay's claim for 10,000 agents woken within the same bound (p99 under \
-             {DELIVERY_P99_TARGET_MS} ms)"
-        ),
+        &format!("expiry drain within {EXPIRY_RATIO_TARGET}× of the raw bulk update"),
+        &cols,
+        "expiry",
+        |r| {
+            let e = r.expiry.as_ref()?;
+            let x = e.ours_secs / e.raw_secs;
+            Some(format!(
+                "{} ({}, {} orders)",
+                mark(x <= EXPIRY_RATIO_TARGET),
+                ratio(x),
+                count(e.orders as f64)
+            ))
+        },
+    );
+    row(
+        p,
+        &format!("a relay's claim for 10,000 agents woken with p99 under {RELAY_P99_TARGET_MS} ms"),
         &cols,
         "relay",
         |r| {
             let w = r.relay.as_ref()?.wake;
             Some(format!(
                 "{} ({} ms)",
-                mark(w.p99_ms < DELIVERY_P99_TARGET_MS),
+                mark(w.p99_ms < RELAY_P99_TARGET_MS),
                 ms(w.p99_ms)
             ))
         },

@@ -32,7 +32,7 @@ use crate::store::{
     AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,
     OrderPageRequest, OrderStore, Page, ReplaceError, RequestCursor, RequestFilter,
     RequestPageRequest, RequestStore, ResultGroup, RetentionMode, StatusCounts, StoreError,
-    Upserted,
+    Upserted, WholeOutcome, WholeRequest,
 };
 
 impl Ports {
@@ -164,6 +164,15 @@ impl OrderStore for InstrumentedOrders {
             self,
             StoreOp::Insert,
             self.inner.insert(orders),
+            orders = orders.len()
+        )
+    }
+
+    async fn insert_staged(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        observed!(
+            self,
+            StoreOp::Insert,
+            self.inner.insert_staged(orders),
             orders = orders.len()
         )
     }
@@ -613,6 +622,18 @@ impl RequestStore for InstrumentedRequests {
             StoreOp::RequestPurgeSettled,
             self.inner.purge_settled(cutoff, limit),
             limit
+        )
+    }
+
+    async fn write_whole(
+        &self,
+        requests: &[WholeRequest],
+    ) -> Result<Option<Vec<WholeOutcome>>, StoreError> {
+        observed!(
+            self,
+            StoreOp::RequestWriteWhole,
+            self.inner.write_whole(requests),
+            requests = requests.len()
         )
     }
 }

@@ -37,5 +37,5 @@ pub use store::{
     AgentPageRequest, AgentRegistry, Batch, ComponentRegistry, Consumers, OrderCursor, OrderFilter,
     OrderPageRequest, OrderStore, Page, ReplaceError, RequestCursor, RequestFilter,
     RequestPageRequest, RequestStore, ResultGroup, RetentionMode, StatusCounts, StoreError,
-    Upserted,
+    Upserted, WholeOutcome, WholeRequest,
 };

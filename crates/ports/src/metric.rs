@@ -317,10 +317,11 @@ pub enum StoreOp {
     RequestList,
     RequestUnsettled,
     RequestPurgeSettled,
+    RequestWriteWhole,
 }
 
 impl StoreOp {
-    pub const ALL: [Self; 35] = [
+    pub const ALL: [Self; 36] = [
         Self::Insert,
         Self::Get,
         Self::Query,
@@ -356,6 +357,7 @@ impl StoreOp {
         Self::RequestList,
         Self::RequestUnsettled,
         Self::RequestPurgeSettled,
+        Self::RequestWriteWhole,
     ];
 
     #[must_use]
@@ -396,6 +398,7 @@ impl StoreOp {
             Self::RequestList => "request_list",
             Self::RequestUnsettled => "request_unsettled",
             Self::RequestPurgeSettled => "request_purge_settled",
+            Self::RequestWriteWhole => "request_write_whole",
         }
     }
 }

@@ -448,6 +448,20 @@ pub trait OrderStore: Send + Sync + 'static {
     /// written; the batch may be retried as a whole.
     async fn insert(&self, orders: &[Order]) -> Result<u64, StoreError>;
 
+    /// [`Self::insert`] for orders that nobody can claim before a later write of this backend
+    /// commits (the orders of a request whose record is `writing`): their durability may wait
+    /// for that later write, which the caller makes before anything is acknowledged. A backend
+    /// whose log is written strictly in order (SQLite's and PostgreSQL's write-ahead logs)
+    /// skips the flush of each staged batch, since the flush of the later commit covers every
+    /// record before it; after a crash, a staged batch is there only if every write before it
+    /// is. The default is [`Self::insert`].
+    ///
+    /// # Errors
+    /// As [`Self::insert`].
+    async fn insert_staged(&self, orders: &[Order]) -> Result<u64, StoreError> {
+        self.insert(orders).await
+    }
+
     /// # Errors
     /// [`StoreError`] when the backend cannot answer.
     async fn get(&self, id: &OrderId) -> Result<Option<Order>, StoreError>;
@@ -655,6 +669,52 @@ pub trait RequestStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError`] when the backend cannot answer.
     async fn purge_settled(&self, cutoff: DateTime<Utc>, limit: usize) -> Result<u64, StoreError>;
+
+    /// Writes whole requests at once: each record (committed already, never `writing`) with
+    /// every one of its orders, the submits of several callers in one go (the group commit of
+    /// docs/requests.md). A request whose record id is stored already is left as it is
+    /// ([`WholeOutcome::Exists`]: nothing of it is written); orders already stored are left as
+    /// they are and not counted, as [`OrderStore::insert`] does.
+    ///
+    /// The guarantee is the one the `writing` state gives the step-by-step protocol: no order of
+    /// a request is ever delivered unless all of its orders and its record are durable. A
+    /// transactional backend writes everything in one transaction (one commit, one fsync).
+    ///
+    /// `Ok(None)`, the default, says the backend cannot: the caller writes each request step
+    /// by step ([`Self::create`] `writing`, the orders, [`Self::replace`] committed).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the write may not be durable. Then none of these requests delivers
+    /// anything: a transactional backend wrote nothing, another left records `writing` (the
+    /// gate keeps their orders back until a keyed retry completes them or the scheduler aborts
+    /// them). [`StoreError::Rejected`] names the request whose order storage refused.
+    async fn write_whole(
+        &self,
+        requests: &[WholeRequest],
+    ) -> Result<Option<Vec<WholeOutcome>>, StoreError> {
+        let _ = requests;
+        Ok(None)
+    }
+}
+
+/// One request for [`RequestStore::write_whole`]: its committed record and all its orders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WholeRequest {
+    /// The record to store: committed (`running` or `scheduled`).
+    pub record: RequestRecord,
+    /// The same record as the submit opened it (`writing`), for a backend without transactions
+    /// that writes it before the orders and replaces it by `record` after them.
+    pub opened: RequestRecord,
+    pub orders: Vec<Order>,
+}
+
+/// What [`RequestStore::write_whole`] did with one request, in the order they were given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WholeOutcome {
+    /// The record and its orders are durable; `created` orders were new.
+    Written { created: u64 },
+    /// A record with this id was stored already; nothing of this request was written.
+    Exists,
 }
 
 /// The agents registry that group expansion reads (`wazuh-agents` in OpenSearch).

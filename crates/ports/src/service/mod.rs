@@ -5,6 +5,7 @@ mod agents;
 mod cas;
 mod consumers;
 mod delivery;
+mod group;
 mod maintenance;
 mod orders;
 mod records;
@@ -112,6 +113,8 @@ pub struct CommandManager {
     advancing: records::Advancing,
     /// Where the scheduler's next pass over unsettled requests starts.
     requests_cursor: Arc<std::sync::Mutex<Option<crate::store::RequestCursor>>>,
+    /// Concurrent submits written together.
+    group: Arc<group::GroupCommit>,
 }
 
 impl CommandManager {
@@ -122,6 +125,7 @@ impl CommandManager {
             settings: Arc::new(settings),
             advancing: records::Advancing::default(),
             requests_cursor: Arc::default(),
+            group: Arc::default(),
         }
     }
 

@@ -10,7 +10,7 @@ use super::cas::CAS_ATTEMPTS;
 use super::records::count_request;
 use crate::clock::FreshIds;
 use crate::metric;
-use crate::store::{AgentPageRequest, ReplaceError, StoreError};
+use crate::store::{AgentPageRequest, ReplaceError, StoreError, WholeOutcome, WholeRequest};
 
 /// A validated request: 1..=`max_commands` commands, optionally with an idempotency key.
 #[derive(Debug, Clone)]
@@ -141,6 +141,12 @@ impl CommandManager {
             Some(k) => k,
             None => &mut fresh,
         };
+        if let Some(out) = self
+            .submit_whole(&request.commands, &plans, now, ids)
+            .await?
+        {
+            return Ok(out);
+        }
         let mut writer = Writer::new(self);
         let mut out = Vec::with_capacity(n);
         for (index, (command, plan)) in request.commands.iter().zip(plans).enumerate() {
@@ -197,6 +203,116 @@ impl CommandManager {
         }
         writer.notify().await;
         Ok(out)
+    }
+
+    /// The fast path of a submit of at most `write_batch` orders (docs/requests.md): every
+    /// order is built in memory, then each command's record, committed already, is written
+    /// with its orders by one [`RequestStore::write_whole`], shared with the submits running
+    /// beside it (group commit). `None` sends the submit down the step-by-step path: the
+    /// submit is larger, the backend cannot write whole requests, or a record of this submit
+    /// exists already (a retry with the same idempotency key, which that path completes).
+    async fn submit_whole(
+        &self,
+        commands: &[Command],
+        plans: &[Plan],
+        now: chrono::DateTime<chrono::Utc>,
+        ids: &mut (dyn IdSource + Send),
+    ) -> Result<Option<Vec<SubmittedRequest>>, SubmitError> {
+        let batch = self.settings.write_batch.max(1);
+        if plans.iter().map(Plan::orders).sum::<u64>() > batch as u64 {
+            return Ok(None);
+        }
+        let mut whole = Vec::with_capacity(plans.len());
+        let mut woken = Vec::new();
+        let mut out = Vec::with_capacity(plans.len());
+        for (index, (command, plan)) in commands.iter().zip(plans).enumerate() {
+            let request_id = ids.request_id(index);
+            let opened = RequestRecord::new(request_id, command, None, plan.orders(), now);
+            let mut ex = Expander::new(command, index, request_id, now);
+            if opened.rate_control().is_some() {
+                ex = ex.hold_from(opened.released());
+            }
+            let orders = match plan {
+                Plan::Agent(agent) => vec![ex.agent_order(agent, ids)],
+                Plan::Server => vec![ex.server_order(ids)],
+                Plan::Group(group, members) => {
+                    let ex = ex.spread_over(*members);
+                    self.group_orders(&ex, group, ids).await?
+                }
+            };
+            // A fresh record is `writing`, which always commits.
+            let Ok(Some(record)) = opened.commit(orders.len() as u64, now) else {
+                return Ok(None);
+            };
+            woken.extend(orders.iter().filter_map(Order::consumer));
+            out.push(SubmittedRequest {
+                request_id,
+                order_ids: orders.iter().map(|o| *o.order_id()).collect(),
+            });
+            whole.push(WholeRequest {
+                record,
+                opened,
+                orders,
+            });
+        }
+        let states: Vec<RequestState> = whole.iter().map(|w| w.record.state()).collect();
+        let outcomes = match self
+            .group
+            .write(
+                &self.ports.requests,
+                &self.ports.notifier,
+                batch,
+                whole,
+                woken,
+            )
+            .await
+        {
+            Ok(Some(outcomes)) => outcomes,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                let written: Vec<RequestId> = out.iter().map(|s| s.request_id).collect();
+                return Err(refusal(e, &written));
+            }
+        };
+        let mut created = 0;
+        for (outcome, state) in outcomes.iter().zip(states) {
+            if let WholeOutcome::Written { created: n } = outcome {
+                count_request(state);
+                created += n;
+            }
+        }
+        metrics::counter!(metric::ORDERS_CREATED.name).increment(created);
+        if outcomes.contains(&WholeOutcome::Exists) {
+            return Ok(None);
+        }
+        Ok(Some(out))
+    }
+
+    /// Every order of a group, its members read page by page.
+    async fn group_orders(
+        &self,
+        ex: &Expander<'_>,
+        group: &GroupName,
+        ids: &mut (dyn IdSource + Send),
+    ) -> Result<Vec<Order>, StoreError> {
+        let mut page = AgentPageRequest {
+            group: Some(group.clone()),
+            size: self.settings.expansion_page.max(1),
+            after: None,
+        };
+        let mut orders = Vec::new();
+        let mut slot = 0u64;
+        loop {
+            let members = self.ports.agents.list(&page).await?;
+            for agent in &members.items {
+                orders.push(ex.agent_order_at(slot, agent, ids));
+                slot += 1;
+            }
+            match members.next {
+                Some(after) => page.after = Some(after),
+                None => return Ok(orders),
+            }
+        }
     }
 
     /// Validates and plans `request` exactly as [`Self::submit`] would, and writes nothing:
@@ -415,7 +531,7 @@ impl CommandManager {
         let mut slot = 0u64;
         let mut writing: Vec<Order> = Vec::new();
         loop {
-            let write = insert_batch(self, &writing);
+            let write = insert_batch(self, &writing, writer.staged());
             let fill = async {
                 while writer.buffer.len() < batch {
                     let Some(request) = next.take() else { break };
@@ -444,12 +560,23 @@ impl CommandManager {
     }
 }
 
-/// Writes `orders` (nothing when empty) and counts what was created.
-async fn insert_batch(manager: &CommandManager, orders: &[Order]) -> Result<(), StoreError> {
+/// Writes `orders` (nothing when empty) and counts what was created. `staged` when every
+/// record of the submit is still `writing`: nobody can claim them before the record's commit,
+/// which is durable and comes before the answer, so their own flush can wait for it
+/// ([`crate::OrderStore::insert_staged`]).
+async fn insert_batch(
+    manager: &CommandManager,
+    orders: &[Order],
+    staged: bool,
+) -> Result<(), StoreError> {
     if orders.is_empty() {
         return Ok(());
     }
-    let created = manager.ports.orders.insert(orders).await?;
+    let created = if staged {
+        manager.ports.orders.insert_staged(orders).await?
+    } else {
+        manager.ports.orders.insert(orders).await?
+    };
     metrics::counter!(metric::ORDERS_CREATED.name).increment(created);
     Ok(())
 }
@@ -485,6 +612,15 @@ impl<'a> Writer<'a> {
         self.flush_full_batches().await
     }
 
+    /// Whether the orders written now may be staged: every record opened so far is still
+    /// `writing` (a keyed retry of a committed request writes durably at once, since its
+    /// commit writes nothing).
+    fn staged(&self) -> bool {
+        self.records
+            .iter()
+            .all(|r| r.state() == RequestState::Writing)
+    }
+
     /// Buffers `order` without writing anything yet.
     pub(super) fn stage(&mut self, order: Order, ids: &mut Vec<OrderId>) {
         ids.push(*order.order_id());
@@ -498,14 +634,14 @@ impl<'a> Writer<'a> {
     pub(super) async fn flush_full_batches(&mut self) -> Result<(), StoreError> {
         let batch = self.manager.settings.write_batch.max(1);
         while self.buffer.len() >= batch {
-            insert_batch(self.manager, &self.buffer[..batch]).await?;
+            insert_batch(self.manager, &self.buffer[..batch], self.staged()).await?;
             self.buffer.drain(..batch);
         }
         Ok(())
     }
 
     pub(super) async fn flush(&mut self) -> Result<(), StoreError> {
-        insert_batch(self.manager, &self.buffer).await?;
+        insert_batch(self.manager, &self.buffer, self.staged()).await?;
         self.buffer.clear();
         Ok(())
     }

@@ -355,6 +355,8 @@ macro_rules! conformance_suite {
             a_dry_run_plans_every_command_and_writes_nothing,
             a_submit_left_writing_is_never_delivered_and_is_aborted_after_the_grace,
             a_keyed_retry_completes_a_submit_that_died_midway_to_exactly_the_full_count,
+            whole_requests_are_written_with_their_orders_and_a_stored_record_is_left_alone,
+            concurrent_submits_each_answer_with_their_own_durable_request,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -230,7 +230,7 @@ async fn a_retry_creates_one_order_per_target_that_failed_linked_to_the_old_requ
     let queries = serve_query(&mut d, old.clone());
     let inserted = Calls::new();
     let seen = inserted.clone();
-    d.orders.expect_insert().returning(move |orders| {
+    d.orders.expect_insert_staged().returning(move |orders| {
         seen.push(orders.to_vec());
         Ok(orders.len() as u64)
     });
@@ -291,7 +291,7 @@ async fn a_retry_of_successes_re_runs_the_successful_targets() {
         .collect();
     serve_query(&mut d, old);
     d.orders
-        .expect_insert()
+        .expect_insert_staged()
         .times(1)
         .returning(|orders| Ok(orders.len() as u64));
     d.notifier.expect_notify().returning(|_| Ok(()));
@@ -311,6 +311,7 @@ async fn a_retry_with_nothing_in_that_status_is_nothing_to_retry_and_writes_noth
         .expect_progress()
         .returning(|_| Ok(counts(3, 0, 0)));
     d.orders.expect_insert().never();
+    d.orders.expect_insert_staged().never();
     d.notifier.expect_notify().never();
     let err = d
         .manager(Settings::default())
@@ -328,6 +329,7 @@ async fn a_retry_of_an_unknown_request_is_not_found() {
         .expect_progress()
         .returning(|_| Ok(StatusCounts::default()));
     d.orders.expect_insert().never();
+    d.orders.expect_insert_staged().never();
     let err = d
         .manager(Settings::default())
         .retry_request(&request_id(), Status::Failure)
@@ -361,7 +363,7 @@ async fn a_storage_failure_while_writing_a_retry_removes_what_it_wrote() {
         .collect();
     serve_query(&mut d, old);
     let mut calls = 0;
-    d.orders.expect_insert().times(2).returning(move |orders| {
+    d.orders.expect_insert_staged().times(2).returning(move |orders| {
         calls += 1;
         if calls == 2 {
             Err(unavailable())
@@ -399,6 +401,7 @@ async fn a_storage_failure_while_reading_the_old_orders_is_unavailable() {
     let mut d = Doubles::new();
     d.orders.expect_query().returning(|_, _| Err(unavailable()));
     d.orders.expect_insert().never();
+    d.orders.expect_insert_staged().never();
     d.orders.expect_delete_request().returning(|_| Ok(0));
     let err = d
         .manager(Settings::default())

@@ -58,7 +58,7 @@ fn group_of(d: &mut Doubles, name: &'static str, n: usize) -> Calls<AgentPageReq
 fn record_inserts(d: &mut Doubles) -> Calls<Vec<Order>> {
     let batches = Calls::new();
     let seen = batches.clone();
-    d.orders.expect_insert().returning(move |orders| {
+    d.orders.expect_insert_staged().returning(move |orders| {
         seen.push(orders.to_vec());
         Ok(orders.len() as u64)
     });
@@ -92,6 +92,7 @@ fn quiet_notifier(d: &mut Doubles) -> Calls<Vec<String>> {
 
 fn nothing_written(d: &mut Doubles) {
     d.orders.expect_insert().never();
+    d.orders.expect_insert_staged().never();
     d.orders.expect_delete_request().never();
     d.notifier.expect_notify().never();
 }
@@ -289,7 +290,7 @@ async fn a_storage_failure_on_the_second_batch_removes_every_request_of_the_subm
     let batches = Calls::new();
     let seen = batches.clone();
     let mut calls = 0;
-    d.orders.expect_insert().times(2).returning(move |orders| {
+    d.orders.expect_insert_staged().times(2).returning(move |orders| {
         calls += 1;
         seen.push(orders.to_vec());
         if calls == 2 {
@@ -340,7 +341,7 @@ async fn storage_refusing_a_field_is_invalid_input_naming_its_command_and_nothin
     known_agent(&mut d, "a1");
     known_agent(&mut d, "a2");
     // The backend refuses the second command's order (e.g. arguments its schema cannot hold).
-    d.orders.expect_insert().times(1).returning(|orders| {
+    d.orders.expect_insert_staged().times(1).returning(|orders| {
         Err(StoreError::Rejected {
             request_id: *orders[1].request_id(),
             field: "action.args".to_owned(),
@@ -375,7 +376,7 @@ async fn with_an_idempotency_key_a_storage_failure_leaves_the_orders_for_the_ret
     let mut d = Doubles::new();
     group_of(&mut d, "big", 2500);
     let mut calls = 0;
-    d.orders.expect_insert().times(2).returning(move |orders| {
+    d.orders.expect_insert_staged().times(2).returning(move |orders| {
         calls += 1;
         if calls == 2 {
             Err(unavailable())

@@ -893,3 +893,153 @@ pub async fn a_keyed_retry_completes_a_submit_that_died_midway_to_exactly_the_fu
     }
     assert_eq!(delivered.len(), 10);
 }
+
+// ---- whole requests and group commit -------------------------------------------------------
+
+/// The orders of a committed, one-agent-per-order request of `agents`.
+fn whole(agents: &[&str], created: chrono::DateTime<chrono::Utc>) -> crate::WholeRequest {
+    let c = command(TargetType::Group, "Whole");
+    let opened = RequestRecord::new(
+        RequestId::from_uuid(Uuid::now_v7()),
+        &c,
+        None,
+        agents.len() as u64,
+        created,
+    );
+    let ex = Expander::new(&c, 0, *opened.request_id(), created);
+    let mut ids = crate::clock::FreshIds;
+    let orders = agents
+        .iter()
+        .enumerate()
+        .map(|(slot, a)| ex.agent_order_at(slot as u64, &agent(a, &["Whole"]), &mut ids))
+        .collect();
+    crate::WholeRequest {
+        record: committed(&opened),
+        opened,
+        orders,
+    }
+}
+
+pub async fn whole_requests_are_written_with_their_orders_and_a_stored_record_is_left_alone(
+    b: Backend,
+) {
+    let fresh = whole(&["whole-a", "whole-b", "whole-c"], at(0));
+    let stored = whole(&["whole-d"], at(0));
+    assert!(b.requests.create(&stored.record).await.expect("create"));
+    let legacy = whole(&["whole-e", "whole-f"], at(0));
+    // One order of `legacy` is stored already, without a record (a submit of an older version).
+    b.orders
+        .insert(&legacy.orders[..1])
+        .await
+        .expect("insert legacy");
+    let Some(outcomes) = b
+        .requests
+        .write_whole(&[fresh.clone(), stored.clone(), legacy.clone()])
+        .await
+        .expect("write_whole")
+    else {
+        // This backend writes step by step; the submit cases cover that path.
+        return;
+    };
+    assert_eq!(
+        outcomes,
+        vec![
+            crate::WholeOutcome::Written { created: 3 },
+            crate::WholeOutcome::Exists,
+            crate::WholeOutcome::Written { created: 1 },
+        ]
+    );
+    assert_eq!(
+        b.requests
+            .get(fresh.record.request_id())
+            .await
+            .expect("get"),
+        Some(fresh.record.clone()),
+        "the record as written, committed"
+    );
+    assert_eq!(
+        b.requests
+            .get(stored.record.request_id())
+            .await
+            .expect("get"),
+        Some(stored.record.clone()),
+        "the stored record is kept"
+    );
+    for o in &fresh.orders {
+        assert_eq!(get(&b, o.order_id()).await, *o);
+    }
+    assert_eq!(
+        b.orders
+            .get(stored.orders[0].order_id())
+            .await
+            .expect("get"),
+        None,
+        "nothing of a request whose record exists is written"
+    );
+    assert_eq!(
+        b.orders
+            .progress(legacy.record.request_id())
+            .await
+            .expect("progress")
+            .total(),
+        2
+    );
+    // Committed: its orders go out at once.
+    let claimed = b
+        .orders
+        .claim(
+            &Consumers::agent(&agent_id("whole-b")),
+            10,
+            at(1),
+            &policy(),
+        )
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].order_id(), fresh.orders[1].order_id());
+}
+
+pub async fn concurrent_submits_each_answer_with_their_own_durable_request(b: Backend) {
+    const SUBMITS: usize = 32;
+    fleet(&b, "Many", SUBMITS).await;
+    let service = b.service(Settings::default());
+    let submits: Vec<_> = (0..SUBMITS)
+        .map(|i| {
+            let service = service.clone();
+            tokio::spawn(async move {
+                service
+                    .submit(SubmitRequest {
+                        commands: vec![command(TargetType::Agent, &format!("Many-{i:03}"))],
+                        idempotency: None,
+                    })
+                    .await
+            })
+        })
+        .collect();
+    let mut requests = HashSet::new();
+    for (i, answer) in submits.into_iter().enumerate() {
+        let submitted = answer.await.expect("task").expect("submit");
+        assert_eq!(submitted.len(), 1);
+        assert_eq!(submitted[0].order_ids.len(), 1);
+        assert!(
+            requests.insert(submitted[0].request_id),
+            "a request of its own"
+        );
+        let view = service
+            .request(&submitted[0].request_id)
+            .await
+            .expect("request")
+            .expect("known");
+        assert_eq!(view.record.expect("record").state(), RequestState::Running);
+        assert_eq!(view.counts.pending, 1);
+        let orders = service
+            .poll(&agent_id(&format!("Many-{i:03}")), 10, Duration::ZERO)
+            .await
+            .expect("poll");
+        assert_eq!(
+            orders.iter().map(|o| *o.order_id()).collect::<Vec<_>>(),
+            submitted[0].order_ids,
+            "each agent gets exactly its own order"
+        );
+    }
+}
