@@ -367,7 +367,7 @@ impl OpenSearchBackend {
             ops.push(Op::Delete, &meta, None::<&()>)?;
         }
         let outcomes = self.bulk(&ops, Need::Results).await;
-        self.wrote(std::iter::empty()).await;
+        self.wrote(std::iter::empty::<&Order>()).await;
         let mut deleted = 0;
         let mut failed = Vec::new();
         for (v, outcome) in versions.iter().zip(outcomes?) {
@@ -936,8 +936,18 @@ impl OrderStore for OpenSearchBackend {
     }
 
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
-        // Held orders never expire: left out by the query, so a batch is never made only of
-        // orders that cannot change (which would end the drain early).
+        if limit == 0 {
+            return Ok(Batch::default());
+        }
+        // Stale hits would end a drain early: see everything written before this batch.
+        self.make_fresh(Fresh::Always).await?;
+        // One `_update_by_query` instead of search, decode, transition, encode, `_bulk`: every
+        // order `Order::is_expired` accepts changes the same way (`Order::expiry_patch`, a merge
+        // patch of `command`: its `null` members removed, the rest put). Each document is
+        // written only if it is still the version the query found (a changed one is a version
+        // conflict, skipped), so no order is expired after it was claimed, or twice. Held
+        // orders never expire: left out by the query, so a batch is never made only of orders
+        // that cannot change (which would end the drain early).
         let query = json!({"bool": {
             "filter": [
                 term(Fields::STATUS, Status::Pending.as_str()),
@@ -945,8 +955,52 @@ impl OrderStore for OpenSearchBackend {
             ],
             "must_not": [held()]
         }});
-        let sort = sort_by(Fields::DELIVERY_DEADLINE);
-        self.sweep(query, sort, limit, |o| o.expire(now).ok()).await
+        let Value::Object(members) = serde_json::to_value(Order::expiry_patch(now))
+            .map_err(|e| corrupt(format!("expiry patch cannot be encoded: {e}")))?
+        else {
+            return Err(corrupt("the expiry patch is not a JSON object"));
+        };
+        let (removed, set): (Vec<_>, Vec<_>) = members.into_iter().partition(|(_, v)| v.is_null());
+        let removed: Vec<String> = removed.into_iter().map(|(k, _)| k).collect();
+        let set: serde_json::Map<String, Value> = set.into_iter().collect();
+        let body = json!({
+            "max_docs": limit,
+            "query": query,
+            "script": {
+                "lang": "painless",
+                "source": "ctx._source.command.putAll(params.set); \
+                           for (def k : params.remove) { ctx._source.command.remove(k); }",
+                "params": {"set": set, "remove": removed}
+            }
+        });
+        let scroll_size = limit.min(MAX_WINDOW).to_string();
+        let answer = self
+            .http()
+            .ok(
+                Method::Post,
+                &format!("/{}/_update_by_query", self.inner.orders),
+                &[("conflicts", "proceed"), ("scroll_size", &scroll_size)],
+                Some(body),
+            )
+            .await?;
+        let changed = answer["updated"].as_u64().unwrap_or(0);
+        // Searches (listings, counts) of this instance must see these writes: mark it dirty.
+        self.wrote(std::iter::empty::<&Order>()).await;
+        if let Some(failures) = answer["failures"].as_array()
+            && !failures.is_empty()
+        {
+            return Err(StoreError::Unavailable(format!(
+                "{} orders could not be expired: {}",
+                failures.len(),
+                Value::Array(failures.clone())
+            )));
+        }
+        let examined = answer["total"].as_u64().unwrap_or(changed);
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(Batch {
+            examined: count(examined).min(limit),
+            changed: count(changed),
+        })
     }
 
     async fn give_up_unreported(
@@ -1049,7 +1103,7 @@ impl OrderStore for OpenSearchBackend {
                 Some(json!({"query": term(Fields::REQUEST_ID, request.to_string())})),
             )
             .await;
-        self.wrote(std::iter::empty()).await;
+        self.wrote(std::iter::empty::<&Order>()).await;
         let answer = answer?;
         if let Some(failure) = answer["failures"].as_array().and_then(|f| f.first()) {
             return Err(StoreError::Unavailable(format!(

@@ -4,7 +4,9 @@
 //! concurrent pollers, schedulers and instances each take different rows and never wait for
 //! one another), compute the next state of each with the domain's transition function in
 //! Rust, and write all of them back with one `UPDATE … FROM UNNEST(…)` that is still
-//! conditional on the status the transition started from, all in one transaction.
+//! conditional on the status the transition started from, all in one transaction. Expiry alone
+//! is one `UPDATE`: it changes every order the same way (`Order::expiry_patch`), so the rows
+//! need not travel to Rust and back.
 
 use std::collections::{HashMap, HashSet};
 
@@ -172,12 +174,32 @@ FOR UPDATE SKIP LOCKED";
 
 /// `Order::is_expired` at `$1` (never a held order: the index leaves them out, so a batch is
 /// never spent on them).
-const SELECT_EXPIRED: &str = "
-SELECT doc FROM orders
-WHERE status = 'pending' AND NOT held AND deadline <= $1
-ORDER BY deadline
-LIMIT $2
-FOR UPDATE SKIP LOCKED";
+/// Expires up to `$2` pending orders whose deadline passed at `$1` (`Order::is_expired`: never a
+/// held one), earliest first, from `orders_pending_by_deadline`, in one statement: the rows are
+/// locked (`SKIP LOCKED`, so concurrent schedulers take different ones), and each gets what
+/// `Order::expire` changes: status `$3`, and the document's `command` merged with `$4`, the
+/// merge patch of `Order::expiry_patch` (its `null` members are the keys removed, the others
+/// are put). The rows are joined by primary key only: locking re-checks the `WHERE` on the
+/// latest version of each row (READ COMMITTED), and the lock keeps it so until the commit, so
+/// every row written is one `Order::expire` accepts. Repeating that condition outside made the
+/// generic plan of this prepared statement hash-join every overdue row (125 ms instead of 28 ms
+/// for a batch of 1,000 with 40,000 overdue: `EXPLAIN ANALYZE`, `plan_cache_mode =
+/// force_generic_plan`).
+const EXPIRE_DUE: &str = "
+WITH due AS (
+    SELECT order_id FROM orders
+    WHERE status = 'pending' AND NOT held AND deadline <= $1
+    ORDER BY deadline
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED)
+UPDATE orders o
+SET status = $3, finished_at = $1, redeliver_at = NULL, result_deadline = NULL,
+    doc = jsonb_set(o.doc, '{command}',
+                    ((o.doc -> 'command')
+                     - ARRAY(SELECT key FROM jsonb_each($4::jsonb) WHERE value = 'null'::jsonb))
+                    || jsonb_strip_nulls($4::jsonb))
+FROM due
+WHERE o.order_id = due.order_id";
 
 /// `Order::is_unreported` at `$1`.
 const SELECT_UNREPORTED: &str = "
@@ -744,8 +766,26 @@ impl OrderStore for PostgresBackend {
     }
 
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
-        self.transition_batch(SELECT_EXPIRED, now, limit, |o| o.expire(now).ok())
+        if limit == 0 {
+            return Ok(Batch::default());
+        }
+        // One statement instead of lock, read, decode, transition, encode, write back: every
+        // order `Order::is_expired` accepts changes the same way.
+        let patch = Order::expiry_patch(now);
+        let changed = sqlx::query(EXPIRE_DUE)
+            .bind(now)
+            .bind(sql_limit(limit))
+            .bind(patch.status().as_str())
+            .bind(Json(&patch))
+            .execute(&self.pool)
             .await
+            .map_err(convert_sqlx_err)?
+            .rows_affected();
+        let changed = usize::try_from(changed).unwrap_or(usize::MAX);
+        Ok(Batch {
+            examined: changed,
+            changed,
+        })
     }
 
     async fn give_up_unreported(

@@ -159,11 +159,31 @@ const HELD_CANDIDATES: &str = "SELECT revision, document FROM orders INDEXED BY 
     WHERE request_id = ?1 AND status = 'pending' AND held = 1 AND position < ?2 \
     ORDER BY position, order_id LIMIT ?3";
 
-/// Pending orders whose delivery deadline passed (`Order::is_expired`: never a held one),
-/// earliest first. The index leaves held orders out, so a batch is never spent on them.
-const EXPIRY_CANDIDATES: &str = "SELECT revision, document FROM orders \
-    WHERE status = 'pending' AND held = 0 AND deadline_ms <= ?1 \
-    ORDER BY deadline_ms, order_id LIMIT ?2";
+/// Pending orders whose delivery deadline passed (`Order::is_expired` at `?2`, in ms: never a
+/// held one), earliest first, up to `?4`. The index leaves held orders out, so a batch is never
+/// spent on them.
+macro_rules! expiry_candidates {
+    () => {
+        "SELECT order_id FROM orders \
+         WHERE status = 'pending' AND held = 0 AND deadline_ms <= ?2 \
+         ORDER BY deadline_ms, order_id LIMIT ?4"
+    };
+}
+
+#[cfg(test)]
+const EXPIRY_CANDIDATES: &str = expiry_candidates!();
+
+/// Expires the expiry candidates (status `?1`; `?3` the merge patch of `Order::expiry_patch`,
+/// applied to the document's `command`). The outer condition repeats the candidates' own, so
+/// the statement changes nothing but orders `Order::expire` accepts.
+const EXPIRE_DUE: &str = concat!(
+    "UPDATE orders SET status = ?1, finished_ms = ?2, redeliver_ms = NULL, \
+     result_deadline_ms = NULL, revision = revision + 1, \
+     document = json_patch(document, json_object('command', json(?3))) \
+     WHERE status = 'pending' AND held = 0 AND deadline_ms <= ?2 AND order_id IN (",
+    expiry_candidates!(),
+    ")"
+);
 
 /// Delivered orders whose result deadline passed (`Order::is_unreported`), earliest first.
 const GIVE_UP_CANDIDATES: &str = "SELECT revision, document FROM orders \
@@ -729,10 +749,33 @@ impl OrderStore for SqliteBackend {
     }
 
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
-        self.transition_batch(EXPIRY_CANDIDATES, now.timestamp_millis(), limit, |o| {
-            o.expire(now).ok()
+        if limit == 0 {
+            return Ok(Batch::default());
+        }
+        // One statement instead of read, decode, transition, encode, write back: every order
+        // `Order::is_expired` accepts changes the same way (`Order::expiry_patch`), merged into
+        // its document by `json_patch` (RFC 7396, as the patch is defined). Selecting and
+        // writing in one statement of this write transaction keeps it compare-and-set: no other
+        // writer runs in between, and the `WHERE` is the transition's own condition.
+        let patch = Order::expiry_patch(now);
+        let json = serde_json::to_string(&patch)
+            .map_err(|e| StoreError::Corrupt(format!("expiry patch cannot be encoded: {e}")))?;
+        let mut tx = self.write().await?;
+        let changed = sqlx::query(EXPIRE_DUE)
+            .bind(patch.status().as_str())
+            .bind(now.timestamp_millis())
+            .bind(json)
+            .bind(sql_int(limit))
+            .execute(&mut *tx)
+            .await
+            .map_err(convert_sqlx_err)?
+            .rows_affected();
+        tx.commit().await.map_err(convert_sqlx_err)?;
+        let changed = count(changed);
+        Ok(Batch {
+            examined: changed,
+            changed,
         })
-        .await
     }
 
     async fn give_up_unreported(
@@ -952,6 +995,7 @@ mod tests {
             (END_CANDIDATES, "orders_request_pending (request_id=?)"),
             (HELD_CANDIDATES, "orders_held (request_id=? AND position<?)"),
             (EXPIRY_CANDIDATES, "orders_expiry"),
+            (EXPIRE_DUE, "orders_expiry"),
             (GIVE_UP_CANDIDATES, "orders_result_deadline"),
             (PURGE_CANDIDATES, "orders_finished"),
             (PROGRESS, "orders_request"),

@@ -78,7 +78,18 @@ pub(crate) struct Throughput {
 pub(crate) struct Delivery {
     /// `one instance` or `two instances`.
     pub(crate) topology: String,
+    /// From sending the submit until the poll's answer with the order is received.
     pub(crate) latency: Latency,
+    /// From the submit's `201` until the poll's answer is received (0 when the answer came
+    /// first): what the agent waits once the manager has been told the order exists.
+    #[serde(default)]
+    pub(crate) after_ack: Option<Latency>,
+    /// The submit's own latency: sent → `201` received.
+    #[serde(default)]
+    pub(crate) submit: Option<Latency>,
+    /// Orders pending in the stream (for other agents) while measured.
+    #[serde(default)]
+    pub(crate) pending: Option<u64>,
     /// Deliveries that did not come on the poll open when the submit was made.
     pub(crate) late: u64,
 }

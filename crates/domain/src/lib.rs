@@ -30,8 +30,8 @@ pub use ids::{
     NAME_PATTERN, OrderId, RequestId,
 };
 pub use order::{
-    AgentRef, CANCELLED, CommandResult, EXPIRED, MAX_RESULT_DATA, NO_RESULT, NewOrder, Order,
-    PendingEnd, Report, ReportOutcome, ReportStatus, SERVICE_RESULT_CODE, STOPPED, Status,
+    AgentRef, CANCELLED, CommandResult, EXPIRED, ExpiryPatch, MAX_RESULT_DATA, NO_RESULT, NewOrder,
+    Order, PendingEnd, Report, ReportOutcome, ReportStatus, SERVICE_RESULT_CODE, STOPPED, Status,
 };
 pub use policy::DeliveryPolicy;
 pub use request::{

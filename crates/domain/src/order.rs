@@ -316,6 +316,34 @@ const fn is_zero(n: &u32) -> bool {
 
 /// One order: a command for one concrete target. Its serde form is the document layout of the
 /// orders stream (docs/orders.md), shared by the HTTP API and every storage adapter.
+/// The change [`Order::expire`] makes, in the document's own encoding: serialised, it is the
+/// JSON merge patch (RFC 7396) of the order's `command` object, `null` removing a key. Merged
+/// into the stored document of an order that [`Order::is_expired`] at its `finished_at`, it
+/// gives exactly the document of [`Order::expire`] (the domain's tests check it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExpiryPatch {
+    status: Status,
+    result: CommandResult,
+    #[serde(with = "millis")]
+    finished_at: DateTime<Utc>,
+    /// Removed (`null`).
+    redeliver_at: (),
+    /// Removed (`null`).
+    result_deadline: (),
+}
+
+impl ExpiryPatch {
+    #[must_use]
+    pub const fn status(&self) -> Status {
+        self.status
+    }
+
+    #[must_use]
+    pub const fn finished_at(&self) -> DateTime<Utc> {
+        self.finished_at
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Order {
     #[serde(rename = "@timestamp", with = "millis")]
@@ -636,7 +664,27 @@ impl Order {
         if !self.is_expired(now) {
             return Err(self.refuse("expired"));
         }
-        Ok(self.finish(now, Status::Failure, CommandResult::service(EXPIRED)))
+        let ExpiryPatch {
+            status,
+            result,
+            finished_at,
+            ..
+        } = Self::expiry_patch(now);
+        Ok(self.finish(finished_at, status, result))
+    }
+
+    /// What [`Self::expire`] changes in every order it expires at `now`: the same for all of
+    /// them, so a store can expire a whole batch of [`Self::is_expired`] orders in one
+    /// conditional statement instead of reading, transitioning and writing back each one.
+    #[must_use]
+    pub fn expiry_patch(now: DateTime<Utc>) -> ExpiryPatch {
+        ExpiryPatch {
+            status: Status::Failure,
+            result: CommandResult::service(EXPIRED),
+            finished_at: now,
+            redeliver_at: (),
+            result_deadline: (),
+        }
     }
 
     /// `pending -> failure (cancelled)`.
@@ -806,6 +854,39 @@ mod tests {
             let back: Order = serde_json::from_value(serde_json::to_value(&o).unwrap()).unwrap();
             assert_eq!(back, o);
         }
+    }
+
+    /// RFC 7396 merge of `patch` into `target`.
+    fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+        let (Some(t), Some(p)) = (target.as_object_mut(), patch.as_object()) else {
+            *target = patch.clone();
+            return;
+        };
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(json!({})), v);
+            }
+        }
+    }
+
+    #[test]
+    fn expiry_patch_merged_into_the_command_gives_the_expired_document() {
+        let now = t0() + Duration::seconds(100);
+        let scheduled = order_with(100, Some(t0() + Duration::seconds(1)));
+        let later = t0() + Duration::seconds(101);
+        for (o, at) in [(order(), now), (scheduled, later)] {
+            let mut doc = serde_json::to_value(&o).unwrap();
+            let patch = serde_json::to_value(Order::expiry_patch(at)).unwrap();
+            merge_patch(&mut doc["command"], &patch);
+            let expired = o.expire(at).unwrap();
+            assert_eq!(doc, serde_json::to_value(&expired).unwrap());
+            assert_eq!(serde_json::from_value::<Order>(doc).unwrap(), expired);
+        }
+        let patch = Order::expiry_patch(now);
+        assert_eq!(patch.status(), Status::Failure);
+        assert_eq!(patch.finished_at(), now);
     }
 
     #[test]

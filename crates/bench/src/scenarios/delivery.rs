@@ -2,13 +2,18 @@
 //! from the submit being sent until the poll's answer carrying that order is received, one
 //! order at a time. On one instance, and (for backends several instances share) with the poll on
 //! instance A and the submit to instance B.
-
+//!
+//! As in real use, the stream is not empty: first it is topped up with group fan-outs over the
+//! fleet (orders for other agents, due in an hour) until at least [`pending_orders`] are
+//! pending, and the number pending is recorded. Each sample records the instants of its steps
+//! (submit sent, its `201` received, the poll's answer received), so the result separates the
+//! submit's own latency from the wait after it.
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use super::Bench;
+use super::{Bench, fleet_group};
 use crate::api::{Api, command};
 use crate::results::Delivery;
 use crate::service::Service;
@@ -27,15 +32,69 @@ fn budget(quick: bool) -> Duration {
     Duration::from_secs(if quick { 45 } else { 150 })
 }
 
+/// Orders pending for other agents while delivery is measured (the issue's condition: "with
+/// 100,000 other orders pending in the stream").
+pub(crate) const fn pending_orders() -> u64 {
+    100_000
+}
+
 pub(crate) async fn run(bench: &Bench, a: &Service) -> Result<Vec<Delivery>> {
-    let mut results = vec![measure(bench, a, a, AGENTS[0], "one instance").await?];
+    let api = Api::new(a.base())?;
+    let pending = top_up(bench, &api).await?;
+    eprintln!(
+        "bench {}: delivery: {pending} orders pending in the stream",
+        bench.backend.name()
+    );
+    let mut one = measure(bench, a, a, AGENTS[0], "one instance").await?;
+    one.pending = Some(pending);
+    let mut results = vec![one];
     if bench.backend.is_shared() {
         let b = bench.start("B", &[("CM_SCHEDULER__ENABLED", "false")])?;
         let two = measure(bench, a, &b, AGENTS[1], "two instances").await;
         b.stop()?;
-        results.push(two?);
+        let mut two = two?;
+        two.pending = Some(pending);
+        results.push(two);
     }
     Ok(results)
+}
+
+/// Tops the stream up with fan-outs to the whole fleet (one hour to deliver, so none expires
+/// during the run) until at least [`pending_orders`] are pending; answers how many are.
+async fn top_up(bench: &Bench, api: &Api) -> Result<u64> {
+    let group = fleet_group(bench.sizes.fleet());
+    let mut pending = pending_census(api).await?;
+    while pending < pending_orders() {
+        let submitted = api
+            .submit(&command("group", &group, 3600))
+            .await
+            .context("top up the pending orders")?;
+        pending += submitted.order_ids.len() as u64;
+    }
+    Ok(pending)
+}
+
+/// Orders pending in the stream: the sum of the requests' live `pending` counts.
+async fn pending_census(api: &Api) -> Result<u64> {
+    let mut pending = 0;
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/requests?size=1000&after={a}"),
+            None => "/api/v1/requests?size=1000".to_owned(),
+        };
+        let body = api.get_json(&path).await?;
+        for r in body["requests"]
+            .as_array()
+            .context("no requests in the listing")?
+        {
+            pending += r["pending"].as_u64().unwrap_or(0);
+        }
+        match body["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return Ok(pending),
+        }
+    }
 }
 
 async fn measure(
@@ -50,6 +109,8 @@ async fn measure(
     let submitter = Api::new(submit_to.base())?;
     let body = command("agent", agent, 3600);
     let mut samples = Vec::with_capacity(bench.sizes.deliveries);
+    let mut after_ack = Vec::with_capacity(bench.sizes.deliveries);
+    let mut submits = Vec::with_capacity(bench.sizes.deliveries);
     let mut late = 0;
     let started = Instant::now();
     for round in 0..WARM_UP + bench.sizes.deliveries {
@@ -67,6 +128,7 @@ async fn measure(
         tokio::time::sleep(POLL_SETTLE).await;
         let sent = Instant::now();
         let submitted = submitter.submit(&body).await?;
+        let acked = Instant::now();
         let order_id = submitted
             .order_ids
             .first()
@@ -92,11 +154,16 @@ async fn measure(
         }
         if round >= WARM_UP {
             samples.push(received.saturating_duration_since(sent));
+            after_ack.push(received.saturating_duration_since(acked));
+            submits.push(acked.saturating_duration_since(sent));
         }
     }
     Ok(Delivery {
         topology: topology.to_owned(),
         latency: Latency::of(&samples).context("no delivery measured")?,
+        after_ack: Latency::of(&after_ack),
+        submit: Latency::of(&submits),
+        pending: None,
         late,
     })
 }
