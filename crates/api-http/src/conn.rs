@@ -259,16 +259,20 @@ async fn serve_connection<S>(
 {
     let _slot = slot;
     metrics::gauge!(metric::CONNECTIONS_OPEN.name).increment(1.0);
-    let requests = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(Requests::default());
     let io = TokioIo::new(HeadDeadline::new(
         stream,
         limits.header_read_timeout,
         Arc::clone(&requests),
     ));
     let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        requests.fetch_add(1, Ordering::Relaxed);
+        requests.started.fetch_add(1, Ordering::Relaxed);
+        let answered = Answered(Arc::clone(&requests));
         let mut app = app.clone();
-        async move { app.call(request.map(axum::body::Body::new)).await }
+        async move {
+            let _answered = answered;
+            app.call(request.map(axum::body::Body::new)).await
+        }
     });
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper's header timer starts as soon as the connection waits for a request head, so it
@@ -304,19 +308,37 @@ fn is_head_deadline(e: &hyper::Error) -> bool {
 
 const HEAD_DEADLINE_MESSAGE: &str = "request head not received in time";
 
+/// The requests of one connection the service has started and answered: while one is in
+/// progress, what the connection reads is its body, never a new head.
+#[derive(Debug, Default)]
+struct Requests {
+    started: AtomicU64,
+    answered: AtomicU64,
+}
+
+/// Counts its request answered when dropped: when the service's future ends, however it ends.
+struct Answered(Arc<Requests>);
+
+impl Drop for Answered {
+    fn drop(&mut self) {
+        self.0.answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// An I/O wrapper that fails reads once a request head is overdue: `timeout` after the
-/// connection was accepted, or after the first byte that follows the last request handed to
-/// the service. Requests in progress (counted by the service in `requests`) are never timed.
+/// connection was accepted, or after the first byte read while no request is in progress (the
+/// body of a request in progress is not a head, however slowly it is answered). Requests in
+/// progress (counted by the service in `requests`) are never timed.
 struct HeadDeadline<S> {
     inner: S,
     timeout: Duration,
-    requests: Arc<AtomicU64>,
+    requests: Arc<Requests>,
     /// The deadline of the head being read, and how many requests had started when it was set.
     deadline: Option<(Pin<Box<Sleep>>, u64)>,
 }
 
 impl<S> HeadDeadline<S> {
-    fn new(inner: S, timeout: Duration, requests: Arc<AtomicU64>) -> Self {
+    fn new(inner: S, timeout: Duration, requests: Arc<Requests>) -> Self {
         let deadline = Some((Box::pin(tokio::time::sleep(timeout)), 0));
         Self {
             inner,
@@ -333,7 +355,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadDeadline<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let started = self.requests.load(Ordering::Relaxed);
+        let started = self.requests.started.load(Ordering::Relaxed);
         // A head that was pending when the last request started has been read since.
         if self.deadline.as_ref().is_some_and(|(_, at)| *at != started) {
             self.deadline = None;
@@ -348,7 +370,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for HeadDeadline<S> {
         }
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        if buf.filled().len() > before && self.deadline.is_none() {
+        let in_progress = self.requests.answered.load(Ordering::Relaxed) < started;
+        if buf.filled().len() > before && self.deadline.is_none() && !in_progress {
             // The first byte of a new request head: from now on it must complete in time. The
             // request that is still being answered (if any) has been counted already.
             let mut sleep = Box::pin(tokio::time::sleep(self.timeout));
