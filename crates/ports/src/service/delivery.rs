@@ -66,8 +66,9 @@ const LOOKS_IN_FLIGHT: usize = 2;
 enum LookMessage {
     /// Its agent's `OrderStore::first_due`.
     Answer(Result<Option<DateTime<Utc>>, StoreError>),
-    /// The look before ended with polls still queued: lead the next one.
-    Lead,
+    /// The look before ended with polls still queued: lead the next one. The lead travels as
+    /// its guard, so a poll that goes away before reading it passes it on (see [`Leading`]).
+    Lead(Leading),
 }
 
 /// The first looks of agents' opening long-polls, coalesced: a poll that opens while another
@@ -119,15 +120,36 @@ impl Drop for Alone {
 }
 
 /// A look in flight: when it ends, the lead passes to the next queued poll still waiting, or
-/// the look is no longer counted.
-struct Leading(FirstLooks);
+/// the look is no longer counted. Handed over inside [`LookMessage::Lead`], it is dropped with
+/// the message if that poll goes away unread, and passes the lead on again from there.
+#[derive(Debug)]
+struct Leading {
+    looks: FirstLooks,
+    /// False for a guard whose message found nobody to read it (its sender passes the lead on
+    /// itself).
+    armed: bool,
+}
+
+impl Leading {
+    fn new(looks: &FirstLooks) -> Self {
+        Self {
+            looks: looks.clone(),
+            armed: true,
+        }
+    }
+}
 
 impl Drop for Leading {
     fn drop(&mut self) {
-        let mut q = self.0.lock();
+        if !self.armed {
+            return;
+        }
+        let mut q = self.looks.lock();
         while let Some((_, next)) = q.queued.pop_front() {
-            if next.send(LookMessage::Lead).is_ok() {
-                return;
+            match next.send(LookMessage::Lead(Leading::new(&self.looks))) {
+                Ok(()) => return,
+                Err(LookMessage::Lead(mut unread)) => unread.armed = false,
+                Err(LookMessage::Answer(_)) => {}
             }
         }
         q.in_flight -= 1;
@@ -302,10 +324,10 @@ impl CommandManager {
             }
         };
         let answer = match waiting {
-            None => self.lead_look(agent).await,
+            None => self.lead_look(agent, Leading::new(&self.looks)).await,
             Some(rx) => match rx.await {
                 Ok(LookMessage::Answer(answer)) => answer,
-                Ok(LookMessage::Lead) => self.lead_look(agent).await,
+                Ok(LookMessage::Lead(leading)) => self.lead_look(agent, leading).await,
                 // The look that took us was dropped unanswered: claim on our own.
                 Err(_) => return Ok(FirstLook::Claim(None)),
             },
@@ -318,8 +340,12 @@ impl CommandManager {
 
     /// Leads one coalesced look: for `agent` and up to [`LOOK_BATCH`] - 1 queued polls, whose
     /// answers it sends; answers `agent`'s.
-    async fn lead_look(&self, agent: &AgentId) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let _leading = Leading(self.looks.clone());
+    async fn lead_look(
+        &self,
+        agent: &AgentId,
+        leading: Leading,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let _leading = leading;
         let batch: Vec<(AgentId, oneshot::Sender<LookMessage>)> = {
             let mut q = self.looks.lock();
             let n = q.queued.len().min(LOOK_BATCH - 1);
@@ -458,8 +484,11 @@ mod tests {
         }
         // The first queued poll went away: the lead skips it.
         drop(gone_rx);
-        drop(Leading(looks.clone()));
-        assert!(matches!(next_rx.try_recv(), Ok(LookMessage::Lead)));
+        drop(Leading::new(&looks));
+        let lead = match next_rx.try_recv() {
+            Ok(LookMessage::Lead(lead)) => lead,
+            other => panic!("the next poll leads: {other:?}"),
+        };
         assert!(later_rx.try_recv().is_err(), "only one poll leads");
         assert_eq!(
             looks.lock().in_flight,
@@ -469,7 +498,32 @@ mod tests {
         assert_eq!(looks.lock().queued.len(), 1);
         // With nobody left waiting, the look is no longer counted.
         looks.lock().queued.clear();
-        drop(Leading(looks.clone()));
+        drop(lead);
         assert_eq!(looks.lock().in_flight, LOOKS_IN_FLIGHT - 1);
+    }
+
+    #[test]
+    fn a_lead_sent_to_a_poll_that_goes_away_unread_is_passed_on() {
+        let looks = FirstLooks::default();
+        let (gone_tx, gone_rx) = oneshot::channel();
+        let (later_tx, mut later_rx) = oneshot::channel();
+        {
+            let mut q = looks.lock();
+            q.in_flight = 1;
+            q.queued.push_back((agent("gone"), gone_tx));
+            q.queued.push_back((agent("later"), later_tx));
+        }
+        // The lead reaches a poll that is still there, which then goes away without reading
+        // it (its client hung up): the lead goes on to the next poll.
+        drop(Leading::new(&looks));
+        drop(gone_rx);
+        let lead = match later_rx.try_recv() {
+            Ok(LookMessage::Lead(lead)) => lead,
+            other => panic!("the lead went on to the next poll: {other:?}"),
+        };
+        assert_eq!(looks.lock().in_flight, 1, "still exactly one look");
+        // Read and ended by the last poll, with nobody waiting: no look is counted.
+        drop(lead);
+        assert_eq!(looks.lock().in_flight, 0);
     }
 }
