@@ -52,6 +52,10 @@ pub(crate) struct RenderArgs {
     /// How long the whole command took, in seconds.
     #[arg(long)]
     total_secs: Option<f64>,
+    /// Where the results come from, said in full, when they are not one run of `command`
+    /// (e.g. one backend measured again after a fix).
+    #[arg(long)]
+    provenance: Option<String>,
     /// The results of `cm-bench run`, one file per backend.
     results: Vec<PathBuf>,
 }
@@ -77,17 +81,22 @@ fn page(args: &RenderArgs, runs: &[BackendRun], criterion: &[Estimate]) -> Strin
     let mut p = String::new();
     let quick = runs.iter().any(|r| r.quick);
     let _ = writeln!(p, "# Benchmarks\n");
+    let origin = args.provenance.clone().unwrap_or_else(|| {
+        format!(
+            "Every number on this page comes from one run of `{}`{}, which rewrote this page.",
+            args.command,
+            args.total_secs
+                .map(|s| format!(" (it took {:.1} minutes)", s / 60.0))
+                .unwrap_or_default()
+        )
+    });
     let _ = writeln!(
         p,
-        "Every number on this page comes from one run of `{}`{}, which rewrote this page. \
+        "{origin} \
          Rerun it to measure your machine: it builds the release binaries, starts the backends \
          it needs (a throwaway PostgreSQL and OpenSearch, a fresh SQLite file), drives the real \
          `command-manager` binary over HTTP with the load generator `crates/bench`, and times \
          each backend's raw speed beside it through the same client library.{}\n",
-        args.command,
-        args.total_secs
-            .map(|s| format!(" (it took {:.1} minutes)", s / 60.0))
-            .unwrap_or_default(),
         if quick {
             " This was a `--quick` run: smaller sizes and shorter periods than the full run \
              (fan-out of 10,000 only, 5 s of submits, 200 deliveries, 5 s of holding, expiry \
