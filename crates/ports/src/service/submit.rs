@@ -277,6 +277,9 @@ impl CommandManager {
         let mut created = 0;
         for (outcome, state) in outcomes.iter().zip(states) {
             if let WholeOutcome::Written { created: n } = outcome {
+                // Written committed at once; still counted as entering `writing`, which counts
+                // every submitted request (docs/operations.md).
+                count_request(RequestState::Writing);
                 count_request(state);
                 created += n;
             }
