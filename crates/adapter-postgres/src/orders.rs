@@ -376,25 +376,7 @@ async fn insert_chunks(
     for chunk in orders.chunks(INSERT_CHUNK) {
         let c = Columns::of(chunk);
         debug_assert_eq!(c.len(), chunk.len());
-        let done = sqlx::query(insert)
-            .bind(&c.order_id)
-            .bind(&c.request_id)
-            .bind(&c.agent_id)
-            .bind(&c.target_type)
-            .bind(&c.target_id)
-            .bind(&c.action)
-            .bind(&c.status)
-            .bind(&c.created_at)
-            .bind(&c.deadline)
-            .bind(&c.available_at)
-            .bind(&c.redeliver_at)
-            .bind(&c.result_deadline)
-            .bind(&c.finished_at)
-            .bind(&c.doc)
-            .bind(&c.held)
-            .bind(&c.position)
-            .execute(&mut *conn)
-            .await?;
+        let done = c.bind_all(sqlx::query(insert)).execute(&mut *conn).await?;
         created += done.rows_affected();
     }
     Ok(created)

@@ -287,7 +287,7 @@ impl RequestStore for PostgresBackend {
         }
         let records: Vec<&RequestRecord> = requests.iter().map(|w| &w.record).collect();
         let c = Columns::of(requests.iter().flat_map(|w| w.orders.iter()));
-        let rows = sqlx::query(WRITE_WHOLE)
+        let q = sqlx::query(WRITE_WHOLE)
             .bind(
                 records
                     .iter()
@@ -334,23 +334,9 @@ impl RequestStore for PostgresBackend {
                     .collect::<Vec<_>>(),
             )
             .bind(records.iter().map(|r| revision_of(r)).collect::<Vec<_>>())
-            .bind(records.iter().map(|r| Json(*r)).collect::<Vec<_>>())
-            .bind(&c.order_id)
-            .bind(&c.request_id)
-            .bind(&c.agent_id)
-            .bind(&c.target_type)
-            .bind(&c.target_id)
-            .bind(&c.action)
-            .bind(&c.status)
-            .bind(&c.created_at)
-            .bind(&c.deadline)
-            .bind(&c.available_at)
-            .bind(&c.redeliver_at)
-            .bind(&c.result_deadline)
-            .bind(&c.finished_at)
-            .bind(&c.doc)
-            .bind(&c.held)
-            .bind(&c.position)
+            .bind(records.iter().map(|r| Json(*r)).collect::<Vec<_>>());
+        let rows = c
+            .bind_all(q)
             .fetch_all(&self.pool)
             .await
             .map_err(convert_sqlx_err)?;

@@ -39,6 +39,32 @@ pub(crate) struct Columns<'a> {
     pub(crate) doc: Vec<Json<&'a Order>>,
 }
 
+impl Columns<'_> {
+    /// Binds the 16 arrays, in the column order of the orders `INSERT`s (`order_id` …
+    /// `position`), after the parameters `q` has already.
+    pub(crate) fn bind_all<'q>(
+        &'q self,
+        q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        q.bind(&self.order_id)
+            .bind(&self.request_id)
+            .bind(&self.agent_id)
+            .bind(&self.target_type)
+            .bind(&self.target_id)
+            .bind(&self.action)
+            .bind(&self.status)
+            .bind(&self.created_at)
+            .bind(&self.deadline)
+            .bind(&self.available_at)
+            .bind(&self.redeliver_at)
+            .bind(&self.result_deadline)
+            .bind(&self.finished_at)
+            .bind(&self.doc)
+            .bind(&self.held)
+            .bind(&self.position)
+    }
+}
+
 impl<'a> Columns<'a> {
     pub(crate) fn of(orders: impl IntoIterator<Item = &'a Order>) -> Self {
         let mut c = Self::default();

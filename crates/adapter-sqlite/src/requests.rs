@@ -152,29 +152,41 @@ const PURGE_SETTLED: &str = "DELETE FROM requests WHERE request_id IN ( \
 
 /// Inserts record `r` inside the caller's write transaction; `false` when its id is stored.
 async fn insert_record(conn: &mut SqliteConnection, r: RecordRow) -> Result<bool, StoreError> {
-    let created = sqlx::query(
-        "INSERT INTO requests (request_id, created_ms, state, action, user_name, source, \
-         target_type, target_id, settled, finished_ms, revision, document) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
-         ON CONFLICT (request_id) DO NOTHING",
-    )
-    .bind(r.request_id)
-    .bind(r.created_ms)
-    .bind(r.state)
-    .bind(r.action)
-    .bind(r.user_name)
-    .bind(r.source)
-    .bind(r.target_type)
-    .bind(r.target_id)
-    .bind(r.settled)
-    .bind(r.finished_ms)
-    .bind(r.revision)
-    .bind(r.document)
-    .execute(&mut *conn)
-    .await
-    .map_err(convert_sqlx_err)?
-    .rows_affected();
+    let created = insert_records_sql(std::iter::once(r), "")
+        .build()
+        .execute(&mut *conn)
+        .await
+        .map_err(convert_sqlx_err)?
+        .rows_affected();
     Ok(created == 1)
+}
+
+/// The `INSERT` of `records`, leaving out ids that exist, then `tail`.
+fn insert_records_sql(
+    records: impl IntoIterator<Item = RecordRow>,
+    tail: &'static str,
+) -> QueryBuilder<Sqlite> {
+    let mut qb = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO requests (request_id, created_ms, state, action, user_name, source, \
+         target_type, target_id, settled, finished_ms, revision, document) ",
+    );
+    qb.push_values(records, |mut b, r| {
+        b.push_bind(r.request_id)
+            .push_bind(r.created_ms)
+            .push_bind(r.state)
+            .push_bind(r.action)
+            .push_bind(r.user_name)
+            .push_bind(r.source)
+            .push_bind(r.target_type)
+            .push_bind(r.target_id)
+            .push_bind(r.settled)
+            .push_bind(r.finished_ms)
+            .push_bind(r.revision)
+            .push_bind(r.document);
+    });
+    qb.push(" ON CONFLICT (request_id) DO NOTHING");
+    qb.push(tail);
+    qb
 }
 
 #[async_trait]
@@ -323,25 +335,7 @@ impl RequestStore for SqliteBackend {
             if chunk.is_empty() {
                 break;
             }
-            let mut qb = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO requests (request_id, created_ms, state, action, user_name, source, \
-                 target_type, target_id, settled, finished_ms, revision, document) ",
-            );
-            qb.push_values(chunk, |mut b, r| {
-                b.push_bind(r.request_id)
-                    .push_bind(r.created_ms)
-                    .push_bind(r.state)
-                    .push_bind(r.action)
-                    .push_bind(r.user_name)
-                    .push_bind(r.source)
-                    .push_bind(r.target_type)
-                    .push_bind(r.target_id)
-                    .push_bind(r.settled)
-                    .push_bind(r.finished_ms)
-                    .push_bind(r.revision)
-                    .push_bind(r.document);
-            });
-            qb.push(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+            let mut qb = insert_records_sql(chunk, " RETURNING request_id");
             let created: Vec<String> = qb
                 .build_query_scalar()
                 .persistent(false)
