@@ -103,7 +103,8 @@ async fn every_metric_has_help_and_storage_operations_are_timed_per_backend_on_s
     ] {
         assert!(text.contains(&format!("# HELP {name} ")), "{name}: {text}");
     }
-    for op in ["insert", "claim", "agent_upsert"] {
+    // A one-agent submit is written whole (its record with its order, group-committed).
+    for op in ["request_write_whole", "claim", "agent_upsert"] {
         assert!(
             store_timed(
                 &text,
