@@ -278,8 +278,9 @@ async fn the_plugins_own_requests_are_answered_like_the_plugin_and_land_in_the_i
     assert!(
         metrics
             .lines()
+            // A one-agent submit is written whole (its record with its order).
             .any(|l| l.starts_with("cm_store_operation_seconds")
-                && l.contains("op=\"insert\"")
+                && l.contains("op=\"request_write_whole\"")
                 && l.contains("backend=\"opensearch\"")),
         "storage operations are timed per backend: {metrics}"
     );
