@@ -695,7 +695,11 @@ mod tests {
         fn capture() -> (Self, tracing::subscriber::DefaultGuard) {
             let logs = Self::default();
             let subscriber = tracing_subscriber::registry().with(logs.clone());
-            (logs, tracing::subscriber::set_default(subscriber))
+            let guard = tracing::subscriber::set_default(subscriber);
+            // Callsites first hit by other tests' threads (without this subscriber) may have
+            // cached an interest that leaves this one out: have every callsite ask again.
+            tracing::callsite::rebuild_interest_cache();
+            (logs, guard)
         }
 
         fn events(&self) -> Vec<(Level, String)> {
