@@ -77,24 +77,8 @@ async fn top_up(bench: &Bench, api: &Api) -> Result<u64> {
 /// Orders pending in the stream: the sum of the requests' live `pending` counts.
 async fn pending_census(api: &Api) -> Result<u64> {
     let mut pending = 0;
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            Some(a) => format!("/api/v1/requests?size=1000&after={a}"),
-            None => "/api/v1/requests?size=1000".to_owned(),
-        };
-        let body = api.get_json(&path).await?;
-        for r in body["requests"]
-            .as_array()
-            .context("no requests in the listing")?
-        {
-            pending += r["pending"].as_u64().unwrap_or(0);
-        }
-        match body["next"].as_str() {
-            Some(next) => after = Some(next.to_owned()),
-            None => return Ok(pending),
-        }
-    }
+    super::each_request(api, |r| pending += r["pending"].as_u64().unwrap_or(0)).await?;
+    Ok(pending)
 }
 
 async fn measure(

@@ -18,8 +18,9 @@ mod throughput;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use futures::StreamExt;
+use serde_json::Value;
 
 pub(crate) use self::expiry::{SCHEDULER_LOG, memory_interval_secs};
 use self::open_polls::POLL_WAIT_SECS;
@@ -328,5 +329,27 @@ where
             bail!("{what}: not reached within {timeout:?}");
         }
         tokio::time::sleep(every).await;
+    }
+}
+
+/// Hands `each` every request of the listing (`GET /api/v1/requests`), 1,000 a page.
+pub(crate) async fn each_request(api: &Api, mut each: impl FnMut(&Value)) -> Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(a) => format!("/api/v1/requests?size=1000&after={a}"),
+            None => "/api/v1/requests?size=1000".to_owned(),
+        };
+        let body = api.get_json(&path).await?;
+        for r in body["requests"]
+            .as_array()
+            .context("no requests in the listing")?
+        {
+            each(r);
+        }
+        match body["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return Ok(()),
+        }
     }
 }

@@ -98,25 +98,12 @@ pub(crate) async fn run(
 async fn census(api: &Api) -> Result<(u64, u64)> {
     let mut orders = 0;
     let mut requests = 0;
-    let mut after: Option<String> = None;
-    loop {
-        let path = match &after {
-            Some(a) => format!("/api/v1/requests?size=1000&after={a}"),
-            None => "/api/v1/requests?size=1000".to_owned(),
-        };
-        let body = api.get_json(&path).await?;
-        for r in body["requests"]
-            .as_array()
-            .context("no requests in the listing")?
-        {
-            orders += r["total"].as_u64().unwrap_or(0);
-            requests += 1;
-        }
-        match body["next"].as_str() {
-            Some(next) => after = Some(next.to_owned()),
-            None => return Ok((orders, requests)),
-        }
-    }
+    super::each_request(api, |r| {
+        orders += r["total"].as_u64().unwrap_or(0);
+        requests += 1;
+    })
+    .await?;
+    Ok((orders, requests))
 }
 
 /// Reads `path` [`WARM_UP`] + [`READS`] times, checking each answer; the latency of the
