@@ -18,6 +18,19 @@ use crate::error::OsError;
 use crate::metric;
 use crate::settings::{OpenSearchSettings, redact_url};
 
+/// Header lines an answer may carry. OpenSearch 2.x (with `task_resource_tracking.enabled`, its
+/// default) adds a `TASK_RESOURCE_USAGE` header, about 230 bytes, for every scroll batch of a
+/// `_update_by_query` or `_delete_by_query` (opensearch-project/OpenSearch#18245). hyper's
+/// default of 100 header lines refused the answer of any such request over 100 batches, the
+/// deletion of a 100,000-order request among them. The bytes stay bounded by hyper's read
+/// buffer (about 400 KB, some 1,700 batches); the by-query requests that can be large ask for
+/// batches of [`BY_QUERY_BATCH`] documents to stay well under it.
+const MAX_ANSWER_HEADERS: usize = 10_000;
+
+/// `scroll_size` of the by-query requests whose documents have no bound (all the orders of
+/// one request): 1,700 batches of it are 8.5 million documents.
+pub(crate) const BY_QUERY_BATCH: &str = "5000";
+
 /// The first wait before a dead node is checked again; doubled after each failed check.
 const FIRST_CHECK: Duration = Duration::from_millis(250);
 /// The longest wait between two checks of a dead node.
@@ -337,6 +350,7 @@ impl Http {
                 // internet must not capture it.
                 .no_proxy()
                 .danger_accept_invalid_certs(settings.insecure_tls)
+                .http1_max_headers(MAX_ANSWER_HEADERS)
                 .build()
                 .map_err(|e| {
                     StoreError::Unavailable(format!("cannot set up the opensearch client: {e}"))
@@ -866,6 +880,48 @@ mod tests {
             "round robin over both nodes again"
         );
         assert!(reached.load(Ordering::SeqCst) >= 1, "the check reached it");
+    }
+
+    #[tokio::test]
+    async fn a_by_query_answer_with_a_header_per_batch_is_read() {
+        // OpenSearch adds a `TASK_RESOURCE_USAGE` header per scroll batch: 150 batches of one
+        // document are 150 header lines, more than an HTTP client takes by default.
+        let http = cluster(vec![real_node()]);
+        let index = format!("cm-headers-{}", std::process::id());
+        let mut bulk = String::new();
+        for i in 0..150 {
+            bulk.push_str(&format!(
+                "{{\"create\":{{\"_index\":\"{index}\",\"_id\":\"{i}\"}}}}\n"
+            ));
+            bulk.push_str("{\"n\":0}\n");
+        }
+        let (status, _) = http
+            .send_raw(
+                Method::Post,
+                "/_bulk",
+                &[("refresh", "true")],
+                Some(bulk),
+                "application/x-ndjson",
+            )
+            .await
+            .expect("bulk");
+        assert_eq!(status, 200);
+
+        let answer = http
+            .ok(
+                Method::Post,
+                &format!("/{index}/_update_by_query"),
+                &[("scroll_size", "1"), ("conflicts", "proceed")],
+                Some(serde_json::json!({"script": {"source": "ctx._source.n = 1"}})),
+            )
+            .await;
+        http.call(Method::Delete, &format!("/{index}"), &[], None)
+            .await
+            .expect("index deleted");
+
+        let answer = answer.expect("the answer with a header line per batch is read");
+        assert_eq!(answer["updated"], 150, "{answer}");
+        assert_eq!(answer["batches"], 150, "{answer}");
     }
 
     #[tokio::test]

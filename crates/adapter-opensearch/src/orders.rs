@@ -16,6 +16,7 @@ use opensearch::http::Method;
 use serde_json::{Value, json};
 
 use crate::bulk::{Applied, ItemOutcome, Meta, Need, Op, Ops};
+use crate::client::BY_QUERY_BATCH;
 use crate::error::{OsError, corrupt, kind};
 use crate::mapping::Fields;
 use crate::visibility::Fresh;
@@ -935,6 +936,13 @@ impl OrderStore for OpenSearchBackend {
         Ok(out)
     }
 
+    /// Every batch costs a refresh and a request, whatever its size (the node works through
+    /// one in scroll batches of its own): a batch of a search window (10,000) pays them once
+    /// per 10,000 orders.
+    fn sweep_batch(&self, configured: usize) -> usize {
+        configured.max(MAX_WINDOW)
+    }
+
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {
         if limit == 0 {
             return Ok(Batch::default());
@@ -1099,7 +1107,11 @@ impl OrderStore for OpenSearchBackend {
             .ok(
                 Method::Post,
                 &format!("/{}/_delete_by_query", self.inner.orders),
-                &[("conflicts", "proceed"), ("refresh", "true")],
+                &[
+                    ("conflicts", "proceed"),
+                    ("refresh", "true"),
+                    ("scroll_size", BY_QUERY_BATCH),
+                ],
                 Some(json!({"query": term(Fields::REQUEST_ID, request.to_string())})),
             )
             .await;

@@ -347,6 +347,10 @@ impl OrderStore for InstrumentedOrders {
         observed!(self, StoreOp::Ping, self.inner.ping())
     }
 
+    fn sweep_batch(&self, configured: usize) -> usize {
+        self.inner.sweep_batch(configured)
+    }
+
     async fn first_due(
         &self,
         agents: &[AgentId],

@@ -556,6 +556,15 @@ pub trait OrderStore: Send + Sync + 'static {
     /// [`StoreError`] when the backend cannot answer.
     async fn result_groups(&self, request: &RequestId) -> Result<Vec<ResultGroup>, StoreError>;
 
+    /// The batch the scheduler's sweeps ([`Self::expire_due`], [`Self::give_up_unreported`],
+    /// [`Self::purge_finished`]) ask this backend for, given the configured one
+    /// (`limits.maintenance_batch`). A backend whose every call has a large fixed cost next to
+    /// the rows it changes may answer more (OpenSearch: a refresh and a by-query request per
+    /// batch, whatever its size). The default is `configured`.
+    fn sweep_batch(&self, configured: usize) -> usize {
+        configured
+    }
+
     /// Expires up to `limit` pending orders whose deadline passed at `now`
     /// (`Order::expire`; never a held order).
     ///

@@ -241,6 +241,9 @@ fn failing_expiry_with(error: StoreError) -> (CommandManager, Arc<AtomicUsize>, 
     let expiries = Arc::new(AtomicUsize::new(0));
     let purges = Arc::new(AtomicUsize::new(0));
     let mut store = MockOrderStore::new();
+    store
+        .expect_sweep_batch()
+        .returning(|configured| configured);
     let n = Arc::clone(&expiries);
     store.expect_expire_due().returning(move |_, _| {
         n.fetch_add(1, Ordering::SeqCst);

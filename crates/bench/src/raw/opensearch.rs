@@ -14,6 +14,11 @@ use super::{Timed, expired_result, format_millis};
 
 /// Documents per `_bulk` request.
 const CHUNK: usize = 5000;
+/// `scroll_size` of the by-query requests: the most one batch may hold (the index's
+/// `max_result_window`). Besides being the fastest, fewer batches keep the answer's headers few:
+/// OpenSearch adds a `TASK_RESOURCE_USAGE` header per batch (opensearch-project/OpenSearch#18245)
+/// and the `opensearch` crate's client refuses an answer with over 100 header lines.
+const SCROLL_SIZE: &str = "10000";
 /// Longest one request may take (bulk requests of thousands of documents on a busy node).
 const TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -157,7 +162,11 @@ impl OpenSearchRaw {
         self.json(
             Method::Post,
             &format!("/{}/_update_by_query", self.index),
-            &[("conflicts", "proceed"), ("refresh", "true")],
+            &[
+                ("conflicts", "proceed"),
+                ("refresh", "true"),
+                ("scroll_size", SCROLL_SIZE),
+            ],
             Some(json!({
                 "query": {"term": {"command.request_id": request_id}},
                 "script": {"lang": "painless", "source":
@@ -172,7 +181,7 @@ impl OpenSearchRaw {
             .json(
                 Method::Post,
                 &format!("/{}/_update_by_query", self.index),
-                &[("conflicts", "proceed")],
+                &[("conflicts", "proceed"), ("scroll_size", SCROLL_SIZE)],
                 Some(json!({
                     "query": {"bool": {"filter": [
                         {"term": {"command.status": "pending"}},
@@ -188,7 +197,8 @@ impl OpenSearchRaw {
             .await?;
         Ok(Timed {
             elapsed: started.elapsed(),
-            method: "one `_update_by_query` (painless script) of every overdue pending order"
+            method: "one `_update_by_query` (painless script, batches of 10,000) of every overdue \
+                     pending order"
                 .to_owned(),
             rows: resp["updated"].as_u64().unwrap_or(0),
         })

@@ -193,3 +193,21 @@ async fn a_retention_error_propagates() {
         .unwrap_err();
     assert_eq!(err, down);
 }
+
+#[tokio::test]
+async fn the_drain_asks_for_the_batch_the_backend_sweeps_best_in() {
+    let mut d = Doubles::new();
+    d.orders = crate::store::MockOrderStore::new();
+    d.orders
+        .expect_sweep_batch()
+        .withf(|configured| *configured == 10)
+        .returning(|_| 40);
+    let calls = expiry_answers(&mut d, vec![Ok(batch(40, 40)), Ok(batch(12, 12))]);
+    let n = d.manager(batches_of(10)).expire_overdue().await.unwrap();
+    assert_eq!(n, 52);
+    assert_eq!(
+        calls.all(),
+        [(t0(), 40); 2],
+        "a full batch is the backend's 40, not the configured 10"
+    );
+}

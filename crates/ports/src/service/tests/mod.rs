@@ -109,8 +109,13 @@ impl Doubles {
     fn new() -> Self {
         let mut clock = MockClock::new();
         clock.expect_now().return_const(t0());
+        let mut orders = MockOrderStore::new();
+        // The configured batch, as every backend but OpenSearch answers.
+        orders
+            .expect_sweep_batch()
+            .returning(|configured| configured);
         Self {
-            orders: MockOrderStore::new(),
+            orders,
             agents: MockAgentRegistry::new(),
             requests: FakeRequests::default(),
             notifier: MockNotifier::new(),
