@@ -1106,6 +1106,7 @@ mod tests {
                 submit: Some(latency(0.5, 2.0)),
                 pending: Some(100_000),
                 late: 0,
+                slowest: Vec::new(),
             }],
             ..BackendRun::default()
         };

@@ -92,6 +92,21 @@ pub(crate) struct Delivery {
     pub(crate) pending: Option<u64>,
     /// Deliveries that did not come on the poll open when the submit was made.
     pub(crate) late: u64,
+    /// The slowest rounds, slowest first, with the wall-clock instant each submit was sent: to
+    /// find what else the service or the backend was doing then (its logs, autovacuum).
+    #[serde(default)]
+    pub(crate) slowest: Vec<Round>,
+}
+
+/// One measured delivery round.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Round {
+    /// When the submit was sent (UTC).
+    pub(crate) sent_at: chrono::DateTime<chrono::Utc>,
+    /// Sent → the poll's answer received.
+    pub(crate) latency_ms: f64,
+    /// Sent → the submit's `201` received.
+    pub(crate) submit_ms: f64,
 }
 
 /// Idle long-polls held at once.

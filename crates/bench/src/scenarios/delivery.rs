@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use super::{Bench, fleet_group};
 use crate::api::{Api, command};
-use crate::results::Delivery;
+use crate::results::{Delivery, Round};
 use crate::service::Service;
 use crate::stats::Latency;
 
@@ -25,6 +25,8 @@ pub(crate) const AGENTS: [&str; 2] = ["lat-1", "lat-2"];
 const POLL_SETTLE: Duration = Duration::from_millis(25);
 /// Unmeasured rounds first (connections, caches).
 const WARM_UP: usize = 5;
+/// The slowest rounds kept, with their instants.
+const SLOWEST: usize = 5;
 
 /// The longest one topology is measured: fewer orders when each takes long (an order that
 /// reaches another instance's poll only at its next re-check takes about a second).
@@ -95,6 +97,7 @@ async fn measure(
     let mut samples = Vec::with_capacity(bench.sizes.deliveries);
     let mut after_ack = Vec::with_capacity(bench.sizes.deliveries);
     let mut submits = Vec::with_capacity(bench.sizes.deliveries);
+    let mut rounds = Vec::with_capacity(bench.sizes.deliveries);
     let mut late = 0;
     let started = Instant::now();
     for round in 0..WARM_UP + bench.sizes.deliveries {
@@ -110,6 +113,7 @@ async fn measure(
             })
         };
         tokio::time::sleep(POLL_SETTLE).await;
+        let sent_at = chrono::Utc::now();
         let sent = Instant::now();
         let submitted = submitter.submit(&body).await?;
         let acked = Instant::now();
@@ -140,8 +144,15 @@ async fn measure(
             samples.push(received.saturating_duration_since(sent));
             after_ack.push(received.saturating_duration_since(acked));
             submits.push(acked.saturating_duration_since(sent));
+            rounds.push(Round {
+                sent_at,
+                latency_ms: millis(received.saturating_duration_since(sent)),
+                submit_ms: millis(acked.saturating_duration_since(sent)),
+            });
         }
     }
+    rounds.sort_by(|a, b| b.latency_ms.total_cmp(&a.latency_ms));
+    rounds.truncate(SLOWEST);
     Ok(Delivery {
         topology: topology.to_owned(),
         latency: Latency::of(&samples).context("no delivery measured")?,
@@ -149,7 +160,12 @@ async fn measure(
         submit: Latency::of(&submits),
         pending: None,
         late,
+        slowest: rounds,
     })
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn has(orders: &[Value], order_id: &str) -> bool {
