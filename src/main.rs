@@ -15,6 +15,13 @@ use tokio::sync::watch;
 
 use crate::config::{Config, LogFormat};
 
+/// jemalloc, set up in `.cargo/config.toml` to hand freed memory back within about a second.
+/// Under glibc's allocator the memory of a burst stayed resident: 90 MB after registering
+/// 100,000 agents, where jemalloc falls back to 57 MB.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Expands fleet command requests into per-agent orders, delivers them to long-polling agents,
 /// records their results and keeps the orders stream healthy.
 #[derive(Debug, Parser)]
