@@ -293,7 +293,10 @@ const OPEN_POLLS_MEMORY: &str = "Profiled with `valgrind --tool=massif` (1,000 h
     of the burst. About 18 KB a held poll remains, and what the service held before the \
     polls counts too: on the memory backend that is its store (the 100,000 agents and every \
     order of the run live in the process). Why the idle service holds more on PostgreSQL \
-    than on SQLite (78 MB against 56 MB in the full run) was not profiled.";
+    than on SQLite (78 MB against 56 MB in the full run) was not profiled; it is neither the \
+    pool (2 connections instead of 10: 86 MB against 81 MB before the polls, one run each) \
+    nor freed memory still to be handed back (the resident size stayed flat through the \
+    15 s hold).";
 
 /// What limits the fan-out of one backend against its raw write.
 fn fanout_limit(backend: &str) -> &'static str {
