@@ -936,11 +936,13 @@ impl OrderStore for OpenSearchBackend {
         Ok(out)
     }
 
-    /// Every batch costs a refresh and a request, whatever its size (the node works through
-    /// one in scroll batches of its own): a batch of a search window (10,000) pays them once
-    /// per 10,000 orders.
-    fn sweep_batch(&self, configured: usize) -> usize {
-        configured.max(MAX_WINDOW)
+    /// A search window (10,000), whatever is configured. Every batch costs a refresh and a
+    /// request, whatever its size (the node works through one in scroll batches of its own),
+    /// so a smaller batch pays them more often; and the sweeps that search their candidates
+    /// (`give_up_unreported`, `purge_finished`) find at most a search window, which the drain
+    /// would take for the end of a larger batch.
+    fn sweep_batch(&self, _configured: usize) -> usize {
+        MAX_WINDOW
     }
 
     async fn expire_due(&self, now: DateTime<Utc>, limit: usize) -> Result<Batch, StoreError> {

@@ -1022,3 +1022,17 @@ async fn a_full_page_of_orders_of_a_paused_request_does_not_hide_the_orders_behi
         Some(at(60))
     );
 }
+
+#[tokio::test]
+async fn sweeps_go_a_search_window_at_a_time_whatever_is_configured() {
+    // A smaller batch pays a refresh and a request more often; a larger one than a search
+    // finds would end the drains of `give_up_unreported` and `purge_finished` after one batch.
+    let (backend, _settings, _cleanup) = open_fresh().await;
+    for configured in [1, 1_000, 10_000, 50_000] {
+        assert_eq!(
+            backend.sweep_batch(configured),
+            10_000,
+            "configured {configured}"
+        );
+    }
+}
