@@ -653,8 +653,10 @@ fn open_polls_section(p: &mut String, runs: &[BackendRun]) {
         "10,000 registered agents without orders each hold one long-poll open, from 8 \
          loopback source addresses (127.0.0.2–9), asking to wait 300 s, opened in steps with \
          at most 1,000 sent but not yet counted open by the service (a poll refused with 503 \
-         is retried a second later). Once the service's `cm_long_polls_open` gauge counts \
-         all of them: its resident memory (`VmRSS`, highest sample) and CPU \
+         is retried a second later). Before them, the service's resident memory once it has \
+         stopped falling after the registration (\"RSS before\": the allocator hands freed \
+         memory back within about a second). Once the service's `cm_long_polls_open` gauge \
+         counts all of them: its resident memory (`VmRSS`, highest sample) and CPU \
          (`utime + stime` from `/proc/PID/stat`) over the holding period; then up to 5 of them, \
          one at a time, get an order (submit → received; fewer when waking them takes over \
          20 s); then every client hangs up and the \

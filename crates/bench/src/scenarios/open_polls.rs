@@ -63,7 +63,7 @@ pub(crate) async fn run(bench: &Bench, service: &Service, api: &Api) -> Result<O
         })
         .collect::<Result<_>>()?;
     let baseline = gauge(api).await?;
-    let rss_before = service.rss_bytes()?;
+    let rss_before = settled_rss(service).await?;
 
     let refused = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -173,6 +173,33 @@ pub(crate) async fn run(bench: &Bench, service: &Service, api: &Api) -> Result<O
         fewest_open: fewest_open.max(0.0) as u64,
         refused: refused.load(Ordering::Relaxed),
     })
+}
+
+/// How often the resident size is sampled while waiting for it to settle.
+const SETTLE_EVERY: Duration = Duration::from_millis(250);
+/// The resident size has settled once it is no lower than it was this long before.
+const SETTLE_SPAN: Duration = Duration::from_secs(1);
+/// Longest the resident size may keep falling before it is taken as it is.
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+
+/// The service's resident size once it has stopped falling: the allocator hands the memory
+/// freed after the registration's burst back within about a second (`dirty_decay_ms`), and a
+/// sample taken during that second would count the burst as the service's own.
+async fn settled_rss(service: &Service) -> Result<u64> {
+    let kept = (SETTLE_SPAN.as_millis() / SETTLE_EVERY.as_millis()) as usize;
+    let mut samples = std::collections::VecDeque::from([service.rss_bytes()?]);
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(SETTLE_EVERY).await;
+        let now = service.rss_bytes()?;
+        samples.push_back(now);
+        if samples.len() > kept {
+            let then = samples.pop_front().unwrap_or(now);
+            if now >= then || started.elapsed() > SETTLE_LIMIT {
+                return Ok(now);
+            }
+        }
+    }
 }
 
 async fn gauge(api: &Api) -> Result<f64> {
