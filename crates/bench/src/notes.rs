@@ -317,7 +317,7 @@ const OPEN_POLLS_MEMORY: &str = "Profiled with `valgrind --tool=massif` (1,000 h
     each); jemalloc with its default 10 s decay held 257 MB, the polls opening within seconds \
     of the burst. What the service holds before the polls counts too: on the memory backend \
     that is its store (the 100,000 agents and every order of the run live in the process). \
-    Runs before this one sampled \"RSS before\" the moment the registration ended, while \
+    Runs before dd87fc2 sampled \"RSS before\" the moment the registration ended, while \
     jemalloc was still handing its burst back: on PostgreSQL 68 MB then and 22 MB 1.5 s later, \
     on SQLite 49 MB then and 22 MB (one run each, the benchmark's 100,000 agents registered \
     four calls at a time). That made the idle PostgreSQL service look 20 MB heavier than \
@@ -325,8 +325,8 @@ const OPEN_POLLS_MEMORY: &str = "Profiled with `valgrind --tool=massif` (1,000 h
     resident size to stop falling, so the row \"per held poll\" is what the polls add to a \
     settled service. Waiting moved the held figure too (PostgreSQL, one run each: 234 MB \
     against 252 MB), the polls no longer opening while the burst was still resident: as after \
-    a restart, when a fleet reconnects to a service that did nothing before. Fewer jemalloc arenas (`narenas:1` or `2` through `_RJEM_MALLOC_CONF`) \
-    held 247 MB of PostgreSQL's against 252 MB (one run each, within the spread between runs); \
+    a restart, when a fleet reconnects to a service that did nothing before. Fewer jemalloc \
+    arenas (`narenas:1` or `2` through `_RJEM_MALLOC_CONF`) held 247 MB of PostgreSQL's against 252 MB (one run each, within the spread between runs); \
     an arena count fixed at build time would serialise allocation on larger machines, so \
     jemalloc keeps its default.";
 
