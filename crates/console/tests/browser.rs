@@ -211,10 +211,12 @@ async fn pause_resume_cancel_and_retry_from_the_page_change_the_request() {
     path_is(&c, &format!("{detail}/confirm")).await;
     assert!(text(&c).await.contains("re-running its 3 failed orders"));
     click(&c, "button.step-retry").await;
+    // The confirmation page's own path is a request's too: wait for the new request's page.
     wait_for(
         &c,
         &format!(
-            "return window.location.pathname.startsWith('/requests/') && window.location.pathname !== {};",
+            "const p = window.location.pathname; \
+             return p.startsWith('/requests/') && p !== {0} && p !== {0} + '/confirm';",
             json!(detail)
         ),
     )
