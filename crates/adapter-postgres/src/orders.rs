@@ -74,9 +74,20 @@ macro_rules! request_gate {
     };
 }
 
-/// The orders of the consumers (`$1` the agents' ids, `$4` the components' names) that
-/// `Order::is_deliverable` accepts at `$2`: not held, and pending from `not_before` until
-/// (excluding) the deadline, or sent with a redelivery due; an agent's by `agent_id`, a
+/// The conditions under which `Order::is_deliverable` accepts an order at `$2`: not held, and
+/// pending from `not_before` until (excluding) the deadline, or sent with a redelivery due.
+/// Every claim statement selects with them.
+macro_rules! deliverable {
+    () => {
+        "
+  AND status IN ('pending', 'sent') AND NOT held
+  AND ((status = 'pending' AND available_at <= $2 AND deadline > $2)
+       OR (status = 'sent' AND redeliver_at <= $2))"
+    };
+}
+
+/// The orders of the consumers (`$1` the agents' ids, `$4` the components' names) that are
+/// deliverable at `$2` (`deliverable!`): an agent's by `agent_id`, a
 /// component's by the `server` target naming it (`Consumers::takes`); and only while the
 /// request gate is open. One statement, so that `SKIP LOCKED` skips the rows other claims hold
 /// before `LIMIT` counts; each side of the `OR` reads its partial index (`orders_open_by_agent`,
@@ -93,10 +104,8 @@ const SELECT_CLAIMABLE: &str = concat!(
     "
 SELECT doc FROM orders
 WHERE (agent_id = ANY($1::text[])
-       OR (target_type = 'server' AND target_id = ANY($4::text[])))
-  AND status IN ('pending', 'sent') AND NOT held
-  AND ((status = 'pending' AND available_at <= $2 AND deadline > $2)
-       OR (status = 'sent' AND redeliver_at <= $2))",
+       OR (target_type = 'server' AND target_id = ANY($4::text[])))",
+    deliverable!(),
     request_gate!(),
     "
 ORDER BY ROW(created_at, order_id)
@@ -110,9 +119,8 @@ FOR UPDATE OF orders SKIP LOCKED"
 const SELECT_CLAIMABLE_BY_AGENT: &str = concat!(
     "
 SELECT doc FROM orders
-WHERE agent_id = $1 AND status IN ('pending', 'sent') AND NOT held
-  AND ((status = 'pending' AND available_at <= $2 AND deadline > $2)
-       OR (status = 'sent' AND redeliver_at <= $2))",
+WHERE agent_id = $1",
+    deliverable!(),
     request_gate!(),
     "
 ORDER BY created_at, order_id

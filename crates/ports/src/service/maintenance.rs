@@ -79,9 +79,7 @@ impl CommandManager {
     // `self` are not provably `Send`, and the drivers spawn these use cases.
     async fn drain(&self, sweep: Sweep) -> Result<u64, StoreError> {
         let orders = &self.ports.orders;
-        let limit = orders
-            .sweep_batch(self.settings.maintenance_batch.max(1))
-            .max(1);
+        let limit = orders.sweep_batch(self.settings.maintenance_batch).max(1);
         let mut total = 0u64;
         loop {
             let now = self.ports.clock.now();
